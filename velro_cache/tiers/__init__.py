@@ -1,0 +1,1 @@
+"""The storage tiers: `memory` (L1, in-process) and `redis` (L2)."""
