@@ -1,0 +1,9 @@
+"""App configuration for `studio`, the Velro domain of the example project."""
+
+from django.apps import AppConfig
+
+
+class StudioConfig(AppConfig):
+    name = "studio"
+    verbose_name = "Velro studio"
+    default_auto_field = "django.db.models.BigAutoField"
