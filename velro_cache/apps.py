@@ -1,0 +1,12 @@
+"""The Django app: registers the system checks when Django starts."""
+
+from django.apps import AppConfig
+
+
+class VelroCacheConfig(AppConfig):
+    name = "velro_cache"
+    verbose_name = "Velro cache"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401  (registers the checks)

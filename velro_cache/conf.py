@@ -1,0 +1,64 @@
+"""The one settings object for the app-level ``VELRO_CACHE`` dict.
+
+Every module reads ``velro_cache.conf.settings``; none reads
+``django.conf.settings.VELRO_CACHE`` itself, so defaults and validation live
+here and tests that use ``override_settings`` see the change at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+DEFAULT_TTL = {
+    "authorization": 900,
+    "session": 600,
+    "generation": 300,
+    "team_membership": 1200,
+    "system_config": 3600,
+}
+
+DEFAULTS: dict[str, Any] = {
+    "TTL": DEFAULT_TTL,
+    "DEFAULT_TTL": 300,
+}
+
+
+class VelroSettings:
+    """Read-through view of ``VELRO_CACHE`` merged over the defaults."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(django_settings, "VELRO_CACHE", {})
+        return value if isinstance(value, dict) else {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in DEFAULTS:
+            raise AttributeError(name)
+        if name not in self._cache:
+            self._cache[name] = self._resolve(name)
+        return self._cache[name]
+
+    def _resolve(self, name: str) -> Any:
+        value = self.user_settings.get(name, DEFAULTS[name])
+        if name == "TTL" and isinstance(value, dict):
+            return {**DEFAULT_TTL, **value}
+        return value
+
+    def reload(self) -> None:
+        self._cache.clear()
+
+
+settings = VelroSettings()
+
+
+@receiver(setting_changed)
+def _reload_on_change(setting: str, **kwargs: Any) -> None:
+    if setting == "VELRO_CACHE":
+        settings.reload()

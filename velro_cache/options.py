@@ -1,0 +1,145 @@
+"""Parse and validate a TieredCache's ``OPTIONS`` in one place.
+
+The backend raises ``ImproperlyConfigured`` with these messages and the system
+checks report the same problems with ids, so a bad setting reads the same
+wherever it surfaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+MIB = 1024 * 1024
+DEFAULT_L1_MAX_BYTES = 300 * MIB
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+L1_KEYS = {"MAX_BYTES", "MAX_AGE"}
+TOP_KEYS = {
+    "L1",
+    "PICKLE_FALLBACK",
+    "COMPRESS_MIN_BYTES",
+    "POOL_SIZE",
+    "SOCKET_TIMEOUT",
+    "SOCKET_CONNECT_TIMEOUT",
+    "POOL_TIMEOUT",
+    "SIGNING_KEY",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One configuration problem: ``level`` is "error" or "warning"."""
+
+    id: str
+    level: str
+    msg: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
+class TieredOptions:
+    """The validated options of one TieredCache; defaults are the documented ones."""
+
+    redis_urls: tuple[str, ...] = ()
+    l1_max_bytes: int = DEFAULT_L1_MAX_BYTES
+    l1_max_age: float | None = 300.0
+    compress_min_bytes: int = 1024
+    pickle_fallback: bool = True
+    pool_size: int = 25
+    socket_timeout: float = 0.25
+    socket_connect_timeout: float = 0.25
+    pool_timeout: float = 0.5
+    signing_key: str | None = None
+    problems: tuple[Problem, ...] = field(default=(), compare=False)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.level == "error"]
+
+
+def _split_location(location: Any) -> tuple[list[str], list[Problem]]:
+    if not location:
+        return [], []
+    if isinstance(location, str):
+        urls = [u.strip() for u in location.split(",") if u.strip()]
+    elif isinstance(location, (list, tuple)):
+        urls = list(location)
+    else:
+        return [], [Problem("velro_cache.E001", "error", f"LOCATION must be a Redis URL or a list of them, not {type(location).__name__}.")]
+    problems = []
+    for url in urls:
+        if not isinstance(url, str) or urlsplit(url).scheme not in REDIS_SCHEMES:
+            problems.append(
+                Problem(
+                    "velro_cache.E001",
+                    "error",
+                    f"LOCATION entry {url!r} is not a Redis URL.",
+                    hint="Use redis://host:port/db, rediss:// or unix://; leave LOCATION out for an L1-only cache.",
+                )
+            )
+    return urls, problems
+
+
+def _positive_number(value: Any, name: str, error_id: str, *, integer: bool, allow_none: bool = False) -> Problem | None:
+    if value is None and allow_none:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        kind = "a positive integer" if integer else "a positive number"
+        extra = " or None" if allow_none else ""
+        return Problem(error_id, "error", f"OPTIONS {name} must be {kind}{extra}, got {value!r}.")
+    return None
+
+
+def parse_options(location: Any, options: dict | None) -> TieredOptions:
+    """Turn LOCATION and OPTIONS into a TieredOptions, collecting every problem."""
+    options = dict(options or {})
+    urls, problems = _split_location(location)
+    values: dict[str, Any] = {"redis_urls": tuple(u for u in urls if isinstance(u, str))}
+
+    l1 = options.get("L1", {})
+    if not isinstance(l1, dict):
+        problems.append(Problem("velro_cache.E002", "error", f"OPTIONS['L1'] must be a dict, got {type(l1).__name__}."))
+        l1 = {}
+    for name, attr, error_id, integer, allow_none in (
+        ("MAX_BYTES", "l1_max_bytes", "velro_cache.E003", True, False),
+        ("MAX_AGE", "l1_max_age", "velro_cache.E004", False, True),
+    ):
+        if name in l1:
+            problem = _positive_number(l1[name], f"['L1']['{name}']", error_id, integer=integer, allow_none=allow_none)
+            if problem:
+                problems.append(problem)
+            else:
+                values[attr] = l1[name]
+    for name in sorted(set(l1) - L1_KEYS):
+        problems.append(Problem("velro_cache.W001", "warning", f"Unknown OPTIONS['L1'] key {name!r} is ignored.", hint=f"Known keys: {', '.join(sorted(L1_KEYS))}."))
+
+    for name, attr, error_id, integer in (
+        ("COMPRESS_MIN_BYTES", "compress_min_bytes", "velro_cache.E005", True),
+        ("POOL_SIZE", "pool_size", "velro_cache.E006", True),
+        ("SOCKET_TIMEOUT", "socket_timeout", "velro_cache.E007", False),
+        ("SOCKET_CONNECT_TIMEOUT", "socket_connect_timeout", "velro_cache.E007", False),
+        ("POOL_TIMEOUT", "pool_timeout", "velro_cache.E007", False),
+    ):
+        if name in options:
+            problem = _positive_number(options[name], f"[{name!r}]", error_id, integer=integer)
+            if problem:
+                problems.append(problem)
+            else:
+                values[attr] = options[name]
+    if "PICKLE_FALLBACK" in options:
+        if isinstance(options["PICKLE_FALLBACK"], bool):
+            values["pickle_fallback"] = options["PICKLE_FALLBACK"]
+        else:
+            problems.append(Problem("velro_cache.E008", "error", f"OPTIONS['PICKLE_FALLBACK'] must be True or False, got {options['PICKLE_FALLBACK']!r}."))
+    if "SIGNING_KEY" in options:
+        if isinstance(options["SIGNING_KEY"], str) and options["SIGNING_KEY"]:
+            values["signing_key"] = options["SIGNING_KEY"]
+        else:
+            problems.append(Problem("velro_cache.E009", "error", "OPTIONS['SIGNING_KEY'] must be a non-empty string."))
+    for name in sorted(set(options) - TOP_KEYS):
+        problems.append(Problem("velro_cache.W001", "warning", f"Unknown OPTIONS key {name!r} is ignored.", hint=f"Known keys: {', '.join(sorted(TOP_KEYS))}."))
+    return TieredOptions(problems=tuple(problems), **values)
