@@ -1,0 +1,44 @@
+# velro-cache: the two commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check --quiet
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-matrix bench services django-suite clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e ".[test,postgres,prometheus,bench]"
+	touch $(STAMP)
+
+services:
+	scripts/ensure_services.sh
+
+django-suite: $(STAMP)
+	$(PY) scripts/fetch_django_tests.py
+
+## make test: install what is missing, make sure PostgreSQL and Redis answer, run the whole suite.
+test: $(STAMP) services django-suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## make test-matrix: the Django 6.0 leg on python3.12 and python3.13 (own venvs).
+test-matrix: services
+	$(MAKE) test VENV=.venv-py312-dj60 PYTHON=python3.12
+	$(MAKE) test VENV=.venv-py313-dj60 PYTHON=python3.13
+
+## make bench: every benchmark, results written to benchmarks/results/.
+bench: $(STAMP) services
+	$(PY) -m benchmarks
+
+## make demo: migrate and seed the example project, drive traffic, print the report, serve on 127.0.0.1:8000.
+demo: $(STAMP)
+	cd example_project && ../$(PY) manage.py migrate --noinput
+	cd example_project && ../$(PY) manage.py velro_seed
+	cd example_project && ../$(PY) manage.py velro_demo
+	cd example_project && ../$(PY) manage.py runserver 127.0.0.1:8000
+
+clean:
+	rm -rf $(VENV) .venv-py3*-dj60 .cache .pytest_cache .hypothesis
