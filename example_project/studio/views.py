@@ -1,0 +1,195 @@
+"""The Velro JSON API: generation reads, media access, edits, batch reads and /me.
+
+Status codes are deliberate: 401 before anything else (no existence leaks to
+anonymous callers), then 404 for a missing generation, then 403 when the caller's
+role is too weak.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods
+
+from .auth import token_required
+from .models import Generation
+from .permissions import can
+from .reads import (
+    SESSION_TTL,
+    generation_meta,
+    forget_generation,
+    generation_metas,
+    me_key,
+    read_through,
+    serialize_generation,
+    system_config,
+    team_memberships,
+)
+
+DEFAULT_BATCH_MAX_IDS = 100
+DEFAULT_MEDIA_URL_TTL = 900
+READ_FIELDS = (
+    "id", "owner_id", "team_id", "prompt", "status", "model_name", "media_type",
+    "thumbnail_url", "width", "height", "duration_ms", "created_at", "updated_at",
+)
+MEDIA_FIELDS = (
+    "id", "media_type", "media_url", "thumbnail_url", "width", "height", "duration_ms",
+)
+EDITABLE_FIELDS = {"prompt", "status"}
+MAX_PROMPT_LENGTH = 4000
+
+
+class _GenerationRef:
+    """What authorization needs from a generation, built from its cached fields."""
+
+    __slots__ = ("pk", "owner_id", "team_id")
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.pk = meta["id"]
+        self.owner_id = meta["owner_id"]
+        self.team_id = meta["team_id"]
+
+
+def error(status: int, code: str, detail: str, **extra: Any) -> JsonResponse:
+    return JsonResponse({"error": code, "detail": detail, **extra}, status=status)
+
+
+def not_found(generation_id: int) -> JsonResponse:
+    return error(404, "not_found", f"Generation {generation_id} does not exist.")
+
+
+def forbidden(action: str) -> JsonResponse:
+    return error(403, "forbidden", f"Your role does not allow '{action}' on this generation.")
+
+
+def pick(meta: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    return {field: meta[field] for field in fields}
+
+
+@csrf_exempt
+@require_http_methods(["GET", "PATCH"])
+@token_required
+def generation_detail(request: HttpRequest, generation_id: int) -> JsonResponse:
+    if request.method == "PATCH":
+        return _update_generation(request, generation_id)
+    meta = generation_meta(generation_id)
+    if meta is None:
+        return not_found(generation_id)
+    if not can(request.user, _GenerationRef(meta), "read"):
+        return forbidden("read")
+    return JsonResponse(pick(meta, READ_FIELDS))
+
+
+@require_GET
+@token_required
+def generation_media(request: HttpRequest, generation_id: int) -> JsonResponse:
+    meta = generation_meta(generation_id)
+    if meta is None:
+        return not_found(generation_id)
+    if not can(request.user, _GenerationRef(meta), "media"):
+        return forbidden("media")
+    payload = pick(meta, MEDIA_FIELDS)
+    payload["expires_in"] = system_config("media.url_ttl_seconds", DEFAULT_MEDIA_URL_TTL)
+    return JsonResponse(payload)
+
+
+def _parse_changes(request: HttpRequest) -> dict[str, Any] | JsonResponse:
+    """The validated fields to change, or the 400 response explaining why not."""
+    try:
+        body = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return error(400, "invalid_json", "The request body is not valid JSON.")
+    if not isinstance(body, dict) or not body:
+        return error(400, "invalid_body", "Send a JSON object with 'prompt' and/or 'status'.")
+    unknown = sorted(set(body) - EDITABLE_FIELDS)
+    if unknown:
+        return error(400, "invalid_fields", "These fields cannot be edited.", fields=unknown)
+    prompt = body.get("prompt")
+    if "prompt" in body and (not isinstance(prompt, str) or not prompt.strip()
+                             or len(prompt) > MAX_PROMPT_LENGTH):
+        return error(400, "invalid_prompt", f"'prompt' must be 1-{MAX_PROMPT_LENGTH} characters.")
+    if "status" in body and body["status"] not in Generation.Status.values:
+        return error(400, "invalid_status", "Unknown status.", allowed=Generation.Status.values)
+    return body
+
+
+def _update_generation(request: HttpRequest, generation_id: int) -> JsonResponse:
+    """Edits read the row from the database, never from the cache, and decide on it."""
+    generation = Generation.objects.filter(pk=generation_id).first()
+    if generation is None:
+        return not_found(generation_id)
+    if not can(request.user, generation, "write"):
+        return forbidden("write")
+    changes = _parse_changes(request)
+    if isinstance(changes, JsonResponse):
+        return changes
+    for field, value in changes.items():
+        setattr(generation, field, value)
+    generation.save(update_fields=[*changes, "updated_at"])
+    # Until invalidation is declared on the model, the view drops the stale copy.
+    forget_generation(generation_id)
+    return JsonResponse(pick(serialize_generation(generation), READ_FIELDS))
+
+
+def _parse_ids(raw: str, limit: int) -> list[int] | JsonResponse:
+    try:
+        ids = list(dict.fromkeys(int(part) for part in raw.split(",") if part.strip()))
+    except ValueError:
+        return error(400, "invalid_ids", "'ids' must be comma-separated integers.")
+    if not ids:
+        return error(400, "invalid_ids", "Pass ?ids=1,2,3.")
+    if len(ids) > limit:
+        return error(400, "too_many_ids", f"At most {limit} ids per request.", limit=limit)
+    return ids
+
+
+@require_GET
+@token_required
+def generation_batch(request: HttpRequest) -> JsonResponse:
+    limit = system_config("api.batch_max_ids", DEFAULT_BATCH_MAX_IDS)
+    ids = _parse_ids(request.GET.get("ids", ""), limit)
+    if isinstance(ids, JsonResponse):
+        return ids
+    metas = generation_metas(ids)
+    results, denied, missing = [], [], []
+    for pk in ids:
+        meta = metas.get(pk)
+        if meta is None:
+            missing.append(pk)
+        elif can(request.user, _GenerationRef(meta), "read"):
+            results.append(pick(meta, READ_FIELDS))
+        else:
+            denied.append(pk)
+    return JsonResponse({"results": results, "denied": denied, "missing": missing})
+
+
+@require_GET
+@token_required
+def me(request: HttpRequest) -> JsonResponse:
+    user = request.user
+
+    def load() -> dict[str, Any]:
+        # request.user carries only the token's cached fields; one query fetches the rest.
+        profile = (
+            get_user_model()
+            .objects.filter(pk=user.pk)
+            .values("email", "first_name", "last_name")
+            .first()
+        ) or {"email": "", "first_name": "", "last_name": ""}
+        return {
+            "id": user.pk,
+            "username": user.username,
+            **profile,
+            "is_staff": user.is_staff,
+            "teams": [
+                {"id": m["team_id"], "name": m["team_name"], "slug": m["team_slug"],
+                 "role": m["role"]}
+                for m in team_memberships(user.pk)
+            ],
+        }
+
+    return JsonResponse(read_through(me_key(user.pk), SESSION_TTL, load))
