@@ -1,0 +1,1 @@
+"""Simulated Velro traffic for `manage.py velro_demo`: plan, run, report."""

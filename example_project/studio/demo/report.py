@@ -1,0 +1,200 @@
+"""Turn run samples into the text report `velro_demo` prints.
+
+The numbers are only what was measured: latencies are in-process (Django's full
+middleware and URL stack through the test client, no network or WSGI server), hit
+rates come from the app's own read-through counts and, separately, from whatever
+the cache backend reports about itself, and "queries saved" compares the same kind
+of traffic replayed with caching off.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .plan import DETAIL, ENDPOINTS, MEDIA
+from .runner import RunResult, Sample
+
+STATUS_NAMES = {
+    200: "OK", 400: "bad request", 401: "no valid token", 403: "not authorized",
+    404: "missing", 405: "method not allowed", 500: "server error",
+}
+MAX_STATS_LINES = 40
+
+
+@dataclass
+class ReportInput:
+    cached: RunResult
+    uncached: RunResult | None
+    read_types: Mapping[str, Mapping[str, int]]
+    backend_stats: Any
+    setup: Mapping[str, str]
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile, which never invents a value that was not observed."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:5.1f} %" if whole else "    n/a"
+
+
+def _ms(samples: Iterable[Sample]) -> list[float]:
+    return sorted(s.latency_ns / 1e6 for s in samples)
+
+
+def _by_endpoint(samples: list[Sample]) -> dict[str, list[Sample]]:
+    grouped: dict[str, list[Sample]] = {e: [] for e in ENDPOINTS}
+    for sample in samples:
+        grouped.setdefault(sample.endpoint, []).append(sample)
+    return {e: s for e, s in grouped.items() if s}
+
+
+def render(data: ReportInput) -> list[str]:
+    lines = _header(data)
+    lines += _statuses(data.cached)
+    lines += _latency(data.cached, data.uncached)
+    lines += _hit_rates(data.cached, data.read_types)
+    lines += _backend_stats(data.backend_stats)
+    lines += _queries(data.cached, data.uncached)
+    return lines
+
+
+def _header(data: ReportInput) -> list[str]:
+    run = data.cached
+    n = len(run.samples)
+    rate = n / run.elapsed_s if run.elapsed_s else 0.0
+    lines = [
+        "",
+        "=" * 78,
+        f"Velro demo report: {n} requests, {run.clients} concurrent client(s), "
+        f"{run.elapsed_s:.2f} s ({rate:,.0f} req/s)",
+        "=" * 78,
+    ]
+    lines += [f"  {name:<9} {value}" for name, value in data.setup.items()]
+    lines.append("  Latencies are in-process: full Django middleware and URL stack via the")
+    lines.append("  test client, no network or WSGI server.")
+    if run.clients > 1:
+        lines.append(f"  The {run.clients} clients are threads of one interpreter: each latency")
+        lines.append("  includes waiting for the others to release the GIL.")
+    return lines
+
+
+def _statuses(run: RunResult) -> list[str]:
+    counts = Counter(s.status for s in run.samples)
+    total = len(run.samples)
+    lines = ["", "Requests by status"]
+    for status, count in sorted(counts.items()):
+        name = STATUS_NAMES.get(status, "")
+        lines.append(f"  {status} {name:<20} {count:>7}  {pct(count, total)}")
+    return lines
+
+
+def _latency(cached: RunResult, uncached: RunResult | None) -> list[str]:
+    off = _by_endpoint(uncached.samples) if uncached else {}
+    head = f"  {'endpoint':<34}{'n':>6}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}"
+    lines = ["", "Latency per endpoint (ms, all statuses)", head + ("  p50 no cache" if off else "")]
+    for endpoint, samples in _by_endpoint(cached.samples).items():
+        ms = _ms(samples)
+        row = (
+            f"  {endpoint:<34}{len(ms):>6}{percentile(ms, 50):>8.2f}{percentile(ms, 95):>8.2f}"
+            f"{percentile(ms, 99):>8.2f}{ms[-1]:>8.2f}"
+        )
+        if endpoint in off:
+            row += f"  {percentile(_ms(off[endpoint]), 50):>12.2f}"
+        lines.append(row)
+    authorized = _ms(s for s in cached.samples if s.endpoint in (DETAIL, MEDIA) and s.status == 200)
+    if authorized:
+        lines.append(
+            f"  authorized GETs (200): p50 {percentile(authorized, 50):.2f} ms, "
+            f"p95 {percentile(authorized, 95):.2f} ms, p99 {percentile(authorized, 99):.2f} ms"
+        )
+    return lines
+
+
+def _hit_rate_line(label: str, hits: int, misses: int) -> str:
+    reads = hits + misses
+    return f"  {label:<22} {pct(hits, reads)}  ({hits} hits / {reads} reads)"
+
+
+def _hit_rates(run: RunResult, read_types: Mapping[str, Mapping[str, int]]) -> list[str]:
+    samples = run.samples
+    half = samples[len(samples) // 2:]
+    lines = ["", "Cache hit rate, counted by the app's read-through helpers"]
+    lines.append(_hit_rate_line("overall", sum(s.hits for s in samples), sum(s.misses for s in samples)))
+    lines.append(_hit_rate_line("second half of run", sum(s.hits for s in half), sum(s.misses for s in half)))
+    for data_type, counts in sorted(read_types.items()):
+        lines.append(_hit_rate_line(f"  {data_type}", counts["hits"], counts["misses"]))
+    return lines
+
+
+def _backend_stats(stats: Any) -> list[str]:
+    lines = ["", "Cache backend's own statistics (cache.stats(), since process start)"]
+    if stats is None:
+        return lines + ["  not exposed by this backend; see the app's counts above"]
+    if isinstance(stats, Exception):
+        return lines + [f"  unavailable: {type(stats).__name__}: {stats}"]
+    body = list(_describe(stats, ""))
+    if len(body) > MAX_STATS_LINES:
+        body = body[:MAX_STATS_LINES] + [f"  ... {len(body) - MAX_STATS_LINES} more lines"]
+    return lines + (body or ["  (empty)"])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _describe(value: Any, path: str) -> Iterable[str]:
+    """Print any nesting of dicts defensively; a dict with hits and misses gets a rate."""
+    if isinstance(value, Mapping):
+        hits, misses = value.get("hits"), value.get("misses")
+        if _is_number(hits) and _is_number(misses):
+            rest = {k: v for k, v in value.items() if k not in ("hits", "misses")}
+            yield _hit_rate_line(path or "total", int(hits), int(misses))
+            for key, item in rest.items():
+                yield from _describe(item, f"{path}.{key}" if path else str(key))
+            return
+        for key, item in value.items():
+            yield from _describe(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, float):
+        yield f"  {path:<22} {value:.4g}"
+    else:
+        text = repr(value)
+        yield f"  {path:<22} {text if len(text) < 60 else text[:57] + '...'}"
+
+
+def _queries(cached: RunResult, uncached: RunResult | None) -> list[str]:
+    lines = ["", "Database queries"]
+    on = cached.samples
+    per_on = sum(s.queries for s in on) / len(on) if on else 0.0
+    half = on[len(on) // 2:]
+    per_half = sum(s.queries for s in half) / len(half) if half else 0.0
+    lines.append(f"  with cache:    {per_on:.3f} queries/request over the run, "
+                 f"{per_half:.3f} in its second half")
+    if not uncached or not uncached.samples:
+        return lines + ["  (no comparison pass without cache was run)"]
+    off = uncached.samples
+    per_off = sum(s.queries for s in off) / len(off)
+    lines.append(f"  without cache: {per_off:.3f} queries/request "
+                 f"(the same traffic mix, {len(off)} requests replayed with DummyCache)")
+    if per_off:
+        lines.append(f"  saved:         {100 * (1 - per_on / per_off):.1f} % fewer queries per request "
+                     f"over the run, {100 * (1 - per_half / per_off):.1f} % once warm")
+    on_by, off_by = _by_endpoint(on), _by_endpoint(off)
+    lines.append(f"  {'endpoint':<34}{'cached':>10}{'uncached':>10}{'saved':>9}")
+    for endpoint, samples in on_by.items():
+        q_on = sum(s.queries for s in samples) / len(samples)
+        if endpoint in off_by:
+            q_off = sum(s.queries for s in off_by[endpoint]) / len(off_by[endpoint])
+            saved = f"{100 * (1 - q_on / q_off):7.1f} %" if q_off else "     n/a"
+            lines.append(f"  {endpoint:<34}{q_on:>10.3f}{q_off:>10.3f}{saved:>9}")
+        else:
+            lines.append(f"  {endpoint:<34}{q_on:>10.3f}{'-':>10}{'-':>9}")
+    return lines
