@@ -31,7 +31,6 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .options import TieredOptions, parse_options
 from .serializers import (
-    IMMUTABLE_TYPES,
     OBJECT,
     CorruptEntry,
     Serializer,
@@ -40,6 +39,7 @@ from .serializers import (
     pack_expiry,
 )
 from .stats import L1_SAMPLE, CacheStats, DataTypeCounters
+from .tiers.copying import NotPlannable, Reader, plan_copy
 from .tiers.memory import MISSING, MemoryStore
 from .tiers.redis import RedisTier
 
@@ -168,43 +168,49 @@ class TieredCache(BaseCache):
         return time.monotonic() + seconds
 
     # -- L1 payloads ------------------------------------------------------------
-    def _encode(self, value: Any) -> tuple[int, Any]:
-        if type(value) in IMMUTABLE_TYPES:
-            return OBJECT, value
-        return self._serializer.encode(value)
+    # An L1 payload is ``(reader, stored)``: the value is ``stored`` itself when
+    # reader is None, else ``reader(stored)`` - a cheap copy or a decode (see
+    # tiers.copying). Every get returns an object no other caller holds.
+    def _payload(self, value: Any, encoded: tuple[int, bytes] | None = None) -> tuple[tuple[Reader, Any], int]:
+        """The L1 payload for a value and its weight in bytes."""
+        try:
+            reader, size = plan_copy(value)
+            return (reader, value if reader is None else reader(value)), size
+        except NotPlannable:
+            codec, body = encoded or self._serializer.encode(value)
+            return (self._serializer.reader_for(codec), body), sys.getsizeof(body)
 
-    def _decode(self, payload: tuple[int, Any]) -> Any:
-        codec, body = payload
-        return body if codec == OBJECT else self._serializer.decode(codec, body)
-
-    def _store_l1(self, full: str, payload: tuple[int, Any], seconds: float | None) -> bool:
+    def _store_l1(self, full: str, payload: tuple[Reader, Any], size: int, seconds: float | None) -> bool:
         """Hold a payload in L1; a rejected (oversize) value must not leave an old one behind."""
-        weight = sys.getsizeof(payload[1]) + sys.getsizeof(full) + ENTRY_OVERHEAD
+        weight = size + sys.getsizeof(full) + ENTRY_OVERHEAD
         if self._l1.set(full, payload, weight, self._l1_expiry(seconds)):
             return True
         self._l1.delete(full)
         return False
 
-    def _wire(self, value: Any, payload: tuple[int, Any], seconds: float | None) -> bytes | int:
+    def _wire(self, value: Any, seconds: float | None) -> tuple[bytes | int, tuple[int, bytes] | None]:
+        """The Redis value and, when one was made, the encoded body (reused for L1)."""
         expires_at = None if seconds is None else time.time() + seconds
-        codec, body = payload
-        if codec == OBJECT:
-            return self._serializer.dumps(value, expires_at)
-        return self._serializer.frame(codec, body, expires_at)
+        if type(value) is int:
+            return self._serializer.dumps(value, expires_at), None
+        encoded = self._serializer.encode(value)
+        return self._serializer.frame(*encoded, expires_at), encoded
 
     def _held_in_l1(self, value: Any) -> bool:
         return self._l2 is None or type(value) is not int
 
     # -- reads ------------------------------------------------------------------
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
-        full, counters = self._key(key, version)
+        # The memo lookup of _key, inlined: a function call is a fifth of a hit.
+        entry = self._memo.get(key) if version is None and type(key) is str else None
+        full, counters = entry if entry is not None else self._key(key, version)
         if not next(self._stats.l1_tick) & _L1_SAMPLE_MASK:
             return self._timed_get(full, counters, default)
         payload = self._l1.get(full)
         if payload is not MISSING:
             next(counters.l1_hits)
-            codec, body = payload
-            return body if codec == OBJECT else self._serializer.decode(codec, body)
+            reader, stored = payload
+            return stored if reader is None else reader(stored)
         return self._get_from_l2(full, counters, default)
 
     def _timed_get(self, full: str, counters: DataTypeCounters, default: Any) -> Any:
@@ -212,7 +218,8 @@ class TieredCache(BaseCache):
         payload = self._l1.get(full)
         if payload is MISSING:
             return self._get_from_l2(full, counters, default)
-        value = self._decode(payload)
+        reader, stored = payload
+        value = stored if reader is None else reader(stored)
         self._stats.latency["l1"].observe(time.perf_counter() - start)
         next(counters.l1_hits)
         return value
@@ -249,8 +256,8 @@ class TieredCache(BaseCache):
         seconds = None if expires_at is None else expires_at - time.time()
         if seconds is not None and seconds <= 0:
             return
-        payload = (OBJECT, value) if type(value) in IMMUTABLE_TYPES else (codec, body)
-        self._store_l1(full, payload, seconds)
+        payload, size = self._payload(value, (codec, body))
+        self._store_l1(full, payload, size, seconds)
 
     def get_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
         found: dict[Any, Any] = {}
@@ -262,7 +269,8 @@ class TieredCache(BaseCache):
                 pending.append((key, full, counters))
             else:
                 next(counters.l1_hits)
-                found[key] = self._decode(payload)
+                reader, stored = payload
+                found[key] = stored if reader is None else reader(stored)
         if pending and self._l2 is None:
             for _, _, counters in pending:
                 next(counters.misses)
@@ -294,33 +302,35 @@ class TieredCache(BaseCache):
         if seconds is not None and seconds <= 0:
             self._delete(full)
             return True
-        payload = self._encode(value)
-        if self._l2 is not None:
-            self._l2.set(full, self._wire(value, payload, seconds), seconds)
-            if not self._held_in_l1(value):
-                self._l1.delete(full)
-                return True
-            self._store_l1(full, payload, seconds)
-            return True
-        return self._store_l1(full, payload, seconds)
+        if self._l2 is None:
+            return self._store_l1(full, *self._payload(value), seconds)
+        data, encoded = self._wire(value, seconds)
+        self._l2.set(full, data, seconds)
+        if self._held_in_l1(value):
+            self._store_l1(full, *self._payload(value, encoded), seconds)
+        else:
+            self._l1.delete(full)
+        return True
 
     def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         full, _ = self._key(key, version)
         seconds = self._ttl(timeout)
-        payload = self._encode(value)
+        keep = seconds is None or seconds > 0
         if self._l2 is None:
+            payload, size = self._payload(value)
             with self._l1.lock:
                 if full in self._l1:
                     return False
-                if seconds is None or seconds > 0:
-                    self._store_l1(full, payload, seconds)
+                if keep:
+                    self._store_l1(full, payload, size, seconds)
                 return True
-        if not self._l2.add(full, self._wire(value, payload, seconds), seconds if seconds is None or seconds > 0 else 0.001):
+        data, encoded = self._wire(value, seconds)
+        if not self._l2.add(full, data, seconds if keep else 0.001):
             return False
-        if seconds is not None and seconds <= 0:
+        if not keep:
             self._delete(full)
         elif self._held_in_l1(value):
-            self._store_l1(full, payload, seconds)
+            self._store_l1(full, *self._payload(value, encoded), seconds)
         return True
 
     def set_many(self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> list[Any]:
@@ -328,15 +338,18 @@ class TieredCache(BaseCache):
         if seconds is not None and seconds <= 0:
             self.delete_many(data, version=version)
             return []
-        entries = [(key, self._key(key, version)[0], value, self._encode(value)) for key, value in data.items()]
-        if self._l2 is not None:
-            self._l2.set_many([(full, self._wire(value, payload, seconds)) for _, full, value, payload in entries], seconds)
+        entries = [(key, self._key(key, version)[0], value) for key, value in data.items()]
+        wires = [self._wire(value, seconds) for _, _, value in entries] if self._l2 is not None else None
+        if wires is not None:
+            self._l2.set_many([(full, wire[0]) for (_, full, _), wire in zip(entries, wires)], seconds)
         failed = []
-        for key, full, value, payload in entries:
+        for index, (key, full, value) in enumerate(entries):
             next(self._stats.sets)
             if not self._held_in_l1(value):
                 self._l1.delete(full)
-            elif not self._store_l1(full, payload, seconds) and self._l2 is None:
+                continue
+            encoded = wires[index][1] if wires is not None else None
+            if not self._store_l1(full, *self._payload(value, encoded), seconds) and self._l2 is None:
                 failed.append(key)
         return failed
 
@@ -385,10 +398,10 @@ class TieredCache(BaseCache):
             found = self._l1.get_with_expiry(full)
             if found is None:
                 raise ValueError(f"Key '{key}' not found")
-            payload, expires_at = found
-            new_value = self._decode(payload) + delta
-            weight = sys.getsizeof(new_value) + sys.getsizeof(full) + ENTRY_OVERHEAD
-            self._l1.set(full, self._encode(new_value), weight, expires_at)
+            (reader, stored), expires_at = found
+            new_value = (stored if reader is None else reader(stored)) + delta
+            payload, size = self._payload(new_value)
+            self._l1.set(full, payload, size + sys.getsizeof(full) + ENTRY_OVERHEAD, expires_at)
             return new_value
 
     def clear(self) -> None:
@@ -406,7 +419,8 @@ class TieredCache(BaseCache):
         payload = self._l1.get(full)
         if payload is not MISSING:
             next(counters.l1_hits)
-            return self._decode(payload)
+            reader, stored = payload
+            return stored if reader is None else reader(stored)
         return await sync_to_async(self._get_from_l2, thread_sensitive=False)(full, counters, default)
 
     # -- observability ----------------------------------------------------------

@@ -28,6 +28,7 @@ import pickle
 import struct
 import uuid
 from decimal import Decimal
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -168,6 +169,12 @@ class Serializer:
                 "store plain data (dict, list, str, numbers, datetimes, ...) or allow the fallback."
             )
         return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+    def reader_for(self, codec: int) -> Callable[[bytes], Any]:
+        """A one-argument decoder for bodies of ``codec`` (what L1 calls on a hit)."""
+        if codec == MSGPACK:
+            return _unpack_plain
+        return partial(self.decode, codec)
 
     def decode(self, codec: int, body: Any) -> Any:
         """Inverse of ``encode``; any damage surfaces as ``CorruptEntry``."""

@@ -1,0 +1,129 @@
+"""How L1 hands out values: an independent copy per ``get``, made cheaply.
+
+LocMemCache unpickles on every hit so a caller that mutates what it got never
+changes what the next caller gets. L1 keeps that guarantee without decoding: at
+``set`` time it inspects the value once and plans the cheapest copy that is
+still fully independent:
+
+* an immutable tree (str, numbers, datetimes, tuples of those, ...) is handed
+  out as it is;
+* a dict, list or set whose contents are immutable gets a shallow ``copy()``
+  (0.04 us for a small dict against 0.2 us for a msgpack decode);
+* nested containers get a copier composed of those, copying only the mutable
+  nodes;
+* anything else (custom classes, huge or deep trees) is held serialized and
+  decoded on every hit, exactly like LocMemCache.
+
+A plan is a *reader*: ``None`` (use the object itself) or a callable that
+turns the stored object into the value to return. The L1 payload is always
+``(reader, stored)``, so the hit path is one tuple unpack and one call.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+Reader = Callable[[Any], Any] | None
+
+IMMUTABLE_LEAVES = frozenset(
+    {
+        str, bytes, int, float, complex, bool, type(None),
+        datetime.datetime, datetime.date, datetime.time, datetime.timedelta, datetime.timezone,
+        Decimal, uuid.UUID,
+    }
+)  # fmt: skip
+
+# Past this many container nodes, building and running a plan costs more than
+# a decode does; such values are held serialized.
+MAX_PLAN_NODES = 2000
+
+
+class NotPlannable(Exception):
+    """The value must be held serialized (unknown types or too large a tree)."""
+
+
+def plan_copy(value: Any) -> tuple[Reader, int]:
+    """The reader for ``value`` and an estimate of its memory in bytes."""
+    budget = [MAX_PLAN_NODES]
+    return _plan(value, budget)
+
+
+def _plan(value: Any, budget: list[int]) -> tuple[Reader, int]:
+    kind = type(value)
+    if kind in IMMUTABLE_LEAVES:
+        return None, sys.getsizeof(value)
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise NotPlannable("too many nodes")
+    if kind is dict:
+        return _plan_dict(value, budget)
+    if kind is list:
+        return _plan_list(value, budget)
+    if kind is tuple:
+        return _plan_tuple(value, budget)
+    if kind is set or kind is frozenset:
+        # Members of a set are hashable; we still require known immutable ones.
+        size = sys.getsizeof(value)
+        for member in value:
+            reader, member_size = _plan(member, budget)
+            if reader is not None:
+                raise NotPlannable("set of mutable members")
+            size += member_size
+        return (set.copy if kind is set else None), size
+    raise NotPlannable(kind.__name__)
+
+
+def _plan_dict(value: dict, budget: list[int]) -> tuple[Reader, int]:
+    size = sys.getsizeof(value)
+    nested: list[tuple[Any, Callable[[Any], Any]]] = []
+    for key, item in value.items():
+        key_reader, key_size = _plan(key, budget)
+        if key_reader is not None:
+            raise NotPlannable("mutable dict key")
+        reader, item_size = _plan(item, budget)
+        size += key_size + item_size
+        if reader is not None:
+            nested.append((key, reader))
+    if not nested:
+        return dict.copy, size
+
+    def copy_dict(source: dict) -> dict:
+        result = source.copy()
+        for key, reader in nested:
+            result[key] = reader(source[key])
+        return result
+
+    return copy_dict, size
+
+
+def _plan_list(value: list, budget: list[int]) -> tuple[Reader, int]:
+    size = sys.getsizeof(value)
+    readers = []
+    for item in value:
+        reader, item_size = _plan(item, budget)
+        size += item_size
+        readers.append(reader)
+    if not any(readers):
+        return list.copy, size
+    first = readers[0]
+    if all(reader is first for reader in readers):
+        # The common API payload: a list of records of one shape.
+        return (lambda source: [first(item) for item in source]), size
+    return (lambda source: [item if reader is None else reader(item) for reader, item in zip(readers, source)]), size
+
+
+def _plan_tuple(value: tuple, budget: list[int]) -> tuple[Reader, int]:
+    size = sys.getsizeof(value)
+    readers = []
+    for item in value:
+        reader, item_size = _plan(item, budget)
+        size += item_size
+        readers.append(reader)
+    if not any(readers):
+        return None, size
+    return (lambda source: tuple(item if reader is None else reader(item) for reader, item in zip(readers, source))), size
