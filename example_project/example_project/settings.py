@@ -10,6 +10,7 @@ a fresh machine; the environment switches on the real servers:
   for side-by-side comparisons.
 """
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -132,18 +133,26 @@ def redis_answers(url: str, timeout: float = 0.3) -> bool:
         return False
 
 
+def cache_key_prefix(database: dict) -> str:
+    """A prefix per database, so runs against SQLite and PostgreSQL that share one
+    Redis never serve each other's rows (their primary keys overlap)."""
+    identity = "|".join(str(database.get(k, "")) for k in ("ENGINE", "HOST", "PORT", "NAME"))
+    return f"velro-example:{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+
+
 def cache_settings() -> tuple[dict, str]:
     """Return the default cache configuration and a one-line description of it."""
+    prefix = cache_key_prefix(DATABASES["default"])
     override = os.environ.get("VELRO_DEMO_CACHE_BACKEND")
     if override:
-        config = {"BACKEND": override, "KEY_PREFIX": "velro-example"}
+        config = {"BACKEND": override, "KEY_PREFIX": prefix}
         if override.endswith("LocMemCache"):
             # Its default of 300 entries would make any comparison meaningless.
             config["OPTIONS"] = {"MAX_ENTRIES": 1_000_000}
         return config, override
     config = {
         "BACKEND": "velro_cache.backends.TieredCache",
-        "KEY_PREFIX": "velro-example",
+        "KEY_PREFIX": prefix,
         "OPTIONS": {"L1": {"MAX_BYTES": 64 * 1024 * 1024}},
     }
     if redis_answers(REDIS_URL):
