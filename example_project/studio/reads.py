@@ -180,8 +180,12 @@ def team_memberships(user_id: int) -> list[dict[str, Any]]:
 
 
 def system_config(key: str, default: Any = None) -> Any:
-    def load() -> Any:
-        return SystemConfig.objects.filter(key=key).values_list("value", flat=True).first()
+    """A SystemConfig value, cached wrapped in a dict: that tells a missing row
+    (``{}``) from a stored JSON null, and keeps bare integers, which a tiered
+    cache may keep out of its in-process tier, cacheable in every tier."""
 
-    value = read_through(system_config_key(key), SYSTEM_CONFIG_TTL, load)
-    return default if value is None else value
+    def load() -> dict[str, Any]:
+        rows = SystemConfig.objects.filter(key=key).values_list("value", flat=True)[:1]
+        return {"value": rows[0]} if rows else {}
+
+    return read_through(system_config_key(key), SYSTEM_CONFIG_TTL, load).get("value", default)
