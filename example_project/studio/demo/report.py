@@ -61,8 +61,8 @@ def render(data: ReportInput) -> list[str]:
     lines = _header(data)
     lines += _statuses(data.cached)
     lines += _latency(data.cached, data.uncached)
-    lines += _hit_rates(data.cached, data.read_types)
     lines += _backend_stats(data.backend_stats)
+    lines += _hit_rates(data.cached, data.read_types, backend_has_types(data.backend_stats))
     lines += _queries(data.cached, data.uncached)
     return lines
 
@@ -119,50 +119,88 @@ def _latency(cached: RunResult, uncached: RunResult | None) -> list[str]:
     return lines
 
 
-def _hit_rate_line(label: str, hits: int, misses: int) -> str:
+def _hit_rate_line(label: str, hits: int, misses: int, detail: str = "") -> str:
     reads = hits + misses
-    return f"  {label:<22} {pct(hits, reads)}  ({hits} hits / {reads} reads)"
+    detail = detail or f"{hits} hits / {reads} reads"
+    return f"  {label:<22} {pct(hits, reads)}  ({detail})"
 
 
-def _hit_rates(run: RunResult, read_types: Mapping[str, Mapping[str, int]]) -> list[str]:
+def _hit_rates(
+    run: RunResult, read_types: Mapping[str, Mapping[str, int]], backend_has_types: bool
+) -> list[str]:
     samples = run.samples
     half = samples[len(samples) // 2:]
     lines = ["", "Cache hit rate, counted by the app's read-through helpers"]
     lines.append(_hit_rate_line("overall", sum(s.hits for s in samples), sum(s.misses for s in samples)))
     lines.append(_hit_rate_line("second half of run", sum(s.hits for s in half), sum(s.misses for s in half)))
-    for data_type, counts in sorted(read_types.items()):
-        lines.append(_hit_rate_line(f"  {data_type}", counts["hits"], counts["misses"]))
+    if not backend_has_types:
+        for data_type, counts in sorted(read_types.items()):
+            lines.append(_hit_rate_line(f"  {data_type}", counts["hits"], counts["misses"]))
     return lines
-
-
-def _backend_stats(stats: Any) -> list[str]:
-    lines = ["", "Cache backend's own statistics (cache.stats(), since process start)"]
-    if stats is None:
-        return lines + ["  not exposed by this backend; see the app's counts above"]
-    if isinstance(stats, Exception):
-        return lines + [f"  unavailable: {type(stats).__name__}: {stats}"]
-    body = list(_describe(stats, ""))
-    if len(body) > MAX_STATS_LINES:
-        body = body[:MAX_STATS_LINES] + [f"  ... {len(body) - MAX_STATS_LINES} more lines"]
-    return lines + (body or ["  (empty)"])
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _tier_line(label: str, counts: Any) -> str | None:
+    """``{"l1_hits": a, "l2_hits": b, "misses": c, ...}`` as one line with a hit rate."""
+    if not isinstance(counts, Mapping) or not _is_number(counts.get("misses")):
+        return None
+    tiers = {k: v for k, v in counts.items() if k.endswith("hits") and _is_number(v)}
+    if not tiers:
+        return None
+    misses = int(counts["misses"])
+    parts = [f"{k.removesuffix('_hits').removesuffix('hits').upper() or 'hits'} {int(v)}"
+             for k, v in tiers.items()]
+    extra = [f"{k} {v}" for k, v in counts.items()
+             if k not in tiers and k not in ("misses", "requests", "hit_rate") and _is_number(v) and v]
+    detail = ", ".join([*parts, f"misses {misses}", *extra])
+    return _hit_rate_line(label, int(sum(tiers.values())), misses, detail)
+
+
+def backend_has_types(stats: Any) -> bool:
+    return isinstance(stats, Mapping) and isinstance(stats.get("by_type"), Mapping)
+
+
+def _backend_stats(stats: Any) -> list[str]:
+    lines = ["", "Cache backend's own statistics (cache.stats(), this process)"]
+    if stats is None:
+        return lines + ["  not exposed by this backend; see the app's counts above"]
+    if isinstance(stats, Exception):
+        return lines + [f"  unavailable: {type(stats).__name__}: {stats}"]
+    if not isinstance(stats, Mapping):
+        return lines + list(_describe(stats, "stats"))
+    rest = dict(stats)
+    totals = _tier_line("overall", rest.get("totals"))
+    if totals:
+        lines.append(totals)
+        rest.pop("totals")
+    if backend_has_types(stats):
+        for data_type, counts in sorted(rest.pop("by_type").items()):
+            lines.append(_tier_line(f"  {data_type}", counts) or f"  {data_type}: {counts!r}")
+    body = list(_describe(rest, ""))
+    if len(body) > MAX_STATS_LINES:
+        body = body[:MAX_STATS_LINES] + [f"  ... {len(body) - MAX_STATS_LINES} more lines"]
+    return lines + body
+
+
 def _describe(value: Any, path: str) -> Iterable[str]:
-    """Print any nesting of dicts defensively; a dict with hits and misses gets a rate."""
+    """Print any nesting of dicts defensively: hit counts get a rate, latencies
+    (seconds, by the backend's convention) are shown in microseconds."""
     if isinstance(value, Mapping):
-        hits, misses = value.get("hits"), value.get("misses")
-        if _is_number(hits) and _is_number(misses):
-            rest = {k: v for k, v in value.items() if k not in ("hits", "misses")}
-            yield _hit_rate_line(path or "total", int(hits), int(misses))
-            for key, item in rest.items():
-                yield from _describe(item, f"{path}.{key}" if path else str(key))
+        line = _tier_line(path or "total", value)
+        if line:
+            yield line
             return
         for key, item in value.items():
             yield from _describe(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        yield f"  {path:<22} [{len(value)} values]"
+    elif isinstance(value, float) and "latency" in path:
+        yield f"  {path:<22} {value * 1e6:,.1f} µs"
+    elif _is_number(value) and path.endswith("bytes"):
+        yield f"  {path:<22} {value / 2**20:,.2f} MiB"
     elif isinstance(value, float):
         yield f"  {path:<22} {value:.4g}"
     else:

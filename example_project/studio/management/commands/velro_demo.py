@@ -57,7 +57,8 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--cold", action="store_true",
-            help="clear the whole default cache first (on Redis this empties its database)",
+            help="clear the default cache first (its KEY_PREFIX's keys; without a prefix, "
+            "the whole Redis database)",
         )
         parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
