@@ -338,7 +338,8 @@ def test_role_without_team_is_owner_only(owner):
 
 def seed(**options) -> str:
     out = io.StringIO()
-    call_command("velro_seed", stdout=out, **{"users": 20, "teams": 3, "generations": 150, "seed": 1, **options})
+    defaults = {"users": 20, "teams": 3, "generations": 150, "seed": 1}
+    call_command("velro_seed", stdout=out, **{**defaults, **options})
     return out.getvalue()
 
 
@@ -401,7 +402,11 @@ def test_demo_runs_end_to_end_and_reports():
 def test_demo_reports_status_mix_and_saved_queries():
     seed()
     report = demo(requests=400, compare=200, seed=3)
-    statuses = {line.split()[0] for line in report.splitlines() if line.startswith("  ") and line.split()[0].isdigit()}
+    statuses = {
+        line.split()[0]
+        for line in report.splitlines()
+        if line.startswith("  ") and line.split()[0].isdigit()
+    }
     assert {"200", "401"} <= statuses
     saved = next(line for line in report.splitlines() if "fewer queries per request" in line)
     assert float(saved.split("saved:")[1].split("%")[0]) > 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
@@ -181,7 +181,7 @@ def _ensure_generations(total: int, user_ids: list[int], rng: random.Random) -> 
     return len(batch)
 
 
-def _generation(owner_id: int, team_ids: list[int], now, rng: random.Random) -> Generation:
+def _generation(owner_id: int, team_ids: list[int], now: datetime, rng: random.Random) -> Generation:
     media_type = rng.choices(list(MODELS), weights=[80, 15, 5])[0]
     width, height = rng.choice(SIZES[media_type])
     status = rng.choices(
