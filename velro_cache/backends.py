@@ -245,7 +245,9 @@ class TieredCache(BaseCache):
         except CorruptEntry as exc:
             next(counters.corrupt)
             next(counters.misses)
-            logger.warning("velro_cache: ignoring a corrupt L2 entry at %r: %s", full, exc)
+            logger.warning("velro_cache: retiring a corrupt L2 entry at %r: %s", full, exc)
+            # Left in place it would make every add()/get_or_set() fail on this key.
+            self._l2.delete_if_equal(full, data)
             return False, None
         next(counters.l2_hits)
         if codec != OBJECT:  # raw integers stay in Redis only

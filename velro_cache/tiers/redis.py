@@ -44,6 +44,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 return redis.call('INCRBY', KEYS[1], ARGV[1])
 """
 
+# Deletes a value only if it is still the given bytes: retiring a corrupt entry
+# must never delete a good value another writer stored in the meantime.
+_DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 _pools: dict[tuple, redis.ConnectionPool] = {}
 _pools_lock = threading.Lock()
 
@@ -81,6 +88,7 @@ class RedisTier:
         self.client = redis.Redis(connection_pool=shared_pool(url, options))
         self._touch = self.client.register_script(_TOUCH)
         self._incr = self.client.register_script(_INCR_EXISTING)
+        self._delete_if_equal = self.client.register_script(_DELETE_IF_EQUAL)
 
     def get(self, key: str) -> bytes | None:
         return self.client.get(key)
@@ -103,6 +111,9 @@ class RedisTier:
 
     def delete(self, key: str) -> bool:
         return bool(self.client.delete(key))
+
+    def delete_if_equal(self, key: str, data: bytes) -> bool:
+        return bool(self._delete_if_equal(keys=[key], args=[data]))
 
     def delete_many(self, keys: Sequence[str]) -> int:
         return self.client.delete(*keys) if keys else 0
