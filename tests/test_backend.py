@@ -341,8 +341,11 @@ def test_oversize_value_is_reported_in_l1_only_mode_and_kept_in_l2_mode(make_cac
 def test_bad_options_raise_improperly_configured(location, options, message):
     from velro_cache.backends import TieredCache
 
-    with pytest.raises(ImproperlyConfigured, match=message):
-        TieredCache(location, {"OPTIONS": options})
+    cache = TieredCache(location, {"OPTIONS": options})  # constructible, so system checks can run
+    for use in (lambda: cache.get("k"), lambda: cache.set("k", 1), lambda: cache.get_many(["k"]), lambda: cache.incr("k")):
+        with pytest.raises(ImproperlyConfigured, match=message):
+            use()
+    cache.close()  # Django closes every cache after a request; that must not raise
 
 
 # -- stats ----------------------------------------------------------------------------

@@ -80,14 +80,42 @@ def _signing_key(options: TieredOptions) -> bytes:
     return derive_signing_key(options.signing_key or django_settings.SECRET_KEY)
 
 
+class MisconfiguredCache(BaseCache):
+    """Stands in for a TieredCache whose settings are invalid.
+
+    Django's own system checks instantiate every configured cache, so raising
+    in ``__init__`` would crash the check run before velro_cache's checks can
+    report the problem with its id. Construction succeeds instead, and any use
+    raises the same ``ImproperlyConfigured`` the checks describe.
+    """
+
+    def __init__(self, message: str, params: dict[str, Any]) -> None:
+        super().__init__({key: value for key, value in params.items() if key != "OPTIONS"})
+        self.message = message
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImproperlyConfigured(self.message)
+
+    add = get = set = touch = delete = clear = get_many = set_many = delete_many = has_key = incr = _refuse
+
+    def close(self, **kwargs: Any) -> None:
+        """Called by Django after every request; nothing to close."""
+
+
 class TieredCache(BaseCache):
     """A Django cache backend with an in-process L1 and an optional Redis L2."""
 
-    def __init__(self, location: Any, params: dict[str, Any]) -> None:
-        options = parse_options(location, params.get("OPTIONS"))
+    def __new__(cls, location: Any = None, params: dict[str, Any] | None = None) -> Any:
+        options = parse_options(location, (params or {}).get("OPTIONS"))
         if options.errors:
-            raise ImproperlyConfigured("; ".join(f"{p.msg} ({p.id})" for p in options.errors))
-        self.options = options
+            message = "; ".join(f"{p.msg} ({p.id})" for p in options.errors)
+            return MisconfiguredCache(message, params or {})
+        instance = super().__new__(cls)
+        instance.options = options
+        return instance
+
+    def __init__(self, location: Any, params: dict[str, Any]) -> None:
+        options = self.options
         self._state = _shared_state(options)
         super().__init__(params)
         self._l1: MemoryStore = self._state.store
