@@ -26,8 +26,8 @@ test: $(STAMP) services django-suite
 
 ## make test-matrix: the Django 6.0 leg on python3.12 and python3.13 (own venvs).
 test-matrix: services
-	$(MAKE) test VENV=.venv-py312-dj60 PYTHON=python3.12
-	$(MAKE) test VENV=.venv-py313-dj60 PYTHON=python3.13
+	$(MAKE) test VENV=.venv-py312-dj60 PYTHON=$$(scripts/find_python.sh 3.12)
+	$(MAKE) test VENV=.venv-py313-dj60 PYTHON=$$(scripts/find_python.sh 3.13)
 
 ## make bench: every benchmark, results written to benchmarks/results/.
 bench: $(STAMP) services

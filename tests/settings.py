@@ -72,7 +72,8 @@ DATABASES = {
         "USER": os.environ.get("VELRO_TEST_PG_USER", "postgres"),
         "HOST": os.environ.get("VELRO_TEST_PG_HOST", "127.0.0.1"),
         "PORT": os.environ.get("VELRO_TEST_PG_PORT", "5432"),
-        "TEST": {"NAME": "velro_cache_test"},
+        # One test database per Python version, so matrix legs can run side by side.
+        "TEST": {"NAME": os.environ.get("VELRO_TEST_DB_NAME", f"velro_cache_test_py{sys.version_info[0]}{sys.version_info[1]}")},
     }
 }
 

@@ -411,3 +411,38 @@ async def test_async_api_round_trips(cache):
 def test_safestring_stays_safe(cache):
     cache.set("html", mark_safe("<i>x</i>"))
     assert isinstance(cache.get("html"), SafeString)
+
+
+# -- read-through ---------------------------------------------------------------
+
+
+def test_get_or_load_runs_the_loader_once_for_concurrent_misses(cache):
+    calls = []
+    started = threading.Barrier(8)
+
+    def loader():
+        calls.append(1)
+        time.sleep(0.05)  # hold the flight open while the other threads arrive
+        return {"loaded": True}
+
+    results = []
+
+    def read():
+        started.wait()
+        results.append(cache.get_or_load("gen:9:meta", loader, timeout=60))
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert results == [{"loaded": True}] * 8
+    assert cache.get_or_load("gen:9:meta", loader) == {"loaded": True} and len(calls) == 1
+
+
+def test_get_or_load_caches_none(cache):
+    calls = []
+    assert cache.get_or_load("maybe", lambda: calls.append(1)) is None
+    assert cache.get_or_load("maybe", lambda: calls.append(1)) is None
+    assert len(calls) == 1

@@ -21,7 +21,8 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -52,12 +53,35 @@ ENTRY_OVERHEAD = 160
 _L1_SAMPLE_MASK = L1_SAMPLE - 1
 
 
+class _KeyLocks:
+    """One lock per key in flight, dropped when its last holder leaves."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, list] = {}  # key -> [lock, holders]
+
+    @contextmanager
+    def lock_for(self, key: str) -> Iterator[None]:
+        with self._guard:
+            slot = self._locks.setdefault(key, [threading.Lock(), 0])
+            slot[1] += 1
+        try:
+            with slot[0]:
+                yield
+        finally:
+            with self._guard:
+                slot[1] -= 1
+                if slot[1] == 0:
+                    del self._locks[key]
+
+
 class _SharedState:
     """What all per-thread instances of one cache share within a process."""
 
     def __init__(self, options: TieredOptions) -> None:
         self.store = MemoryStore(options.l1_max_bytes)
         self.stats = CacheStats()
+        self.flights = _KeyLocks()
         self.key_memos: dict[tuple, dict[str, tuple[str, DataTypeCounters]]] = {}
 
 
@@ -433,6 +457,28 @@ class TieredCache(BaseCache):
             payload, size = self._payload(new_value)
             self._l1.set(full, payload, size + sys.getsizeof(full) + ENTRY_OVERHEAD, expires_at)
             return new_value
+
+    # -- read-through -----------------------------------------------------------
+    def get_or_load(
+        self, key: Any, loader: Callable[[], Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Any:
+        """The cached value, or ``loader()``'s result stored and returned.
+
+        Concurrent misses on one key in this process run the loader once
+        (single-flight): the others wait for and share its result. Unlike
+        ``get_or_set``, a loader result of ``None`` is cached too.
+        """
+        found = self.get(key, MISSING, version=version)
+        if found is not MISSING:
+            return found
+        full, _ = self._key(key, version)
+        with self._state.flights.lock_for(full):
+            found = self.get(key, MISSING, version=version)
+            if found is not MISSING:
+                return found
+            value = loader()
+            self.set(key, value, timeout=timeout, version=version)
+            return value
 
     def clear(self) -> None:
         if self._l2 is not None:
