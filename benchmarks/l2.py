@@ -1,0 +1,355 @@
+"""L2 (Redis on loopback): TieredCache against django-redis and Django's RedisCache.
+
+All three talk to the same Redis through redis-py (hiredis parser), so the
+comparison isolates what each backend adds around the round trip: key making,
+serialization, and for TieredCache the promotion of an L2 hit into L1.
+
+Forcing an L2 hit: TieredCache promotes every L2 hit into its L1, so a second
+get of the same key would be an L1 hit. Before each timed get the benchmark
+deletes the key from that cache's L1 (``cache._l1.delete(full_key)``), outside
+the timed window. Every timed get is then a real L2 hit that also pays for the
+promotion, as a first read in a worker process does; the run checks the
+cache's own counters to prove no timed get was served by L1. (A tiny
+``MAX_BYTES`` would not do: entries that fit are still admitted, and a second
+instance with the same LOCATION shares the same L1.)
+
+Round trips are counted on the client, at redis-py's
+``Connection.send_packed_command`` (one call = one write = one wait for
+replies), and the commands behind them on the server, from ``INFO
+commandstats`` deltas of a private redis-server started for the purpose, so
+other traffic on the shared Redis cannot blur the counts.
+
+Run: ``python -m benchmarks.l2`` (about two minutes) or ``--quick``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+from redis.connection import AbstractConnection
+
+from . import common
+from .common import Case, Report
+
+TIERED, DJANGO_REDIS, DJANGO = "TieredCache", "django-redis", "Django RedisCache"
+BACKENDS = {
+    TIERED: "velro_cache.backends.TieredCache",
+    DJANGO_REDIS: "django_redis.cache.RedisCache",
+    DJANGO: "django.core.cache.backends.redis.RedisCache",
+}
+PREFIXES = {TIERED: "bench-l2-tiered", DJANGO_REDIS: "bench-l2-djredis", DJANGO: "bench-l2-django"}
+COUNTING = " (counting)"  # alias suffix of the caches pointed at the private server
+
+GET_VALUES = ("small str", "small dict", "4 KiB flat dict", "4 KiB list of 30 dicts", "object (dataclass)")
+BATCH_VALUES = ("small dict", "4 KiB list of 30 dicts")
+BATCH = 100
+
+P99_BUDGET_US = 1000.0
+GET_MANY_BUDGET = 3.0  # get_many(100) median at most this many single gets
+
+FULL = {"get": 20_000, "batch": 3_000, "rounds": 10, "count": 50}
+QUICK = {"get": 200, "batch": 30, "rounds": 2, "count": 5}
+
+RATIO_DR, RATIO_DJ = "× django-redis (median)", "× Django (median)"
+
+
+# -- a private Redis for command counting ---------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def private_redis() -> Iterator[str | None]:
+    """A throwaway redis-server on a free loopback port, stopped by its pid; None if unavailable."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = _free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 5
+        while not common.redis_answers(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                yield None
+                return
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class RoundTrips:
+    """Counts client writes (round trips) and, when a server is given, the commands it ran."""
+
+    def __init__(self, server_url: str | None) -> None:
+        self.server = redis.Redis.from_url(server_url) if server_url else None
+        self.writes = 0
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        original = AbstractConnection.send_packed_command
+
+        def send_packed_command(connection: Any, command: Any, check_health: bool = True) -> Any:
+            self.writes += 1
+            return original(connection, command, check_health)
+
+        AbstractConnection.send_packed_command = send_packed_command
+        try:
+            yield
+        finally:
+            AbstractConnection.send_packed_command = original
+
+    def _commands(self) -> Counter:
+        stats = self.server.info("commandstats")
+        return Counter({name.removeprefix("cmdstat_"): row["calls"] for name, row in stats.items()})
+
+    def measure(self, fn: Callable[[], Any], calls: int, before: Callable[[], Any] | None = None) -> dict[str, Any]:
+        """Round trips and server commands per call of ``fn`` (``before`` runs uncounted)."""
+        fn()  # connect and load scripts outside the count
+        writes, commands = 0, Counter()
+        for _ in range(calls):
+            if before is not None:
+                before()
+            start = self._commands() if self.server else None
+            self.writes = 0
+            with self.counting():
+                fn()
+            writes += self.writes
+            if self.server:
+                commands += self._commands() - start
+        if self.server:
+            # Our own INFO call is counted between the two snapshots.
+            commands["info"] -= calls
+            commands = +commands
+        return {
+            "round trips / call": writes / calls,
+            "commands / call": sum(commands.values()) / calls if self.server else None,
+            "commands": ", ".join(f"{name} ×{count / calls:g}" for name, count in sorted(commands.items())) if self.server else "n/a",
+        }
+
+
+# -- the backends ---------------------------------------------------------------------------
+
+
+def _caches(counting_url: str | None) -> dict[str, dict[str, Any]]:
+    caches: dict[str, dict[str, Any]] = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
+    for name, backend in BACKENDS.items():
+        caches[name] = {"BACKEND": backend, "LOCATION": common.REDIS_URL, "KEY_PREFIX": PREFIXES[name]}
+        if counting_url:
+            caches[name + COUNTING] = {"BACKEND": backend, "LOCATION": counting_url, "KEY_PREFIX": PREFIXES[name]}
+    return caches
+
+
+def _l1_evicter(cache: Any, keys: list[str]) -> Callable[[], None] | None:
+    """For TieredCache, a callable that drops ``keys`` from its L1 (forcing L2 reads)."""
+    l1 = getattr(cache, "_l1", None)
+    if l1 is None:
+        return None
+    fulls = [cache.make_key(key) for key in keys]
+    if len(fulls) == 1:
+        full = fulls[0]
+        return lambda: l1.delete(full)
+    return lambda: [l1.delete(full) for full in fulls]
+
+
+def _l2_hits(cache: Any) -> int:
+    return cache.stats()["totals"]["l2_hits"]
+
+
+def _keys(tag: str) -> list[str]:
+    return [f"gen:{tag}:{i}" for i in range(BATCH)]
+
+
+# -- measurements ---------------------------------------------------------------------------
+
+
+def _time_gets(caches: dict[str, Any], values: dict[str, Any], plan: dict[str, int]) -> tuple[dict, int, int]:
+    """get of an L2 hit per value and backend; also TieredCache's L2 hits vs timed gets."""
+    results, timed, tiered = {}, 0, caches[TIERED]
+    hits_before = _l2_hits(tiered)
+    for index, name in enumerate(GET_VALUES):
+        key = f"gen:get:{index}"
+        cases = {}
+        for backend, cache in caches.items():
+            cache.set(key, values[name], None)
+            cases[backend] = Case(cache.get, (key,), _l1_evicter(cache, [key]))
+        results[name] = common.interleaved(cases, plan["get"], plan["rounds"], warmup=100)
+        timed += 100 + len(results[name][TIERED])
+    return results, timed, _l2_hits(tiered) - hits_before
+
+
+def _time_batches(caches: dict[str, Any], values: dict[str, Any], plan: dict[str, int]) -> dict[tuple[str, str], dict]:
+    """get_many / set_many / delete_many of BATCH keys, per batch value."""
+    results = {}
+    for index, name in enumerate(BATCH_VALUES):
+        keys = _keys(f"batch{index}")
+        data = dict.fromkeys(keys, values[name])
+        get_many, set_many, delete_many = {}, {}, {}
+        for backend, cache in caches.items():
+            cache.set_many(data, None)
+            get_many[backend] = Case(cache.get_many, (keys,), _l1_evicter(cache, keys))
+            set_many[backend] = Case(cache.set_many, (data, 300))
+            delete_many[backend] = Case(cache.delete_many, (keys,), lambda cache=cache: cache.set_many(data, 300))
+        for op, cases in (("get_many", get_many), ("set_many", set_many), ("delete_many", delete_many)):
+            results[op, name] = common.interleaved(cases, plan["batch"], plan["rounds"], warmup=20)
+    return results
+
+
+def _count_round_trips(caches: dict[str, Any], counter: RoundTrips, values: dict[str, Any], calls: int) -> list[dict[str, Any]]:
+    rows = []
+    keys = _keys("count")
+    data = dict.fromkeys(keys, values["small dict"])
+    for backend, cache in caches.items():
+        cache.set_many(data, None)
+        ops = {
+            "get (L2 hit)": (lambda: cache.get(keys[0]), _l1_evicter(cache, keys[:1])),
+            f"get_many({BATCH})": (lambda: cache.get_many(keys), _l1_evicter(cache, keys)),
+            f"set_many({BATCH})": (lambda: cache.set_many(data, 300), None),
+            f"delete_many({BATCH})": (lambda: cache.delete_many(keys), lambda: cache.set_many(data, 300)),
+        }
+        for op, (fn, before) in ops.items():
+            rows.append({"operation": op, "backend": backend, **counter.measure(fn, calls, before)})
+        cache.delete_many(keys)
+    return rows
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def _stat_row(labels: dict[str, Any], samples: list[int], by_backend: dict[str, list[int]]) -> dict[str, Any]:
+    row = {**labels, **common.summarize(samples)}
+    row[RATIO_DR] = common.ratio(row["median µs"], common.median_us(by_backend[DJANGO_REDIS]))
+    row[RATIO_DJ] = common.ratio(row["median µs"], common.median_us(by_backend[DJANGO]))
+    return row
+
+
+def _get_table(report: Report, gets: dict, timed: int, promoted: int) -> None:
+    rows = []
+    for value_name, by_backend in gets.items():
+        for backend, samples in by_backend.items():
+            row = _stat_row({"value": value_name, "backend": backend}, samples, by_backend)
+            if backend == TIERED:
+                p99 = row["p99 µs"]
+                row[f"p99 < {P99_BUDGET_US:g} µs"] = report.budget(
+                    f"TieredCache L2-hit get p99 < {P99_BUDGET_US:g} µs: {value_name}", p99 < P99_BUDGET_US, f"{p99:.0f} µs"
+                )
+            rows.append(row)
+    columns = ["value", "backend", *common.STAT_COLUMNS, RATIO_DR, RATIO_DJ, f"p99 < {P99_BUDGET_US:g} µs"]
+    notes = [
+        f"TieredCache counted {promoted:,} L2 hits for {timed:,} gets (timed and warm-up): "
+        + ("every one was an L2 hit." if promoted == timed else "**some were not L2 hits: the forcing did not work.**"),
+        "A TieredCache L2 hit includes decoding (msgpack, lz4 above 1 KiB, pickle for the object) and the promotion into L1.",
+    ]
+    report.table("get of an L2 hit", columns, rows, notes)
+
+
+def _batch_table(report: Report, batches: dict, gets: dict) -> None:
+    rows = []
+    single = {backend: common.median_us(samples) for backend, samples in gets["small dict"].items()}
+    for (op, value_name), by_backend in batches.items():
+        for backend, samples in by_backend.items():
+            row = _stat_row({"operation": f"{op}({BATCH})", "value": value_name, "backend": backend}, samples, by_backend)
+            if op == "get_many" and value_name == "small dict":
+                row["× one get"] = times = common.ratio(row["median µs"], single[backend])
+                if backend == TIERED:
+                    row[f"≤ {GET_MANY_BUDGET:g}× one get"] = report.budget(
+                        f"TieredCache get_many({BATCH}) median under {GET_MANY_BUDGET:g}× one get (small dict)",
+                        times < GET_MANY_BUDGET,
+                        f"{times:.2f}×",
+                    )
+            rows.append(row)
+    columns = ["operation", "value", "backend", *common.STAT_COLUMNS, RATIO_DR, RATIO_DJ, "× one get", f"≤ {GET_MANY_BUDGET:g}× one get"]
+    notes = [
+        "`× one get` compares with the same backend's median L2-hit get of one small dict (table above).",
+        "TieredCache's get_many of L2 hits also promotes all 100 values into L1; set_many writes L1 too.",
+        "delete_many is timed on keys re-written (untimed) before each call.",
+    ]
+    report.table(f"Batches of {BATCH} keys", columns, rows, notes)
+
+
+def _round_trip_table(report: Report, rows: list[dict[str, Any]], have_server: bool) -> None:
+    for row in rows:
+        if row["backend"] == TIERED and row["operation"] != "get (L2 hit)":
+            trips = row["round trips / call"]
+            row["one round trip"] = report.budget(f"TieredCache {row['operation']} is one round trip", trips == 1, f"{trips:g} per call")
+    notes = [
+        "`round trips / call`: client writes counted at redis-py's `Connection.send_packed_command`.",
+        "`commands`: server-side `INFO commandstats` deltas per call"
+        + (", on a private redis-server started for this count." if have_server else ": n/a (redis-server could not be started)."),
+    ]
+    columns = ["operation", "backend", "round trips / call", "commands / call", "commands", "one round trip"]
+    report.table("Redis round trips per call", columns, rows, notes)
+
+
+def run(args: argparse.Namespace) -> Report:
+    plan = QUICK if args.quick else FULL
+    report = Report(
+        "l2",
+        "L2 (Redis on loopback): TieredCache vs django-redis vs Django's RedisCache",
+        [
+            "Generated by `python -m benchmarks.l2`. Same Redis, same values, same redis-py/hiredis;",
+            f"each call timed on its own (`perf_counter_ns`), backends interleaved in {plan['rounds']} rounds.",
+            f"Samples: {plan['get']:,} per get cell, {plan['batch']:,} per batch cell. Redis: `{common.REDIS_URL}`.",
+            "",
+            "How an L2 hit is forced on TieredCache: before each timed get, the key is deleted from",
+            "that cache's L1 (`cache._l1.delete(full_key)`), untimed. The timed get therefore misses L1,",
+            "reads Redis, decodes and promotes into L1, exactly like a worker's first read. The",
+            "cache's own L2-hit counter is checked against the number of gets (see the note under the table).",
+            "",
+            f"Budgets (spec): L2 hit p99 < {P99_BUDGET_US / 1000:g} ms; get_many({BATCH}) under {GET_MANY_BUDGET:g}× one get;",
+            "get_many / set_many / delete_many in one round trip.",
+        ],
+        quick=args.quick,
+    )
+    if not common.redis_answers():
+        report.intro.append(f"\n**No Redis answered at {common.REDIS_URL}: nothing was measured.**")
+        report.budget("a Redis to measure against", False, f"none at {common.REDIS_URL}")
+        return report
+    with private_redis() as counting_url:
+        common.configure_django(_caches(counting_url))
+        from django.core.cache import caches as django_caches
+
+        caches = {name: django_caches[name] for name in BACKENDS}
+        values = common.sample_values()
+        gets, timed, promoted = _time_gets(caches, values, plan)
+        batches = _time_batches(caches, values, plan)
+        counting = {name: django_caches[name + COUNTING if counting_url else name] for name in BACKENDS}
+        trips = _count_round_trips(counting, RoundTrips(counting_url), values, plan["count"])
+        for cache in caches.values():  # leave db 14 as we found it
+            cache.delete_many([f"gen:get:{i}" for i in range(len(GET_VALUES))])
+            for index in range(len(BATCH_VALUES)):
+                cache.delete_many(_keys(f"batch{index}"))
+    _get_table(report, gets, timed, promoted)
+    _batch_table(report, batches, gets)
+    _round_trip_table(report, trips, counting_url is not None)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.cli("l2", __doc__, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
