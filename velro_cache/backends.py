@@ -2,7 +2,14 @@
 
 Reads go L1 -> L2 -> miss; an L2 hit is promoted into L1 with the time it has
 left in L2 (bounded by ``OPTIONS["L1"]["MAX_AGE"]``), so L1 never outlives L2.
-Writes go through both tiers. Without ``LOCATION`` the cache is L1 only.
+Writes go through both tiers and are announced to every other process, which
+drops its L1 copy (``tiers.coherence``). Without ``LOCATION`` the cache is L1
+only.
+
+Redis failures never reach the caller: every L2 call goes through a circuit
+breaker; a failed read is a miss, a failed write is remembered and replayed as
+an invalidation when Redis is back (``tiers.process``). While L2 is lost, L1
+is off too, because other processes' writes could not be heard.
 
 The hot path is ``get`` on an L1 hit. It avoids Django's per-call key making
 and validation (about half of LocMemCache's cost) by memoizing, per alias, the
@@ -18,86 +25,36 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from asgiref.sync import sync_to_async
+import redis
 from django.conf import settings as django_settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, CacheKeyWarning, memcache_key_warnings
 from django.core.exceptions import ImproperlyConfigured
 
 from .options import TieredOptions, parse_options
-from .serializers import (
-    OBJECT,
-    CorruptEntry,
-    Serializer,
-    UnserializableValue,
-    derive_signing_key,
-    pack_expiry,
-)
-from .stats import L1_SAMPLE, CacheStats, DataTypeCounters
+from .readthrough import ReadThroughMixin
+from .serializers import OBJECT, CorruptEntry, Serializer, UnserializableValue, derive_signing_key, pack_expiry
+from .stats import L1_SAMPLE, DataTypeCounters
+from .tiers.breaker import L2Unavailable
 from .tiers.copying import NotPlannable, Reader, plan_copy
-from .tiers.memory import MISSING, MemoryStore
-from .tiers.redis import RedisTier
+from .tiers.memory import MISSING
+from .tiers.process import ProcessState, state_for
 
 logger = logging.getLogger("velro_cache")
 
 KEY_MEMO_LIMIT = 50_000
+KEY_MEMOS_LIMIT = 64
 # Python's own cost of an L1 entry beyond its key and body: the store's entry,
 # the payload tuple and the dict slot. Counted so MAX_BYTES bounds real memory.
 ENTRY_OVERHEAD = 160
 _L1_SAMPLE_MASK = L1_SAMPLE - 1
 
-
-class _KeyLocks:
-    """One lock per key in flight, dropped when its last holder leaves."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, list] = {}  # key -> [lock, holders]
-
-    @contextmanager
-    def lock_for(self, key: str) -> Iterator[None]:
-        with self._guard:
-            slot = self._locks.setdefault(key, [threading.Lock(), 0])
-            slot[1] += 1
-        try:
-            with slot[0]:
-                yield
-        finally:
-            with self._guard:
-                slot[1] -= 1
-                if slot[1] == 0:
-                    del self._locks[key]
-
-
-class _SharedState:
-    """What all per-thread instances of one cache share within a process."""
-
-    def __init__(self, options: TieredOptions) -> None:
-        self.store = MemoryStore(options.l1_max_bytes)
-        self.stats = CacheStats()
-        self.flights = _KeyLocks()
-        self.key_memos: dict[tuple, dict[str, tuple[str, DataTypeCounters]]] = {}
-
-
-_shared: dict[tuple, _SharedState] = {}
-_shared_lock = threading.Lock()
-
-
-def _shared_state(options: TieredOptions) -> _SharedState:
-    # Keyed like LocMemCache (by location), so aliases that point at the same
-    # place see the same L1, as Django's own suite expects.
-    key = (options.redis_urls, options.l1_max_bytes)
-    with _shared_lock:
-        state = _shared.get(key)
-        if state is None:
-            state = _shared[key] = _SharedState(options)
-        return state
+# Failures that mean "Redis is unreachable or too slow": they open the breaker.
+OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 def _signing_key(options: TieredOptions) -> bytes:
@@ -126,7 +83,7 @@ class MisconfiguredCache(BaseCache):
         """Called by Django after every request; nothing to close."""
 
 
-class TieredCache(BaseCache):
+class TieredCache(ReadThroughMixin, BaseCache):
     """A Django cache backend with an in-process L1 and an optional Redis L2."""
 
     def __new__(cls, location: Any = None, params: dict[str, Any] | None = None) -> Any:
@@ -139,17 +96,20 @@ class TieredCache(BaseCache):
         return instance
 
     def __init__(self, location: Any, params: dict[str, Any]) -> None:
-        options = self.options
-        self._state = _shared_state(options)
+        self._state: ProcessState = state_for(self.options)
         super().__init__(params)
-        self._l1: MemoryStore = self._state.store
+        self._l1 = self._state.store
         self._stats = self._state.stats
         self._serializer = Serializer(
-            signing_key=_signing_key(options),
-            pickle_fallback=options.pickle_fallback,
-            compress_min_bytes=options.compress_min_bytes,
+            signing_key=_signing_key(self.options),
+            pickle_fallback=self.options.pickle_fallback,
+            compress_min_bytes=self.options.compress_min_bytes,
         )
-        self._l2 = RedisTier(options.redis_urls[0], options) if options.redis_urls else None
+
+    @property
+    def _l2(self) -> Any:
+        """The Redis tier of this process (None in L1-only mode)."""
+        return self._state.l2
 
     # -- keys -------------------------------------------------------------------
     # The key memo depends on how keys are made, so assigning any of these
@@ -184,7 +144,10 @@ class TieredCache(BaseCache):
 
     def _select_memo(self) -> None:
         parts = (getattr(self, "_key_prefix", None), getattr(self, "_version", None), getattr(self, "_key_func", None))
-        self._memo = self._state.key_memos.setdefault(parts, {})
+        memos = self._state.key_memos
+        if parts not in memos and len(memos) >= KEY_MEMOS_LIMIT:
+            memos.clear()
+        self._memo = memos.setdefault(parts, {})
 
     def _key(self, key: Any, version: int | None) -> tuple[str, DataTypeCounters]:
         """The final key and its data type's counters; warns like Django does."""
@@ -219,6 +182,30 @@ class TieredCache(BaseCache):
             seconds = max_age
         return time.monotonic() + seconds
 
+    # -- L2 guard ---------------------------------------------------------------
+    def _l2_call(self, method: Callable[..., Any], *args: Any) -> Any:
+        """Run one L2 call behind the breaker; any failure becomes L2Unavailable."""
+        breaker = self._state.breaker
+        if not breaker.allow():
+            raise L2Unavailable("circuit open")
+        try:
+            result = method(*args)
+        except OUTAGE_ERRORS as exc:
+            next(self._stats.l2_errors)
+            breaker.record_failure()
+            raise L2Unavailable(str(exc)) from exc
+        except redis.RedisError as exc:  # e.g. OOM: Redis answered, so no outage
+            next(self._stats.l2_errors)
+            logger.warning("velro_cache: Redis refused %s: %s", getattr(method, "__name__", method), exc)
+            raise L2Unavailable(str(exc)) from exc
+        breaker.record_success()
+        return result
+
+    def _write_failed(self, fulls: list[str]) -> None:
+        """Redis did not take a write: drop local copies, replay as deletes later."""
+        self._state.forget_local(fulls)
+        self._state.pending.add(fulls, self.key_prefix)
+
     # -- L1 payloads ------------------------------------------------------------
     # An L1 payload is ``(reader, stored)``: the value is ``stored`` itself when
     # reader is None, else ``reader(stored)`` - a cheap copy or a decode (see
@@ -232,24 +219,21 @@ class TieredCache(BaseCache):
             codec, body = encoded or self._serializer.encode(value)
             return (self._serializer.reader_for(codec), body), sys.getsizeof(body)
 
-    def _store_l1(self, full: str, payload: tuple[Reader, Any], size: int, seconds: float | None) -> bool:
-        """Hold a payload in L1; a rejected (oversize) value must not leave an old one behind."""
+    def _store_l1(self, full: str, value: Any, seconds: float | None, encoded: Any = None, ticket: int | None = None) -> bool:
+        """Hold a value in L1 (when L1 is on and, with a ticket, nothing changed since)."""
+        if self._l2 is not None and type(value) is int:
+            return False  # counters live in Redis only
+        payload, size = self._payload(value, encoded)
         weight = size + sys.getsizeof(full) + ENTRY_OVERHEAD
-        if self._l1.set(full, payload, weight, self._l1_expiry(seconds)):
-            return True
-        self._l1.delete(full)
-        return False
+        return self._state.fill_l1(full, payload, weight, self._l1_expiry(seconds), ticket)
 
-    def _wire(self, value: Any, seconds: float | None) -> tuple[bytes | int, tuple[int, bytes] | None]:
+    def _wire(self, value: Any, seconds: float | None, delta: float = 0.0) -> tuple[bytes | int, tuple[int, bytes] | None]:
         """The Redis value and, when one was made, the encoded body (reused for L1)."""
         expires_at = None if seconds is None else time.time() + seconds
         if type(value) is int:
             return self._serializer.dumps(value, expires_at), None
         encoded = self._serializer.encode(value)
-        return self._serializer.frame(*encoded, expires_at), encoded
-
-    def _held_in_l1(self, value: Any) -> bool:
-        return self._l2 is None or type(value) is not int
+        return self._serializer.frame(*encoded, expires_at, delta), encoded
 
     # -- reads ------------------------------------------------------------------
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
@@ -280,38 +264,46 @@ class TieredCache(BaseCache):
         if self._l2 is None:
             next(counters.misses)
             return default
+        ticket = self._state.writes.ticket()
         start = time.perf_counter()
-        data = self._l2.get(full)
+        try:
+            data = self._l2_call(self._l2.get, full)
+        except L2Unavailable:
+            next(counters.misses)
+            return default
         self._stats.latency["l2"].observe(time.perf_counter() - start)
-        found, value = self._accept_from_l2(full, data, counters)
+        found, value = self._accept_from_l2(full, data, counters, ticket)
         return value if found else default
 
-    def _accept_from_l2(self, full: str, data: bytes | None, counters: DataTypeCounters) -> tuple[bool, Any]:
+    def _accept_from_l2(self, full: str, data: bytes | None, counters: DataTypeCounters, ticket: int) -> tuple[bool, Any]:
         """Decode an L2 value, promote it into L1, count the outcome."""
         if data is None:
             next(counters.misses)
             return False, None
         try:
-            codec, body, expires_at = self._serializer.unframe(data)
-            value = self._serializer.decode(codec, body)
+            frame = self._serializer.unframe(data)
+            value = self._serializer.decode(frame.codec, frame.body)
         except CorruptEntry as exc:
             next(counters.corrupt)
             next(counters.misses)
             logger.warning("velro_cache: retiring a corrupt L2 entry at %r: %s", full, exc)
             # Left in place it would make every add()/get_or_set() fail on this key.
-            self._l2.delete_if_equal(full, data)
+            try:
+                self._l2_call(self._l2.delete_if_equal, full, data)
+            except L2Unavailable:
+                pass
             return False, None
         next(counters.l2_hits)
-        if codec != OBJECT:  # raw integers stay in Redis only
-            self._promote(full, value, codec, body, expires_at)
+        if frame.codec != OBJECT:  # raw integers stay in Redis only
+            self._promote(full, value, frame, ticket)
         return True, value
 
-    def _promote(self, full: str, value: Any, codec: int, body: Any, expires_at: float | None) -> None:
-        seconds = None if expires_at is None else expires_at - time.time()
+    def _promote(self, full: str, value: Any, frame: Any, ticket: int) -> None:
+        seconds = None if frame.expires_at is None else frame.expires_at - time.time()
         if seconds is not None and seconds <= 0:
             return
-        payload, size = self._payload(value, (codec, body))
-        self._store_l1(full, payload, size, seconds)
+        if self._store_l1(full, value, seconds, (frame.codec, frame.body), ticket):
+            self._state.remember_load(full, frame.delta, frame.expires_at)
 
     def get_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
         found: dict[Any, Any] = {}
@@ -325,126 +317,154 @@ class TieredCache(BaseCache):
                 next(counters.l1_hits)
                 reader, stored = payload
                 found[key] = stored if reader is None else reader(stored)
-        if pending and self._l2 is None:
-            for _, _, counters in pending:
-                next(counters.misses)
-        elif pending:
+        if pending:
+            found.update(self._get_many_from_l2(pending))
+        return found
+
+    def _get_many_from_l2(self, pending: list[tuple[Any, str, DataTypeCounters]]) -> dict[Any, Any]:
+        found: dict[Any, Any] = {}
+        datas: list[bytes | None] = [None] * len(pending)
+        if self._l2 is not None:
+            ticket = self._state.writes.ticket()
             start = time.perf_counter()
-            datas = self._l2.get_many([full for _, full, _ in pending])
-            self._stats.latency["l2"].observe(time.perf_counter() - start)
-            for (key, full, counters), data in zip(pending, datas):
-                ok, value = self._accept_from_l2(full, data, counters)
-                if ok:
-                    found[key] = value
+            try:
+                datas = self._l2_call(self._l2.get_many, [full for _, full, _ in pending])
+                self._stats.latency["l2"].observe(time.perf_counter() - start)
+            except L2Unavailable:
+                pass
+        for (key, full, counters), data in zip(pending, datas):
+            if self._l2 is None or data is None:
+                next(counters.misses)
+                continue
+            ok, value = self._accept_from_l2(full, data, counters, ticket)
+            if ok:
+                found[key] = value
         return found
 
     def has_key(self, key: Any, version: int | None = None) -> bool:
         full, _ = self._key(key, version)
         if full in self._l1:
             return True
-        return self._l2 is not None and self._l2.has_key(full)
+        if self._l2 is None:
+            return False
+        try:
+            return self._l2_call(self._l2.has_key, full)
+        except L2Unavailable:
+            return False
 
     # -- writes -----------------------------------------------------------------
     def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> None:
         full, _ = self._key(key, version)
-        if not self._set(full, value, self._ttl(timeout)):
+        if not self._set_many_full([(full, value)], self._ttl(timeout)):
             logger.warning("velro_cache: %r was not cached: larger than the L1 budget", full)
 
-    def _set(self, full: str, value: Any, seconds: float | None) -> bool:
-        """Write through both tiers; False when no tier kept the value."""
-        next(self._stats.sets)
+    def set_many(self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> list[Any]:
+        seconds = self._ttl(timeout)
+        by_full = {self._key(key, version)[0]: key for key in data}
+        stored = self._set_many_full([(full, data[key]) for full, key in by_full.items()], seconds, report=True)
+        return [] if stored is True else [by_full[full] for full in stored]
+
+    def _set_many_full(self, items: list[tuple[str, Any]], seconds: float | None, report: bool = False) -> Any:
+        """Write through both tiers.
+
+        Returns True, or with ``report`` the keys no tier kept (L1-only mode
+        and an oversize value); without ``report``, False when nothing kept it.
+        """
+        for _ in items:
+            next(self._stats.sets)
         if seconds is not None and seconds <= 0:
-            self._delete(full)
+            self._delete_full([full for full, _ in items])
             return True
         if self._l2 is None:
-            return self._store_l1(full, *self._payload(value), seconds)
-        data, encoded = self._wire(value, seconds)
-        self._l2.set(full, data, seconds)
-        if self._held_in_l1(value):
-            self._store_l1(full, *self._payload(value, encoded), seconds)
-        else:
-            self._l1.delete(full)
-        return True
+            rejected = [full for full, value in items if not self._store_l1(full, value, seconds)]
+            return rejected if report else not rejected
+        wires = [self._wire(value, seconds) for _, value in items]
+        fulls = [full for full, _ in items]
+        try:
+            self._l2_call(self._l2.set_many, [(full, wire[0]) for full, wire in zip(fulls, wires)], seconds, self._state.drop_message(fulls))
+        except L2Unavailable:
+            self._write_failed(fulls)
+            return True
+        self._state.forget_local(fulls)
+        for (full, value), wire in zip(items, wires):
+            self._store_l1(full, value, seconds, wire[1])
+        return [] if report else True
 
     def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         full, _ = self._key(key, version)
         seconds = self._ttl(timeout)
         keep = seconds is None or seconds > 0
         if self._l2 is None:
-            payload, size = self._payload(value)
             with self._l1.lock:
                 if full in self._l1:
                     return False
                 if keep:
-                    self._store_l1(full, payload, size, seconds)
+                    self._store_l1(full, value, seconds)
                 return True
         data, encoded = self._wire(value, seconds)
-        if not self._l2.add(full, data, seconds if keep else 0.001):
+        try:
+            added = self._l2_call(self._l2.add, full, data, seconds if keep else 0.001)
+        except L2Unavailable:
+            self._write_failed([full])
+            return False
+        if not added:
             return False
         if not keep:
-            self._delete(full)
-        elif self._held_in_l1(value):
-            self._store_l1(full, *self._payload(value, encoded), seconds)
+            self._delete_full([full])
+        else:
+            self._store_l1(full, value, seconds, encoded, ticket=self._state.writes.ticket())
         return True
-
-    def set_many(self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> list[Any]:
-        seconds = self._ttl(timeout)
-        if seconds is not None and seconds <= 0:
-            self.delete_many(data, version=version)
-            return []
-        entries = [(key, self._key(key, version)[0], value) for key, value in data.items()]
-        wires = [self._wire(value, seconds) for _, _, value in entries] if self._l2 is not None else None
-        if wires is not None:
-            self._l2.set_many([(full, wire[0]) for (_, full, _), wire in zip(entries, wires)], seconds)
-        failed = []
-        for index, (key, full, value) in enumerate(entries):
-            next(self._stats.sets)
-            if not self._held_in_l1(value):
-                self._l1.delete(full)
-                continue
-            encoded = wires[index][1] if wires is not None else None
-            if not self._store_l1(full, *self._payload(value, encoded), seconds) and self._l2 is None:
-                failed.append(key)
-        return failed
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         full, _ = self._key(key, version)
         seconds = self._ttl(timeout)
         if seconds is not None and seconds <= 0:
-            return self._delete(full)
-        if self._l2 is not None:
-            expires_at = None if seconds is None else time.time() + seconds
-            if not self._l2.touch(full, seconds, pack_expiry(expires_at)):
-                self._l1.delete(full)
-                return False
-            if not self._l1.touch(full, self._l1_expiry(seconds)):
-                self._l1.delete(full)
-            return True
-        return self._l1.touch(full, self._l1_expiry(seconds))
+            return self._delete_full([full]) > 0
+        if self._l2 is None:
+            return self._l1.touch(full, self._l1_expiry(seconds))
+        expires_at = None if seconds is None else time.time() + seconds
+        try:
+            touched = self._l2_call(self._l2.touch, full, seconds, pack_expiry(expires_at), self._state.drop_message([full]))
+        except L2Unavailable:
+            self._write_failed([full])
+            return False
+        self._state.forget_local([full])  # re-promoted with the new expiry on the next read
+        return touched
 
     def delete(self, key: Any, version: int | None = None) -> bool:
         full, _ = self._key(key, version)
-        return self._delete(full)
-
-    def _delete(self, full: str) -> bool:
-        next(self._stats.deletes)
-        in_l1 = self._l1.delete(full)
-        if self._l2 is None:
-            return in_l1
-        return self._l2.delete(full)
+        return self._delete_full([full]) > 0
 
     def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
-        fulls = [self._key(key, version)[0] for key in keys]
-        for full in fulls:
-            self._l1.delete(full)
-        if self._l2 is not None:
-            self._l2.delete_many(fulls)
+        self._delete_full([self._key(key, version)[0] for key in keys])
+
+    def _delete_full(self, fulls: list[str]) -> int:
+        """Delete from both tiers; the number of keys that existed (L2 decides)."""
+        next(self._stats.deletes)
+        if not fulls:
+            return 0
+        if self._l2 is None:
+            with self._l1.lock:
+                existed = sum(full in self._l1 for full in fulls)
+                self._state.forget_local(fulls)
+            return existed
+        try:
+            existed = self._l2_call(self._l2.delete_many, fulls, self._state.drop_message(fulls))
+        except L2Unavailable:
+            self._write_failed(fulls)
+            return 0
+        self._state.forget_local(fulls)
+        return existed
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
         full, _ = self._key(key, version)
         if self._l2 is not None:
-            self._l1.delete(full)
-            value = self._l2.incr(full, delta)
+            try:
+                value = self._l2_call(self._l2.incr, full, delta)
+            except L2Unavailable:
+                # Without Redis the counter's value is unknown; the contract has
+                # no "unavailable", and ValueError is what a missing key gives.
+                raise ValueError(f"Key '{key}' not found (Redis unavailable)") from None
             if value is None:
                 raise ValueError(f"Key '{key}' not found")
             return value
@@ -458,32 +478,13 @@ class TieredCache(BaseCache):
             self._l1.set(full, payload, size + sys.getsizeof(full) + ENTRY_OVERHEAD, expires_at)
             return new_value
 
-    # -- read-through -----------------------------------------------------------
-    def get_or_load(
-        self, key: Any, loader: Callable[[], Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
-    ) -> Any:
-        """The cached value, or ``loader()``'s result stored and returned.
-
-        Concurrent misses on one key in this process run the loader once
-        (single-flight): the others wait for and share its result. Unlike
-        ``get_or_set``, a loader result of ``None`` is cached too.
-        """
-        found = self.get(key, MISSING, version=version)
-        if found is not MISSING:
-            return found
-        full, _ = self._key(key, version)
-        with self._state.flights.lock_for(full):
-            found = self.get(key, MISSING, version=version)
-            if found is not MISSING:
-                return found
-            value = loader()
-            self.set(key, value, timeout=timeout, version=version)
-            return value
-
     def clear(self) -> None:
         if self._l2 is not None:
-            self._l2.clear(self.key_prefix)
-        self._l1.clear()
+            try:
+                self._l2_call(self._l2.clear, self.key_prefix, self._state.clear_message())
+            except L2Unavailable:
+                self._state.pending.add_clear(self.key_prefix)
+        self._state.forget_all_local()
 
     def close(self, **kwargs: Any) -> None:
         """Nothing to release per request: the L1 and the Redis pool are process-wide."""
@@ -491,6 +492,8 @@ class TieredCache(BaseCache):
     # -- async ------------------------------------------------------------------
     async def aget(self, key: Any, default: Any = None, version: int | None = None) -> Any:
         """Serve an L1 hit on the event loop; only an L2 read goes to a thread."""
+        from asgiref.sync import sync_to_async
+
         full, counters = self._key(key, version)
         payload = self._l1.get(full)
         if payload is not MISSING:
@@ -501,16 +504,28 @@ class TieredCache(BaseCache):
 
     # -- observability ----------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """A snapshot of this process's counters, latency and L1 occupancy."""
-        snapshot = self._stats.snapshot()
+        """A snapshot of this process's counters, latency, L1 occupancy and L2 health."""
+        state = self._state
+        snapshot = state.stats.snapshot()
         snapshot["l1"] = {
+            "enabled": state.l1_enabled,
             "bytes": self._l1.weighted_size,
             "max_bytes": self._l1.max_bytes,
             "entries": len(self._l1),
             "evictions": self._l1.evictions,
         }
-        snapshot["l2"] = {"enabled": self._l2 is not None, "url": self._l2.url if self._l2 else None}
+        snapshot["l2"] = {
+            "enabled": self._l2 is not None,
+            "url": self._l2.url if self._l2 else None,
+            "breaker": state.breaker.snapshot(),
+            "pending_invalidations": len(state.pending),
+            "coherence": {
+                "connected": bool(state.listener and state.listener.connected),
+                "messages_applied": state.listener.messages_applied if state.listener else 0,
+                "losses": state.listener.losses if state.listener else 0,
+            },
+        }
         return snapshot
 
 
-__all__ = ["TieredCache", "UnserializableValue"]
+__all__ = ["TieredCache", "UnserializableValue", "L2Unavailable"]

@@ -26,6 +26,9 @@ TOP_KEYS = {
     "SOCKET_CONNECT_TIMEOUT",
     "POOL_TIMEOUT",
     "SIGNING_KEY",
+    "LEASE_TIMEOUT",
+    "LEASE_WAIT",
+    "EARLY_REFRESH_BETA",
 }
 
 
@@ -53,6 +56,9 @@ class TieredOptions:
     socket_connect_timeout: float = 0.25
     pool_timeout: float = 0.5
     signing_key: str | None = None
+    lease_timeout: float = 5.0
+    lease_wait: float = 2.0
+    early_refresh_beta: float = 1.0
     problems: tuple[Problem, ...] = field(default=(), compare=False)
 
     @property
@@ -130,6 +136,19 @@ def parse_options(location: Any, options: dict | None) -> TieredOptions:
                 problems.append(problem)
             else:
                 values[attr] = options[name]
+    for name, attr in (("LEASE_TIMEOUT", "lease_timeout"), ("LEASE_WAIT", "lease_wait")):
+        if name in options:
+            problem = _positive_number(options[name], f"[{name!r}]", "velro_cache.E014", integer=False)
+            if problem:
+                problems.append(problem)
+            else:
+                values[attr] = options[name]
+    if "EARLY_REFRESH_BETA" in options:
+        beta = options["EARLY_REFRESH_BETA"]
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0:
+            problems.append(Problem("velro_cache.E015", "error", f"OPTIONS['EARLY_REFRESH_BETA'] must be a number >= 0 (0 turns early refresh off), got {beta!r}."))
+        else:
+            values["early_refresh_beta"] = float(beta)
     if "PICKLE_FALLBACK" in options:
         if isinstance(options["PICKLE_FALLBACK"], bool):
             values["pickle_fallback"] = options["PICKLE_FALLBACK"]

@@ -30,7 +30,7 @@ import uuid
 from decimal import Decimal
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import lz4.block
 import msgpack
@@ -44,11 +44,14 @@ _FRAME_BYTE = {MSGPACK: 0xA1, MSGPACK_LZ4: 0xA2, PICKLE: 0xA3, PICKLE_LZ4: 0xA4}
 _FRAME_CODEC = {byte: codec for codec, byte in _FRAME_BYTE.items()}
 MAC_BYTES = 16
 # A frame is: codec byte, expiry (big-endian float64 epoch seconds, 0 = never),
+# the seconds its loader took (float32, 0 = not loaded through get_or_load),
 # then for pickle bodies a MAC, then the body. The expiry travels with the
-# value so a promotion into L1 needs no PTTL round trip; ``touch`` rewrites it
-# in place (see ``tiers.redis``).
+# value so a promotion into L1 needs no PTTL round trip (``touch`` rewrites it
+# in place, see ``tiers.redis``); the load time lets every process refresh hot
+# keys early (XFetch) without asking Redis.
 _EXPIRY = struct.Struct(">d")
-HEADER_BYTES = 1 + _EXPIRY.size
+_DELTA = struct.Struct(">f")
+HEADER_BYTES = 1 + _EXPIRY.size + _DELTA.size
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -60,6 +63,15 @@ IMMUTABLE_TYPES = frozenset({str, bytes, int, float, bool, type(None)})
 _EXT_TUPLE, _EXT_SET, _EXT_FROZENSET = 1, 2, 3
 _EXT_DATETIME, _EXT_DATE, _EXT_TIME, _EXT_TIMEDELTA = 4, 5, 6, 7
 _EXT_DECIMAL, _EXT_UUID, _EXT_BIGINT = 8, 9, 10
+
+
+class Frame(NamedTuple):
+    """A wire value taken apart."""
+
+    codec: int
+    body: Any
+    expires_at: float | None  # epoch seconds
+    delta: float  # seconds the loader took; 0 when not loaded through get_or_load
 
 
 class CorruptEntry(Exception):
@@ -192,49 +204,50 @@ class Serializer:
             raise CorruptEntry(f"undecodable {codec=} body: {exc!r}") from exc
 
     # -- wire frames (L2) -----------------------------------------------------
-    def dumps(self, value: Any, expires_at: float | None = None) -> int | bytes:
+    def dumps(self, value: Any, expires_at: float | None = None, delta: float = 0.0) -> int | bytes:
         """Bytes for Redis, or an int that Redis stores as decimal text."""
         if type(value) is int and INT64_MIN <= value <= INT64_MAX:
             return value
         codec, body = self.encode(value)
-        return self.frame(codec, body, expires_at)
+        return self.frame(codec, body, expires_at, delta)
 
-    def frame(self, codec: int, body: bytes, expires_at: float | None) -> bytes:
-        """Prefix a body with its codec byte and expiry, plus a MAC for pickle bodies."""
-        head = bytes((_FRAME_BYTE[codec],)) + _EXPIRY.pack(expires_at or 0.0)
+    def frame(self, codec: int, body: bytes, expires_at: float | None, delta: float = 0.0) -> bytes:
+        """Prefix a body with its codec byte, expiry and load time, plus a MAC for pickle bodies."""
+        head = bytes((_FRAME_BYTE[codec],)) + _EXPIRY.pack(expires_at or 0.0) + _DELTA.pack(delta)
         if codec >= PICKLE:
             return head + self._mac(body) + body
         return head + body
 
-    def unframe(self, data: bytes) -> tuple[int, Any, float | None]:
-        """``(codec, body, expires_at)`` of a wire value, MAC verified.
+    def unframe(self, data: bytes) -> Frame:
+        """The parts of a wire value, MAC verified.
 
-        A raw integer comes back as ``(OBJECT, int, None)``: its expiry is not
-        in the value (Redis keeps it), so callers must not promote it.
+        A raw integer comes back with codec OBJECT and no expiry: its expiry is
+        not in the value (Redis keeps it), so callers must not promote it.
         """
         if not data:
             raise CorruptEntry("empty value")
         codec = _FRAME_CODEC.get(data[0])
         if codec is None:
             try:
-                return OBJECT, int(data), None
+                return Frame(OBJECT, int(data), None, 0.0)
             except ValueError:
                 raise CorruptEntry("value was not written by velro_cache") from None
         if len(data) < HEADER_BYTES:
             raise CorruptEntry("truncated frame")
         expires_at = _EXPIRY.unpack_from(data, 1)[0] or None
+        delta = _DELTA.unpack_from(data, 1 + _EXPIRY.size)[0]
         if codec < PICKLE:
-            return codec, data[HEADER_BYTES:], expires_at
+            return Frame(codec, data[HEADER_BYTES:], expires_at, delta)
         if not self.pickle_fallback:
             raise CorruptEntry("pickled value found while PICKLE_FALLBACK is False")
         mac, body = data[HEADER_BYTES : HEADER_BYTES + MAC_BYTES], data[HEADER_BYTES + MAC_BYTES :]
         if not hmac.compare_digest(mac, self._mac(body)):
             raise CorruptEntry("pickled value with a bad signature")
-        return codec, body, expires_at
+        return Frame(codec, body, expires_at, delta)
 
     def loads(self, data: bytes) -> Any:
-        codec, body, _ = self.unframe(data)
-        return self.decode(codec, body)
+        frame = self.unframe(data)
+        return self.decode(frame.codec, frame.body)
 
     def _mac(self, body: bytes) -> bytes:
         return hashlib.blake2b(body, key=self.signing_key, digest_size=MAC_BYTES).digest()

@@ -1,10 +1,18 @@
 """L2: the Redis wire for TieredCache.
 
 The backend speaks Django's API; this class only moves bytes, one round trip
-per call (MGET, a DEL of many keys, a non-transactional pipeline for
-``set_many``). Connection pools are process-wide and keyed by URL and pool
-settings, so the per-thread backend instances Django creates share one pool of
-``POOL_SIZE`` connections (a blocking pool: past the limit a caller waits up to
+per call: MGET for ``get_many``, and one non-transactional pipeline for every
+write, which carries the write itself, the retirement of the key's fill lease
+and the coherence message telling other processes to drop their L1 copies.
+
+Fill leases make read-through race-free: a loader takes ``lease:<key>`` before
+reading the database and may store its result only while it still holds it;
+every write or delete of the key removes the lease, so a value computed from
+data read before that write is never stored after it.
+
+Connection pools are process-wide and keyed by URL and pool settings, so the
+per-thread backend instances Django creates share one pool of ``POOL_SIZE``
+connections (a blocking pool: past the limit a caller waits up to
 ``POOL_TIMEOUT`` instead of opening more sockets).
 """
 
@@ -18,6 +26,8 @@ import redis
 
 from ..options import TieredOptions
 
+LEASE_PREFIX = "velro_lease:"
+
 # Rewrites the expiry stamped in a framed value together with the key's TTL, so
 # a value promoted into an L1 after ``touch`` never outlives its L2 copy.
 # ARGV[1]: new TTL in ms (-1 = none); ARGV[2]: the packed expiry bytes.
@@ -26,7 +36,7 @@ local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local ms = tonumber(ARGV[1])
 local b = string.byte(v, 1)
-if b and b >= 161 and b <= 164 and string.len(v) >= 9 then
+if b and b >= 161 and b <= 164 and string.len(v) >= 13 then
   v = string.sub(v, 1, 1) .. ARGV[2] .. string.sub(v, 10)
   if ms < 0 then redis.call('SET', KEYS[1], v) else redis.call('SET', KEYS[1], v, 'PX', ms) end
 elseif ms < 0 then
@@ -47,6 +57,22 @@ return redis.call('INCRBY', KEYS[1], ARGV[1])
 # Deletes a value only if it is still the given bytes: retiring a corrupt entry
 # must never delete a good value another writer stored in the meantime.
 _DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Stores a loader's result only while its lease is still held (KEYS: value,
+# lease; ARGV: token, data, ttl ms or -1, channel, message).
+_STORE_IF_LEASED = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[3]) < 0 then redis.call('SET', KEYS[1], ARGV[2])
+else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+_RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -80,50 +106,73 @@ def ttl_ms(seconds: float | None) -> int | None:
     return max(1, int(seconds * 1000))
 
 
-class RedisTier:
-    """Bytes in and out of one Redis (the cluster variant shares this surface)."""
+def lease_key(full: str) -> str:
+    return LEASE_PREFIX + full
 
-    def __init__(self, url: str, options: TieredOptions) -> None:
+
+class RedisTier:
+    """Bytes in and out of one Redis."""
+
+    def __init__(self, url: str, options: TieredOptions, channel: str) -> None:
         self.url = url
+        self.channel = channel
         self.client = redis.Redis(connection_pool=shared_pool(url, options))
         self._touch = self.client.register_script(_TOUCH)
         self._incr = self.client.register_script(_INCR_EXISTING)
         self._delete_if_equal = self.client.register_script(_DELETE_IF_EQUAL)
+        self._store_if_leased = self.client.register_script(_STORE_IF_LEASED)
+        self._release_lease = self.client.register_script(_RELEASE_LEASE)
 
+    # -- reads --------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
         return self.client.get(key)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return self.client.mget(keys) if keys else []
 
-    def set(self, key: str, data: bytes | int, seconds: float | None) -> None:
-        self.client.set(key, data, px=ttl_ms(seconds))
+    def has_key(self, key: str) -> bool:
+        return bool(self.client.exists(key))
 
-    def add(self, key: str, data: bytes | int, seconds: float | None) -> bool:
-        return bool(self.client.set(key, data, px=ttl_ms(seconds), nx=True))
-
-    def set_many(self, items: Iterable[tuple[str, bytes | int]], seconds: float | None) -> None:
+    # -- writes: one pipeline each, announcing the change -----------------------------
+    def set_many(self, items: Iterable[tuple[str, bytes | int]], seconds: float | None, message: bytes) -> None:
         px = ttl_ms(seconds)
         pipe = self.client.pipeline(transaction=False)
         for key, data in items:
             pipe.set(key, data, px=px)
+            pipe.delete(lease_key(key))
+        pipe.publish(self.channel, message)
         pipe.execute()
 
-    def delete(self, key: str) -> bool:
-        return bool(self.client.delete(key))
+    def set(self, key: str, data: bytes | int, seconds: float | None, message: bytes) -> None:
+        self.set_many([(key, data)], seconds, message)
+
+    def add(self, key: str, data: bytes | int, seconds: float | None) -> bool:
+        """SET NX. No announcement: no process can hold a key L2 does not have."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(key, data, px=ttl_ms(seconds), nx=True)
+        pipe.delete(lease_key(key))
+        return bool(pipe.execute()[0])
+
+    def delete_many(self, keys: Sequence[str], message: bytes) -> int:
+        """Delete keys and their leases; the number of keys that existed."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(*keys)
+        pipe.delete(*(lease_key(key) for key in keys))
+        pipe.publish(self.channel, message)
+        return pipe.execute()[0]
+
+    def delete(self, key: str, message: bytes) -> bool:
+        return bool(self.delete_many([key], message))
 
     def delete_if_equal(self, key: str, data: bytes) -> bool:
         return bool(self._delete_if_equal(keys=[key], args=[data]))
 
-    def delete_many(self, keys: Sequence[str]) -> int:
-        return self.client.delete(*keys) if keys else 0
-
-    def has_key(self, key: str) -> bool:
-        return bool(self.client.exists(key))
-
-    def touch(self, key: str, seconds: float | None, packed_expiry: bytes) -> bool:
+    def touch(self, key: str, seconds: float | None, packed_expiry: bytes, message: bytes) -> bool:
         px = ttl_ms(seconds)
-        return bool(self._touch(keys=[key], args=[-1 if px is None else px, packed_expiry]))
+        pipe = self.client.pipeline(transaction=False)
+        self._touch(keys=[key], args=[-1 if px is None else px, packed_expiry], client=pipe)
+        pipe.publish(self.channel, message)
+        return bool(pipe.execute()[0])
 
     def incr(self, key: str, delta: int) -> int | None:
         """The new value, or None when the key does not exist.
@@ -138,12 +187,15 @@ class RedisTier:
                 raise TypeError(f"cannot increment the value at {key!r}: {exc}") from None
             raise
 
-    def clear(self, key_prefix: str) -> None:
+    def clear(self, key_prefix: str, message: bytes) -> None:
         """Delete this cache's keys: by prefix when there is one, else FLUSHDB as Django does."""
         if not key_prefix:
             self.client.flushdb()
-            return
-        pattern = re.sub(r"([\\*?\[\]])", r"\\\1", key_prefix) + ":*"
+        else:
+            self._unlink_matching(re.sub(r"([\\*?\[\]])", r"\\\1", key_prefix) + ":*")
+        self.client.publish(self.channel, message)
+
+    def _unlink_matching(self, pattern: str) -> None:
         batch: list[bytes] = []
         for key in self.client.scan_iter(match=pattern, count=1000):
             batch.append(key)
@@ -152,3 +204,26 @@ class RedisTier:
                 batch.clear()
         if batch:
             self.client.unlink(*batch)
+
+    # -- fill leases --------------------------------------------------------------------
+    def acquire_lease(self, key: str, token: str, seconds: float) -> bool:
+        return bool(self.client.set(lease_key(key), token, px=ttl_ms(seconds), nx=True))
+
+    def store_if_leased(self, key: str, token: str, data: bytes | int, seconds: float | None, message: bytes) -> bool:
+        px = ttl_ms(seconds)
+        args = [token, data, -1 if px is None else px, self.channel, message]
+        return bool(self._store_if_leased(keys=[key, lease_key(key)], args=args))
+
+    def peek_fill(self, key: str) -> tuple[bytes | None, bool]:
+        """The value if a filler stored it, and whether a lease is still held."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.exists(lease_key(key))
+        data, leased = pipe.execute()
+        return data, bool(leased)
+
+    def release_lease(self, key: str, token: str) -> None:
+        self._release_lease(keys=[lease_key(key)], args=[token])
+
+    def publish(self, message: bytes) -> None:
+        self.client.publish(self.channel, message)

@@ -1,0 +1,290 @@
+"""What one logical cache keeps per process, and the rules for filling L1.
+
+Django builds a backend instance per thread; everything here is shared by all
+of them: the L1 store, stats, the fill locks, the breaker, the coherence
+listener, and two small ledgers:
+
+* ``WriteLog`` makes L1 fills race-free. A reader takes a ticket before it
+  reads L2 or runs a loader; every write, delete or received invalidation of a
+  key is noted (under the store lock, together with the L1 change). A fill may
+  go into L1 only if nothing happened to its key since its ticket, so a value
+  read before an invalidation is never stored after it.
+* ``PendingInvalidations`` remembers writes that could not reach Redis; when
+  Redis answers again they are replayed as deletes (and announced), so nothing
+  stale survives an outage in L2 or any L1. Past its limit it asks for a clear
+  of the cache's keys instead.
+
+L1 is on only while L2 is coherent: the listener is subscribed and the breaker
+is closed. In L1-only mode it is always on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from ..options import TieredOptions
+from ..stats import CacheStats, _read
+from .breaker import CLOSED, OPEN, CircuitBreaker
+from .coherence import CoherenceListener, channel_for, clear_message, drop_message, new_origin
+from .memory import MemoryStore
+from .redis import RedisTier
+
+logger = logging.getLogger("velro_cache")
+
+WRITE_LOG_LIMIT = 100_000
+PENDING_LIMIT = 10_000
+LOADED_LIMIT = 100_000
+
+
+class WriteLog:
+    """Sequence numbers of the latest change per key, for race-free fills."""
+
+    def __init__(self) -> None:
+        self._seq = itertools.count(1)
+        self._last: dict[str, int] = {}
+        self._floor = 0
+
+    def ticket(self) -> int:
+        """Taken before reading: changes from now on carry a number >= it."""
+        return _read(self._seq)
+
+    def note(self, keys: Sequence[str]) -> None:
+        seq = next(self._seq)
+        if len(self._last) > WRITE_LOG_LIMIT:
+            self.note_all()
+            return
+        for key in keys:
+            self._last[key] = seq
+
+    def note_all(self) -> None:
+        """Everything changed (clear, lost channel): every ticket so far is void."""
+        self._floor = next(self._seq)
+        self._last.clear()
+
+    def unchanged_since(self, key: str, ticket: int) -> bool:
+        return self._floor < ticket and self._last.get(key, 0) < ticket
+
+
+class PendingInvalidations:
+    """Keys (and prefixes to clear) whose changes Redis has not heard of."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.keys: set[str] = set()
+        self.clear_prefixes: set[str] = set()
+
+    def add(self, keys: Sequence[str], key_prefix: str) -> None:
+        with self._lock:
+            if key_prefix in self.clear_prefixes:
+                return
+            self.keys.update(keys)
+            if len(self.keys) > PENDING_LIMIT:
+                self.clear_prefixes.add(key_prefix)
+                self.keys = {key for key in self.keys if not key.startswith(key_prefix)}
+
+    def add_clear(self, key_prefix: str) -> None:
+        with self._lock:
+            self.clear_prefixes.add(key_prefix)
+
+    def take(self) -> tuple[set[str], set[str]]:
+        with self._lock:
+            keys, prefixes = self.keys, self.clear_prefixes
+            self.keys, self.clear_prefixes = set(), set()
+            return keys, prefixes
+
+    def __len__(self) -> int:
+        return len(self.keys) + len(self.clear_prefixes)
+
+
+class KeyLocks:
+    """One lock per key in flight, dropped when its last holder leaves."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, list] = {}  # key -> [lock, holders]
+
+    @contextmanager
+    def lock_for(self, key: str) -> Iterator[None]:
+        with self._guard:
+            slot = self._locks.setdefault(key, [threading.Lock(), 0])
+            slot[1] += 1
+        try:
+            with slot[0]:
+                yield
+        finally:
+            with self._guard:
+                slot[1] -= 1
+                if slot[1] == 0:
+                    del self._locks[key]
+
+
+class ProcessState:
+    """Everything one logical cache shares across the threads of a process."""
+
+    def __init__(self, options: TieredOptions) -> None:
+        self.options = options
+        self.store = MemoryStore(options.l1_max_bytes)
+        self.stats = CacheStats()
+        self.key_memos: dict[tuple, dict] = {}
+        self._start_process_parts(wait_for_channel=True)
+
+    def _start_process_parts(self, *, wait_for_channel: bool = False) -> None:
+        """The parts that must be new in every process (also after a fork)."""
+        options = self.options
+        self.pid = os.getpid()
+        self.origin = new_origin()
+        self.flights = KeyLocks()
+        self.writes = WriteLog()
+        self.pending = PendingInvalidations()
+        self.loaded: dict[str, tuple[float, float | None]] = {}  # key -> (load seconds, epoch expiry)
+        self.l2: RedisTier | None = None
+        self.listener: CoherenceListener | None = None
+        self.breaker = CircuitBreaker()
+        self.l1_enabled = not options.redis_urls
+        if not options.redis_urls:
+            return
+        url = options.redis_urls[0]
+        self.l2 = RedisTier(url, options, channel_for(url))
+        self.breaker.add_listener(self._on_breaker)
+        self.listener = CoherenceListener(
+            url, self.origin, on_drop=self.apply_remote_drop, on_lost=self._on_channel_lost, on_ready=self._on_channel_ready
+        )
+        self.listener.start()
+        if wait_for_channel:
+            # A new cache waits briefly for its subscription so its first
+            # requests can use L1; if Redis is down it goes on without.
+            self.listener.ready_event.wait(timeout=1.0)
+
+    def after_fork(self) -> None:
+        """A forked child inherits L1 contents but not the listener thread: start over."""
+        self.store.lock = threading.RLock()
+        self.store.clear()
+        self._start_process_parts()
+
+    # -- messages ------------------------------------------------------------------------
+    def drop_message(self, keys: Sequence[str]) -> bytes:
+        return drop_message(self.origin, keys)
+
+    def clear_message(self) -> bytes:
+        return clear_message(self.origin)
+
+    # -- L1 changes (all under the store lock, so fills can check atomically) ---------
+    def forget_local(self, keys: Sequence[str]) -> None:
+        """A change to these keys happened (here or elsewhere): note it and drop L1 copies."""
+        with self.store.lock:
+            self.writes.note(keys)
+            for key in keys:
+                self.store.delete(key)
+                self.loaded.pop(key, None)
+
+    def forget_all_local(self) -> None:
+        with self.store.lock:
+            self.writes.note_all()
+            self.store.clear()
+            self.loaded.clear()
+
+    def fill_l1(self, key: str, payload: object, weight: int, expires_at: float | None, ticket: int | None) -> bool:
+        """Store in L1 unless L1 is off or (with a ticket) the key changed since the read began."""
+        with self.store.lock:
+            if not self.l1_enabled:
+                return False
+            if ticket is not None and not self.writes.unchanged_since(key, ticket):
+                return False
+            if self.store.set(key, payload, weight, expires_at):
+                return True
+            self.store.delete(key)  # a rejected value must not leave an older one behind
+            return False
+
+    def apply_remote_drop(self, keys: list[str] | None) -> None:
+        if keys is None:
+            self.forget_all_local()
+        else:
+            self.forget_local(keys)
+
+    def remember_load(self, key: str, delta: float, expires_at: float | None) -> None:
+        if delta <= 0:
+            return
+        if len(self.loaded) >= LOADED_LIMIT:
+            self.loaded.clear()
+        self.loaded[key] = (delta, expires_at)
+
+    # -- turning L1 off and on ----------------------------------------------------------
+    def _disable_l1(self) -> None:
+        with self.store.lock:
+            self.l1_enabled = False
+            self.forget_all_local()
+
+    def _enable_l1_if_coherent(self) -> None:
+        if self.listener is None or not self.listener.ready or self.breaker.state != CLOSED:
+            return
+        with self.store.lock:
+            self.forget_all_local()  # anything may have changed while we were away
+            self.l1_enabled = True
+
+    def _on_channel_lost(self, reason: str) -> None:
+        self._disable_l1()
+
+    def _on_channel_ready(self) -> None:
+        self._enable_l1_if_coherent()
+
+    def _on_breaker(self, old: str, new: str) -> None:
+        if new == OPEN:
+            logger.warning("velro_cache: Redis unavailable, circuit open; serving without L2 and L1")
+            self._disable_l1()
+        elif new == CLOSED:
+            logger.warning("velro_cache: Redis is back, circuit closed")
+            self.replay_pending()
+            self._enable_l1_if_coherent()
+
+    def replay_pending(self) -> None:
+        """Deliver the invalidations an outage held back; keep them if Redis fails again."""
+        keys, prefixes = self.pending.take()
+        if not keys and not prefixes or self.l2 is None:
+            return
+        try:
+            for prefix in prefixes:
+                self.l2.clear(prefix, self.clear_message())
+            if keys:
+                self.l2.delete_many(sorted(keys), self.drop_message(sorted(keys)))
+        except Exception as exc:
+            logger.warning("velro_cache: replaying %d invalidations failed (%s); will retry", len(keys) + len(prefixes), exc)
+            for prefix in prefixes:
+                self.pending.add_clear(prefix)
+            self.pending.keys.update(keys)
+            self.breaker.force_open()
+
+
+_states: dict[tuple, ProcessState] = {}
+_states_lock = threading.Lock()
+_all_states: weakref.WeakSet[ProcessState] = weakref.WeakSet()
+
+
+def state_for(options: TieredOptions) -> ProcessState:
+    """The process's state for a cache location, created on first use.
+
+    Keyed like LocMemCache (by location), so aliases that point at the same
+    place see the same L1, as Django's own suite expects.
+    """
+    key = (options.redis_urls, options.l1_max_bytes)
+    with _states_lock:
+        state = _states.get(key)
+        if state is None:
+            state = _states[key] = ProcessState(options)
+            _all_states.add(state)
+        return state
+
+
+def _reset_after_fork() -> None:
+    global _states_lock
+    _states_lock = threading.Lock()
+    for state in list(_all_states):
+        state.after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
