@@ -101,6 +101,19 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _source_state() -> str:
+    """The commit measured, and whether velro_cache/ differed from it (a shared tree moves)."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
+    dirty = git("status", "--porcelain", "--", "velro_cache")
+    return f"{commit}" + (" + uncommitted changes in velro_cache/" if dirty else "")
+
+
 def machine_info(redis_url: str = REDIS_URL) -> dict[str, Any]:
     """Everything a reader needs to judge whether two result files are comparable."""
     versions = {}
@@ -116,6 +129,7 @@ def machine_info(redis_url: str = REDIS_URL) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "redis_server": _redis_server_version(redis_url),
+        "source": _source_state(),
         "packages": versions,
     }
 
@@ -330,6 +344,7 @@ def _machine_lines(machine: dict[str, Any]) -> list[str]:
         f"- django: {machine['packages'].get('django')}",
         f"- redis-server: {machine['redis_server'] or 'not available'}",
         f"- packages: {packages}",
+        f"- velro-cache source: {machine.get('source')}",
     ]
 
 

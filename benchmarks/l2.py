@@ -57,7 +57,7 @@ BATCH = 100
 P99_BUDGET_US = 1000.0
 GET_MANY_BUDGET = 3.0  # get_many(100) median at most this many single gets
 
-FULL = {"get": 20_000, "batch": 3_000, "rounds": 10, "count": 50}
+FULL = {"get": 20_000, "batch": 2_000, "rounds": 10, "count": 50}
 QUICK = {"get": 200, "batch": 30, "rounds": 2, "count": 5}
 
 RATIO_DR, RATIO_DJ = "× django-redis (median)", "× Django (median)"
