@@ -125,6 +125,8 @@ def machine_info(redis_url: str = REDIS_URL) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),
+        # Others' work on a 2-core machine moves absolute times; this says how busy it was.
+        "loadavg": [round(load, 2) for load in os.getloadavg()],
         "cpu": _cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -339,7 +341,7 @@ def _machine_lines(machine: dict[str, Any]) -> list[str]:
     packages = ", ".join(f"{name} {version}" for name, version in machine["packages"].items() if version)
     return [
         f"- date: {machine['date']}",
-        f"- nproc: {machine['nproc']} ({machine['cpu']}), {machine['platform']}",
+        f"- nproc: {machine['nproc']} ({machine['cpu']}), {machine['platform']}; load average {machine.get('loadavg')}",
         f"- python: {machine['python']}",
         f"- django: {machine['packages'].get('django')}",
         f"- redis-server: {machine['redis_server'] or 'not available'}",
