@@ -59,3 +59,74 @@ def check_app_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
     if isinstance(default_ttl, bool) or not isinstance(default_ttl, int) or default_ttl <= 0:
         messages.append(Error(f"VELRO_CACHE['DEFAULT_TTL'] must be a positive integer, got {default_ttl!r}.", id="velro_cache.E013"))
     return messages
+
+
+# --- Materialized views (L3): settings and models (issue 6; ids E030-E039, W030-W039) ---
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _view_setting_problems(value: dict[str, Any]) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    for name in ("VIEW_REFRESH_ON_WRITE", "VIEW_REFRESH_SCHEDULE"):
+        if name in value and not isinstance(value[name], bool):
+            messages.append(Error(f"VELRO_CACHE[{name!r}] must be True or False, got {value[name]!r}.", id="velro_cache.E030"))
+    debounce = value.get("VIEW_REFRESH_DEBOUNCE", 0)
+    if not _is_number(debounce) or debounce < 0:
+        messages.append(Error(f"VELRO_CACHE['VIEW_REFRESH_DEBOUNCE'] must be a number of seconds >= 0, got {debounce!r}.", id="velro_cache.E031"))
+    period = value.get("VIEW_REFRESH_PERIOD", 1)
+    if not _is_number(period) or period <= 0:
+        messages.append(Error(f"VELRO_CACHE['VIEW_REFRESH_PERIOD'] must be a positive number of seconds, got {period!r}.", id="velro_cache.E032"))
+    keep = value.get("VIEW_REFRESH_LOG_KEEP", 1)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep <= 0:
+        messages.append(Error(f"VELRO_CACHE['VIEW_REFRESH_LOG_KEEP'] must be a positive integer, got {keep!r}.", id="velro_cache.E033"))
+    return messages
+
+
+@register()
+def check_view_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The refresh settings of materialized views must be usable before a write triggers one."""
+    value = getattr(django_settings, "VELRO_CACHE", {})
+    return _view_setting_problems(value) if isinstance(value, dict) else []
+
+
+@register(Tags.models)
+def check_materialized_view_models(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """A MaterializedView model must be unmanaged, and only on databases that have views."""
+    from django.apps import apps
+    from django.db import connections, router
+
+    from .db.models import MaterializedView
+    from .db.sql import SUPPORTED_VENDORS
+
+    models = [m for m in apps.get_models() if issubclass(m, MaterializedView) and not m._meta.abstract]
+    messages: list[CheckMessage] = [
+        Error(
+            f"{model._meta.label} is a MaterializedView but has Meta.managed = True: Django would "
+            f"create and flush a table named like its view.",
+            hint="Remove managed = True (MaterializedView models are unmanaged).",
+            obj=model,
+            id="velro_cache.E034",
+        )
+        for model in models
+        if model._meta.managed
+    ]
+    for alias in connections:
+        vendor = connections[alias].vendor
+        if vendor in SUPPORTED_VENDORS:
+            continue
+        for model in models:
+            if router.allow_migrate_model(alias, model):
+                messages.append(Warning(
+                    f"{model._meta.label} reads a materialized view, but database {alias!r} is {vendor}: "
+                    f"materialized views exist on PostgreSQL and (emulated) on SQLite only.",
+                    hint="Route the view's app away from this database, or migrating it will fail.",
+                    obj=model,
+                    id="velro_cache.W030",
+                ))
+    return messages
+
+
+# --- end materialized views ---

@@ -26,6 +26,25 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_TTL": 300,
 }
 
+# --- Materialized views (L3): refresh settings (issue 6; checks E030-E039) ---
+DEFAULTS.update(
+    {
+        # Refresh a view after commits that write its declared sources.
+        "VIEW_REFRESH_ON_WRITE": True,
+        # Seconds from the first write of a burst to its one refresh.
+        "VIEW_REFRESH_DEBOUNCE": 2.0,
+        # Seconds between refreshes of a view that declares no period; also the
+        # TTL of cached reads of it (velro_cache.db.loaders).
+        "VIEW_REFRESH_PERIOD": 300,
+        # Refresh each registered view every period from a background thread
+        # of the web process (cron `velro_refresh_views --stale` is the alternative).
+        "VIEW_REFRESH_SCHEDULE": False,
+        # Refresh log rows kept per view (velro_cache.models.ViewRefresh).
+        "VIEW_REFRESH_LOG_KEEP": 1000,
+    }
+)
+# --- end materialized views ---
+
 
 class VelroSettings:
     """Read-through view of ``VELRO_CACHE`` merged over the defaults."""
