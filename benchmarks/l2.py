@@ -15,27 +15,22 @@ instance with the same LOCATION shares the same L1.)
 
 Round trips are counted on the client, at redis-py's
 ``Connection.send_packed_command`` (one call = one write = one wait for
-replies), and the commands behind them on the server, from ``INFO
-commandstats`` deltas of a private redis-server started for the purpose, so
-other traffic on the shared Redis cannot blur the counts.
+replies), for the calling thread only, with the command names parsed from the
+bytes written; see :class:`RoundTrips` for why not ``INFO commandstats``.
 
-Run: ``python -m benchmarks.l2`` (about two minutes) or ``--quick``.
+Run: ``python -m benchmarks.l2`` (about three minutes) or ``--quick``.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import socket
-import subprocess
 import sys
-import time
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import redis
 from redis.connection import AbstractConnection
 
 from . import common
@@ -48,7 +43,6 @@ BACKENDS = {
     DJANGO: "django.core.cache.backends.redis.RedisCache",
 }
 PREFIXES = {TIERED: "bench-l2-tiered", DJANGO_REDIS: "bench-l2-djredis", DJANGO: "bench-l2-django"}
-COUNTING = " (counting)"  # alias suffix of the caches pointed at the private server
 
 GET_VALUES = ("small str", "small dict", "4 KiB flat dict", "4 KiB list of 30 dicts", "object (dataclass)")
 BATCH_VALUES = ("small dict", "4 KiB list of 30 dicts")
@@ -63,56 +57,55 @@ QUICK = {"get": 200, "batch": 30, "rounds": 2, "count": 5}
 RATIO_DR, RATIO_DJ = "× django-redis (median)", "× Django (median)"
 
 
-# -- a private Redis for command counting ---------------------------------------------------
+# -- counting round trips ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def private_redis() -> Iterator[str | None]:
-    """A throwaway redis-server on a free loopback port, stopped by its pid; None if unavailable."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        yield None
-        return
-    port = _free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 5
-        while not common.redis_answers(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                yield None
-                return
-            time.sleep(0.05)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def command_names(packed: Any) -> list[str]:
+    """The command names in what redis-py writes to the socket (RESP arrays of bulk strings)."""
+    if isinstance(packed, str):
+        packed = [packed.encode()]
+    elif isinstance(packed, (bytes, bytearray, memoryview)):
+        packed = [packed]
+    data = b"".join(packed)
+    names, pos = [], 0
+    while pos < len(data):
+        end = data.index(b"\r\n", pos)
+        count, pos = int(data[pos + 1 : end]), end + 2
+        for index in range(count):
+            end = data.index(b"\r\n", pos)
+            length, pos = int(data[pos + 1 : end]), end + 2
+            if index == 0:
+                names.append(data[pos : pos + length].decode().lower())
+            pos += length + 2
+    return names
 
 
 class RoundTrips:
-    """Counts client writes (round trips) and, when a server is given, the commands it ran."""
+    """Counts this thread's socket writes to Redis (one per round trip) and the commands in them.
 
-    def __init__(self, server_url: str | None) -> None:
-        self.server = redis.Redis.from_url(server_url) if server_url else None
+    Counted in the client, not from the server's ``INFO commandstats``: the
+    server cannot tell this thread's commands from those of other clients on the
+    shared Redis, nor from TieredCache's own background threads (the coherence
+    subscriber's heartbeat), which are not part of any call. Those are counted
+    apart, as ``background``.
+    """
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
         self.writes = 0
+        self.commands: Counter = Counter()
+        self.background = 0
 
     @contextmanager
     def counting(self) -> Iterator[None]:
         original = AbstractConnection.send_packed_command
 
         def send_packed_command(connection: Any, command: Any, check_health: bool = True) -> Any:
-            self.writes += 1
+            if threading.get_ident() == self.thread:
+                self.writes += 1
+                self.commands.update(command_names(command))
+            else:
+                self.background += 1
             return original(connection, command, check_health)
 
         AbstractConnection.send_packed_command = send_packed_command
@@ -121,45 +114,27 @@ class RoundTrips:
         finally:
             AbstractConnection.send_packed_command = original
 
-    def _commands(self) -> Counter:
-        stats = self.server.info("commandstats")
-        return Counter({name.removeprefix("cmdstat_"): row["calls"] for name, row in stats.items()})
-
     def measure(self, fn: Callable[[], Any], calls: int, before: Callable[[], Any] | None = None) -> dict[str, Any]:
-        """Round trips and server commands per call of ``fn`` (``before`` runs uncounted)."""
+        """Round trips and commands per call of ``fn`` (``before`` runs uncounted)."""
         fn()  # connect and load scripts outside the count
-        writes, commands = 0, Counter()
+        self.writes, self.commands = 0, Counter()
         for _ in range(calls):
             if before is not None:
                 before()
-            start = self._commands() if self.server else None
-            self.writes = 0
             with self.counting():
                 fn()
-            writes += self.writes
-            if self.server:
-                commands += self._commands() - start
-        if self.server:
-            # Our own INFO call is counted between the two snapshots.
-            commands["info"] -= calls
-            commands = +commands
         return {
-            "round trips / call": writes / calls,
-            "commands / call": sum(commands.values()) / calls if self.server else None,
-            "commands": ", ".join(f"{name} ×{count / calls:g}" for name, count in sorted(commands.items())) if self.server else "n/a",
+            "round trips / call": self.writes / calls,
+            "commands / call": sum(self.commands.values()) / calls,
+            "commands": ", ".join(f"{name} ×{count / calls:g}" for name, count in sorted(self.commands.items())),
         }
 
 
 # -- the backends ---------------------------------------------------------------------------
 
 
-def _caches(counting_url: str | None) -> dict[str, dict[str, Any]]:
-    caches: dict[str, dict[str, Any]] = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
-    for name, backend in BACKENDS.items():
-        caches[name] = {"BACKEND": backend, "LOCATION": common.REDIS_URL, "KEY_PREFIX": PREFIXES[name]}
-        if counting_url:
-            caches[name + COUNTING] = {"BACKEND": backend, "LOCATION": counting_url, "KEY_PREFIX": PREFIXES[name]}
-    return caches
+def _caches() -> dict[str, dict[str, Any]]:
+    return {name: {"BACKEND": backend, "LOCATION": common.REDIS_URL, "KEY_PREFIX": PREFIXES[name]} for name, backend in BACKENDS.items()}
 
 
 def _l1_evicter(cache: Any, keys: list[str]) -> Callable[[], None] | None:
@@ -289,15 +264,15 @@ def _batch_table(report: Report, batches: dict, gets: dict) -> None:
     report.table(f"Batches of {BATCH} keys", columns, rows, notes)
 
 
-def _round_trip_table(report: Report, rows: list[dict[str, Any]], have_server: bool) -> None:
+def _round_trip_table(report: Report, rows: list[dict[str, Any]], background: int) -> None:
     for row in rows:
         if row["backend"] == TIERED and row["operation"] != "get (L2 hit)":
             trips = row["round trips / call"]
             row["one round trip"] = report.budget(f"TieredCache {row['operation']} is one round trip", trips == 1, f"{trips:g} per call")
     notes = [
-        "`round trips / call`: client writes counted at redis-py's `Connection.send_packed_command`.",
-        "`commands`: server-side `INFO commandstats` deltas per call"
-        + (", on a private redis-server started for this count." if have_server else ": n/a (redis-server could not be started)."),
+        "Counted in the client at redis-py's `Connection.send_packed_command`, for the calling thread only:",
+        "one write = one round trip; `commands` are parsed from the bytes written (a pipeline is one write).",
+        f"Writes by other threads while counting (TieredCache's coherence heartbeat, not part of any call): {background}.",
     ]
     columns = ["operation", "backend", "round trips / call", "commands / call", "commands", "one round trip"]
     report.table("Redis round trips per call", columns, rows, notes)
@@ -327,23 +302,22 @@ def run(args: argparse.Namespace) -> Report:
         report.intro.append(f"\n**No Redis answered at {common.REDIS_URL}: nothing was measured.**")
         report.budget("a Redis to measure against", False, f"none at {common.REDIS_URL}")
         return report
-    with private_redis() as counting_url:
-        common.configure_django(_caches(counting_url))
-        from django.core.cache import caches as django_caches
+    common.configure_django(_caches())
+    from django.core.cache import caches as django_caches
 
-        caches = {name: django_caches[name] for name in BACKENDS}
-        values = common.sample_values()
-        gets, timed, promoted = _time_gets(caches, values, plan)
-        batches = _time_batches(caches, values, plan)
-        counting = {name: django_caches[name + COUNTING if counting_url else name] for name in BACKENDS}
-        trips = _count_round_trips(counting, RoundTrips(counting_url), values, plan["count"])
-        for cache in caches.values():  # leave db 14 as we found it
-            cache.delete_many([f"gen:get:{i}" for i in range(len(GET_VALUES))])
-            for index in range(len(BATCH_VALUES)):
-                cache.delete_many(_keys(f"batch{index}"))
+    caches = {name: django_caches[name] for name in BACKENDS}
+    values = common.sample_values()
+    gets, timed, promoted = _time_gets(caches, values, plan)
+    batches = _time_batches(caches, values, plan)
+    counter = RoundTrips()
+    trips = _count_round_trips(caches, counter, values, plan["count"])
+    for cache in caches.values():  # leave db 14 as we found it
+        cache.delete_many([f"gen:get:{i}" for i in range(len(GET_VALUES))])
+        for index in range(len(BATCH_VALUES)):
+            cache.delete_many(_keys(f"batch{index}"))
     _get_table(report, gets, timed, promoted)
     _batch_table(report, batches, gets)
-    _round_trip_table(report, trips, counting_url is not None)
+    _round_trip_table(report, trips, counter.background)
     return report
 
 
