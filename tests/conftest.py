@@ -48,8 +48,11 @@ def make_cache():
         return cache
 
     yield build
+    from velro_cache.tiers.process import discard
+
     for cache in built:
         cache.clear()
+        discard(cache._state)
 
 
 @pytest.fixture(params=["l1", "l1+l2"])
@@ -67,3 +70,34 @@ def private_redis(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server this test alone may kill, pause, flush and restart."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.resume()
+    server.stop()
+
+
+@pytest.fixture
+def tiered_on():
+    """Build TieredCaches on a given Redis URL; each call is a separate "process" (own L1 and listener)."""
+    from velro_cache.backends import TieredCache
+    from velro_cache.tiers.process import discard
+
+    built = []
+    sizes = itertools.count(32 * 1024 * 1024)
+
+    def build(url: str, **options):
+        cache = TieredCache(url, {"KEY_PREFIX": "fault", "OPTIONS": {"L1": {"MAX_BYTES": next(sizes)}, **options}})
+        built.append(cache)
+        return cache
+
+    yield build
+    for cache in built:
+        discard(cache._state)

@@ -50,8 +50,18 @@ class RedisServer:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server on port {self.port} did not start")
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets open but answers nothing (a slow Redis)."""
+        self.process.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.process and getattr(self, "paused", False):
+            self.process.send_signal(signal.SIGCONT)
+        self.paused = False
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
         self.process = None

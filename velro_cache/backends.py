@@ -199,6 +199,8 @@ class TieredCache(ReadThroughMixin, BaseCache):
             logger.warning("velro_cache: Redis refused %s: %s", getattr(method, "__name__", method), exc)
             raise L2Unavailable(str(exc)) from exc
         breaker.record_success()
+        if self._state.pending:
+            self._state.replay_pending()  # Redis answers again: deliver what it missed
         return result
 
     def _write_failed(self, fulls: list[str]) -> None:
@@ -376,6 +378,7 @@ class TieredCache(ReadThroughMixin, BaseCache):
             self._delete_full([full for full, _ in items])
             return True
         if self._l2 is None:
+            self._state.forget_local([full for full, _ in items])  # voids in-flight fills' tickets
             rejected = [full for full, value in items if not self._store_l1(full, value, seconds)]
             return rejected if report else not rejected
         wires = [self._wire(value, seconds) for _, value in items]
@@ -398,6 +401,7 @@ class TieredCache(ReadThroughMixin, BaseCache):
             with self._l1.lock:
                 if full in self._l1:
                     return False
+                self._state.writes.note([full])
                 if keep:
                     self._store_l1(full, value, seconds)
                 return True
@@ -474,6 +478,7 @@ class TieredCache(ReadThroughMixin, BaseCache):
                 raise ValueError(f"Key '{key}' not found")
             (reader, stored), expires_at = found
             new_value = (stored if reader is None else reader(stored)) + delta
+            self._state.writes.note([full])
             payload, size = self._payload(new_value)
             self._l1.set(full, payload, size + sys.getsizeof(full) + ENTRY_OVERHEAD, expires_at)
             return new_value

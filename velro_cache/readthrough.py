@@ -106,8 +106,9 @@ class ReadThroughMixin:
             stored = self._l2_call(self._l2.store_if_leased, full, token, data, seconds, self._state.drop_message([full]))
         except L2Unavailable:
             return
-        if stored and self._store_l1(full, value, seconds, encoded, ticket):
+        if stored:
             self._state.remember_load(full, delta, expires_at)
+            self._store_l1(full, value, seconds, encoded, ticket)
 
     def _take_lease(self, full: str) -> str | None:
         token = uuid.uuid4().hex

@@ -64,6 +64,7 @@ class CoherenceListener:
         on_drop: Callable[[list[str]], None],
         on_lost: Callable[[str], None],
         on_ready: Callable[[], None],
+        on_tick: Callable[[], None] = lambda: None,
         heartbeat: float = 0.5,
     ) -> None:
         self.url = url
@@ -73,6 +74,7 @@ class CoherenceListener:
         self._on_drop = on_drop
         self._on_lost = on_lost
         self._on_ready = on_ready
+        self._on_tick = on_tick
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -156,6 +158,7 @@ class CoherenceListener:
                 pubsub.ping()
                 last_ping = now
                 self._check_epoch(client)
+                self._on_tick()
             if now - last_pong > self.heartbeat * 3:
                 raise TimeoutError("missed heartbeats")
 

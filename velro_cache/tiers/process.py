@@ -101,6 +101,9 @@ class PendingInvalidations:
     def __len__(self) -> int:
         return len(self.keys) + len(self.clear_prefixes)
 
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.clear_prefixes)
+
 
 class KeyLocks:
     """One lock per key in flight, dropped when its last holder leaves."""
@@ -153,7 +156,12 @@ class ProcessState:
         self.l2 = RedisTier(url, options, channel_for(url))
         self.breaker.add_listener(self._on_breaker)
         self.listener = CoherenceListener(
-            url, self.origin, on_drop=self.apply_remote_drop, on_lost=self._on_channel_lost, on_ready=self._on_channel_ready
+            url,
+            self.origin,
+            on_drop=self.apply_remote_drop,
+            on_lost=self._on_channel_lost,
+            on_ready=self._on_channel_ready,
+            on_tick=self._on_heartbeat,
         )
         self.listener.start()
         if wait_for_channel:
@@ -223,6 +231,7 @@ class ProcessState:
     def _enable_l1_if_coherent(self) -> None:
         if self.listener is None or not self.listener.ready or self.breaker.state != CLOSED:
             return
+        self.replay_pending()
         with self.store.lock:
             self.forget_all_local()  # anything may have changed while we were away
             self.l1_enabled = True
@@ -233,13 +242,24 @@ class ProcessState:
     def _on_channel_ready(self) -> None:
         self._enable_l1_if_coherent()
 
+    def _on_heartbeat(self) -> None:
+        """Redis answered the listener: recover without waiting for traffic."""
+        if self.breaker.state != CLOSED and self.breaker.allow():
+            try:
+                self.l2.client.ping()
+            except Exception:
+                self.breaker.record_failure()
+            else:
+                self.breaker.record_success()
+        elif self.pending and self.breaker.state == CLOSED:
+            self.replay_pending()
+
     def _on_breaker(self, old: str, new: str) -> None:
         if new == OPEN:
             logger.warning("velro_cache: Redis unavailable, circuit open; serving without L2 and L1")
             self._disable_l1()
         elif new == CLOSED:
             logger.warning("velro_cache: Redis is back, circuit closed")
-            self.replay_pending()
             self._enable_l1_if_coherent()
 
     def replay_pending(self) -> None:
@@ -278,6 +298,17 @@ def state_for(options: TieredOptions) -> ProcessState:
             state = _states[key] = ProcessState(options)
             _all_states.add(state)
         return state
+
+
+def discard(state: ProcessState) -> None:
+    """Stop a state's listener and forget it (tests; reconfiguring a process)."""
+    with _states_lock:
+        for key, known in list(_states.items()):
+            if known is state:
+                del _states[key]
+    if state.listener is not None:
+        state.listener.stop()
+    state.store.clear()
 
 
 def _reset_after_fork() -> None:

@@ -1,0 +1,74 @@
+"""Cross-process L1 coherence: real worker processes on one real Redis."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from tests.cache_worker import Worker
+
+pytestmark = pytest.mark.django_db(databases=[])
+
+
+def eventually(check, limit: float = 5.0):
+    """Poll a condition; the bound is generous because pub/sub is asynchronous."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.005)
+    return check()
+
+
+@pytest.fixture
+def workers(private_redis):
+    prefix = f"coh-{uuid.uuid4().hex[:8]}"
+    started = [Worker(private_redis.url(3), prefix) for _ in range(3)]
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+def test_a_write_in_one_process_reaches_every_other_l1(workers):
+    writer, *readers = workers
+    writer.call(op="set", key="generation:1:meta", value="v1")
+    for reader in readers:
+        assert reader.call(op="get", key="generation:1:meta") == "v1"  # from L2, promoted
+        assert reader.call(op="get", key="generation:1:meta") == "v1"  # now from L1
+        assert reader.call(op="stats")["l1"]["entries"] >= 1
+    writer.call(op="set", key="generation:1:meta", value="v2")
+    for reader in readers:
+        waited = reader.call(op="wait_until", key="generation:1:meta", value="v2", limit=5)
+        assert waited is not None, "the other process kept serving v1 from its L1"
+    writer.call(op="delete", key="generation:1:meta")
+    for reader in readers:
+        assert eventually(lambda: reader.call(op="get", key="generation:1:meta", default="gone") == "gone")
+
+
+def test_a_process_ignores_its_own_echo_but_not_another_write_to_the_same_key(workers):
+    first, second, observer = workers
+    for round_number in range(20):
+        first.call(op="set", key="k", value=f"first-{round_number}")
+        second.call(op="set", key="k", value=f"second-{round_number}")
+        # The first process's echo arrives around the second's message; the
+        # second write is the last one and every process must end on it.
+        for worker in workers:
+            assert worker.call(op="wait_until", key="k", value=f"second-{round_number}", limit=5) is not None
+
+
+def test_separate_l1s_in_one_process_stay_coherent_too(private_redis, tiered_on):
+    url = private_redis.url(4)
+    a, b = tiered_on(url), tiered_on(url)
+    a.set("x", {"n": 1})
+    assert b.get("x") == {"n": 1}
+    # A promotion is refused when a's own announcement of the write lands after
+    # b's read began (the write log cannot tell it from a newer write), so the
+    # value reaches b's L1 on a later read.
+    assert eventually(lambda: b.get("x") == {"n": 1} and b.stats()["by_type"]["x"]["l1_hits"] >= 1)
+    a.set("x", {"n": 2})
+    assert eventually(lambda: b.get("x") == {"n": 2})
+    a.clear()
+    assert eventually(lambda: b.get("x") is None)

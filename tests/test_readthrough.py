@@ -1,0 +1,155 @@
+"""Read-through: one loader per key across threads and processes, no stale fill, early refresh."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from tests.cache_worker import Worker
+from velro_cache.readthrough import cached
+
+pytestmark = pytest.mark.django_db(databases=[])
+
+
+def run_together(count: int, target) -> list:
+    """Start ``count`` threads at one barrier; return their results in order."""
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+
+    def run(index: int) -> None:
+        barrier.wait()
+        results[index] = target(index)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_concurrent_misses_in_separate_l1s_run_the_loader_once(private_redis, tiered_on):
+    url = private_redis.url(5)
+    caches = [tiered_on(url) for _ in range(4)]  # four "processes": own L1, one Redis
+    calls = []
+
+    def loader():
+        calls.append(1)
+        time.sleep(0.2)
+        return {"answer": 42}
+
+    results = run_together(16, lambda index: caches[index % 4].get_or_load("gen:1:meta", loader, 60))
+    assert len(calls) == 1
+    assert results == [{"answer": 42}] * 16
+
+
+def test_concurrent_misses_in_separate_os_processes_run_the_loader_once(private_redis, tmp_path):
+    log = tmp_path / "loader-calls"
+    prefix = f"rt-{uuid.uuid4().hex[:8]}"
+    workers = [Worker(private_redis.url(6), prefix) for _ in range(4)]
+    try:
+        for worker in workers:  # all four ask at once; each reply waits for its loader or the filler
+            worker.send(op="get_or_load", key="gen:7:meta", value="loaded", sleep=0.3, log=str(log))
+        results = [worker.receive() for worker in workers]
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert results == ["loaded"] * 4
+    assert len(log.read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("invalidate", ["delete", "set"])
+def test_a_value_loaded_before_an_invalidation_is_never_stored_after_it(cache, invalidate):
+    loader_read_the_database = threading.Event()
+    writer_committed = threading.Event()
+
+    def stale_loader():
+        value = "read before the write"
+        loader_read_the_database.set()
+        writer_committed.wait(5)  # the writer's invalidation lands exactly here
+        return value
+
+    def writer():
+        loader_read_the_database.wait(5)
+        if invalidate == "delete":
+            cache.delete("gen:3:meta")
+        else:
+            cache.set("gen:3:meta", "written")
+        writer_committed.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert cache.get_or_load("gen:3:meta", stale_loader, 60) == "read before the write"
+    thread.join()
+    expected = None if invalidate == "delete" else "written"
+    assert cache.get("gen:3:meta") == expected
+    if cache._l2 is not None:
+        assert cache._l2.client.get(cache.make_key("gen:3:meta")) is None or expected is not None
+
+
+def test_a_failed_loader_releases_its_lease(make_cache):
+    cache = make_cache()
+
+    def failing():
+        raise RuntimeError("database down")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_load("k", failing)
+    started = time.monotonic()
+    assert cache.get_or_load("k", lambda: "second try") == "second try"
+    assert time.monotonic() - started < cache.options.lease_wait  # did not wait for a dead lease
+
+
+def test_a_loader_slower_than_its_lease_is_not_stored(make_cache):
+    cache = make_cache(options={"LEASE_TIMEOUT": 0.05})
+
+    def slow():
+        time.sleep(0.15)
+        return "late"
+
+    assert cache.get_or_load("k", slow) == "late"
+    assert cache.get("k") is None  # its lease expired, so another filler may have won
+
+
+def test_hot_keys_are_refreshed_before_they_expire(cache):
+    calls = []
+
+    def loader():
+        calls.append(time.time())
+        time.sleep(0.05)
+        return len(calls)
+
+    cache.options = type(cache.options)(**{**cache.options.__dict__, "early_refresh_beta": 20.0})
+    assert cache.get_or_load("hot", loader, timeout=1) == 1
+    expires = calls[0] + 0.05 + 1
+    served = []
+    while time.time() < expires - 0.05 and len(calls) < 2:
+        served.append(cache.get_or_load("hot", loader, timeout=1))
+        time.sleep(0.005)
+    assert len(calls) == 2, "no early refresh before expiry"
+    assert calls[1] < expires
+    assert all(value == 1 for value in served[:-1])  # callers kept the current value meanwhile
+    assert cache.get("hot") == 2
+
+
+def test_cached_decorator(settings):
+    calls = []
+
+    @cached(timeout=60, cache_alias="l1only")
+    def profile(user_id: int) -> dict:
+        calls.append(user_id)
+        return {"id": user_id}
+
+    try:
+        assert profile(1) == {"id": 1} and profile(1) == {"id": 1} and profile(2) == {"id": 2}
+        assert calls == [1, 2]
+        profile.invalidate(1)
+        assert profile(1) == {"id": 1} and calls == [1, 2, 1]
+        assert profile.key_for(1).startswith("fn:tests.test_readthrough.")
+    finally:
+        from django.core.cache import caches
+
+        caches["l1only"].clear()

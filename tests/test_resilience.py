@@ -1,0 +1,166 @@
+"""Redis down, slow, flushed, restarted: no errors to callers, nothing stale served.
+
+Every fault is real: the test's own redis-server is killed (SIGKILL), paused
+(SIGSTOP), flushed, and started again on the same port.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.test_coherence import eventually
+from velro_cache.tiers.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+
+pytestmark = pytest.mark.django_db(databases=[])
+
+
+def exercise_every_operation(cache) -> dict:
+    """Call the whole API; any exception fails the test."""
+    return {
+        "get": cache.get("k", "default"),
+        "get_many": cache.get_many(["k", "other"]),
+        "set": cache.set("k2", "v"),
+        "set_many": cache.set_many({"a": 1, "b": "two"}),
+        "add": cache.add("new", "v"),
+        "touch": cache.touch("k", 10),
+        "delete": cache.delete("k"),
+        "delete_many": cache.delete_many(["a", "b"]),
+        "has_key": cache.has_key("k"),
+        "get_or_set": cache.get_or_set("gs", "computed"),
+        "get_or_load": cache.get_or_load("gl", lambda: "loaded"),
+        "clear": cache.clear(),
+    }
+
+
+def test_killed_redis_raises_nothing_and_serves_from_the_loader(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url())
+    cache.set("k", "before")
+    assert cache.get("k") == "before"
+    own_redis.stop()
+    started = time.monotonic()
+    results = exercise_every_operation(cache)
+    assert time.monotonic() - started < 5  # bounded, not one socket timeout per call
+    assert results["get"] == "default"  # L1 is off while Redis cannot tell us about others' writes
+    assert results["get_or_load"] == "loaded" and results["get_or_set"] == "computed"
+    assert cache.stats()["l2"]["breaker"]["state"] in (OPEN, HALF_OPEN)
+    with pytest.raises(ValueError):
+        cache.incr("counter")  # a counter's value is unknown without Redis
+
+
+def test_after_a_restart_l2_and_l1_are_used_again(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url())
+    own_redis.stop()
+    cache.get("k")
+    cache.set("k", "while-down")
+    own_redis.start()
+
+    def back():
+        cache.set("k", "after")
+        return own_redis.client().get("fault:1:k") is not None and cache.stats()["l1"]["enabled"]
+
+    assert eventually(back, limit=8)
+    assert cache.get("k") == "after"
+    assert cache.stats()["l2"]["breaker"]["state"] == CLOSED
+
+
+def test_slow_redis_costs_bounded_time_then_none(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url())
+    cache.set("k", "v")
+    own_redis.pause()
+    try:
+        timings = []
+        for _ in range(10):
+            started = time.monotonic()
+            assert cache.get("k", "default") in ("v", "default")
+            timings.append(time.monotonic() - started)
+        # At most a few calls pay a socket timeout before the breaker opens.
+        assert sum(t > 0.1 for t in timings) <= 3
+        assert max(timings[5:]) < 0.1
+    finally:
+        own_redis.resume()
+    assert eventually(lambda: cache.get("k") == "v" and cache.stats()["l2"]["breaker"]["state"] == CLOSED, limit=8)
+
+
+def test_invalidations_that_failed_during_an_outage_are_replayed(own_redis, tiered_on):
+    url = own_redis.url()
+    writer, reader = tiered_on(url), tiered_on(url)
+    writer.set("gen:1", "old")
+    assert reader.get("gen:1") == "old"
+    own_redis.pause()
+    try:
+        writer.delete("gen:1")  # cannot reach Redis: held back, not lost
+        assert writer.stats()["l2"]["pending_invalidations"] >= 1
+    finally:
+        own_redis.resume()
+    # Redis kept "old" (it was only paused); the replay must retire it everywhere.
+    assert eventually(lambda: own_redis.client().get("fault:1:gen:1") is None, limit=8)
+    assert eventually(lambda: reader.get("gen:1", "gone") == "gone", limit=8)
+    assert eventually(lambda: writer.stats()["l2"]["pending_invalidations"] == 0, limit=8)
+
+
+def test_flushall_drops_every_l1(own_redis, tiered_on):
+    url = own_redis.url()
+    first, second = tiered_on(url), tiered_on(url)
+    first.set("k", "v")
+    assert eventually(lambda: second.get("k") == "v" and second.stats()["l1"]["entries"] == 1)  # in second's L1
+    own_redis.client().flushall()
+    # Not stale: after a flush (an operator's "empty the cache"), no L1 serves old data.
+    assert eventually(lambda: second.get("k", "gone") == "gone" and first.get("k", "gone") == "gone")
+    first.set("k", "new")
+    assert eventually(lambda: second.get("k") == "new")
+
+
+def test_garbage_written_into_redis_is_a_miss(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url())
+    own_redis.client().set("fault:1:k", b"\xa1" + b"\x00" * 12 + b"\xc1")
+    assert cache.get("k", "default") == "default"
+    assert cache.stats()["totals"]["corrupt"] == 1
+
+
+def test_lost_channel_turns_l1_off_until_it_is_back(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url())
+    cache.set("k", "v")
+    assert cache.stats()["l1"]["entries"] == 1
+    own_redis.client().client_kill_filter(_type="pubsub")
+    assert eventually(lambda: cache.stats()["l2"]["coherence"]["losses"] >= 1)
+    assert eventually(lambda: cache.stats()["l1"]["enabled"] and cache.stats()["l2"]["coherence"]["connected"])
+    assert cache.stats()["l1"]["entries"] == 0  # dropped: messages may have been missed
+    assert cache.get("k") == "v"  # from L2 again
+
+
+# -- the breaker itself -------------------------------------------------------------
+
+
+class FakeClock:
+    """Time under the test's control (the breaker is pure logic; no Redis here)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_consecutive_failures_and_probes_once():
+    clock = FakeClock()
+    transitions = []
+    breaker = CircuitBreaker(failure_threshold=3, reset_timeout=1.0, max_reset_timeout=4.0, clock=clock)
+    breaker.add_listener(lambda old, new: transitions.append((old, new)))
+    breaker.record_failure()
+    breaker.record_success()  # a success resets the count
+    for _ in range(3):
+        assert breaker.allow()
+        breaker.record_failure()
+    assert breaker.state == OPEN and not breaker.allow()
+    clock.now = 1.0
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # only one
+    breaker.record_failure()
+    assert breaker.state == OPEN and breaker.snapshot()["reset_timeout"] == 2.0  # backs off
+    clock.now = 3.0
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state == CLOSED and breaker.allow()
+    assert transitions == [(CLOSED, OPEN), (HALF_OPEN, OPEN), (HALF_OPEN, CLOSED)]
