@@ -7,3 +7,7 @@ class StudioConfig(AppConfig):
     name = "studio"
     verbose_name = "Velro studio"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import cache  # noqa: F401  (declares which model changes retire which cached data)
+        from . import materialized  # noqa: F401  (declares which writes refresh which view)

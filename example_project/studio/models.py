@@ -132,3 +132,118 @@ class SystemConfig(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+# --- Materialized views (L3) ---
+# Read-only models over the materialized views created by
+# migrations/0002_materialized_views.py (refreshed as declared in
+# studio/materialized.py). Warming and the dashboard read these instead of
+# scanning the live tables. Relations use DO_NOTHING and no constraint: a view
+# row is derived data, deleting a user must never try to delete it.
+
+from velro_cache.db.models import MaterializedView  # noqa: E402
+
+
+class GenerationAccess(models.Model):
+    """One API access to a generation: the raw events behind the access counts."""
+
+    class Kind(models.TextChoices):
+        READ = "read", "Read"
+        MEDIA = "media", "Media"
+
+    generation = models.ForeignKey(Generation, on_delete=models.CASCADE, related_name="accesses")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        related_name="generation_accesses",
+    )
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.READ)
+    accessed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["accessed_at"], name="studio_access_recent"),
+            models.Index(fields=["generation", "accessed_at"], name="studio_access_generation"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of {self.generation_id} by {self.user_id}"
+
+
+def _view_relation(to: str | type[models.Model], **kwargs) -> models.ForeignKey:
+    return models.ForeignKey(
+        to, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+", **kwargs
+    )
+
+
+class ActiveUser(MaterializedView):
+    """Users with API activity in the last 24 h (at refresh time), most active first."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.DO_NOTHING,
+        db_constraint=False, related_name="+",
+    )
+    username = models.CharField(max_length=150)
+    requests_24h = models.BigIntegerField()
+    generations_24h = models.BigIntegerField()
+    activity = models.BigIntegerField()
+    last_active_at = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "studio_active_users_24h"
+        ordering = ["-activity", "user_id"]
+
+
+class RecentGeneration(MaterializedView):
+    """Generations created in the last 48 h (at refresh time), with the fields the API caches."""
+
+    id = models.BigIntegerField(primary_key=True)
+    owner = _view_relation(settings.AUTH_USER_MODEL)
+    team = _view_relation(Team, null=True)
+    prompt = models.TextField()
+    status = models.CharField(max_length=16, choices=Generation.Status.choices)
+    model_name = models.CharField(max_length=64)
+    media_url = models.CharField(max_length=500)
+    thumbnail_url = models.CharField(max_length=500)
+    media_type = models.CharField(max_length=16, choices=Generation.MediaType.choices)
+    width = models.IntegerField()
+    height = models.IntegerField()
+    duration_ms = models.IntegerField(null=True)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "studio_recent_generations_48h"
+        ordering = ["-created_at", "-id"]
+
+
+class ActiveMembership(MaterializedView):
+    """Team memberships of active users, with the team's name and slug joined in."""
+
+    id = models.BigIntegerField(primary_key=True)
+    team = _view_relation(Team)
+    user = _view_relation(settings.AUTH_USER_MODEL)
+    role = models.CharField(max_length=16, choices=Role.choices)
+    team_name = models.CharField(max_length=120)
+    team_slug = models.CharField(max_length=120)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "studio_active_memberships"
+        ordering = ["user_id", "team_name"]
+
+
+class GenerationAccessCount(MaterializedView):
+    """Accesses per generation: all time, in the last 24 h, distinct users, latest."""
+
+    generation = models.OneToOneField(
+        Generation, primary_key=True, on_delete=models.DO_NOTHING, db_constraint=False,
+        related_name="+",
+    )
+    access_count = models.BigIntegerField()
+    accesses_24h = models.BigIntegerField()
+    unique_users = models.BigIntegerField()
+    last_accessed_at = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "studio_generation_access_counts"
+        ordering = ["-access_count", "generation_id"]
