@@ -24,7 +24,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -217,11 +218,37 @@ def refresh_view(
         lock.release()
 
 
+@contextmanager
+def _write_transaction(connection: Any) -> Iterator[None]:
+    """A transaction that is a writer from its first statement.
+
+    PostgreSQL needs nothing special. SQLite does: a transaction that reads
+    first (our introspection) and writes later fails at once with "database
+    is locked" when another connection writes meanwhile, because waiting
+    could deadlock; one begun IMMEDIATE waits (up to the busy timeout) for
+    the write lock instead, which makes another process's refresh or write
+    queue this one rather than fail it.
+    """
+    immediate = connection.vendor == view_sql.SQLITE and not connection.in_atomic_block
+    if immediate:
+        connection.ensure_connection()  # connecting resets transaction_mode from the settings
+        configured = connection.transaction_mode
+        connection.transaction_mode = "IMMEDIATE"
+    try:
+        with transaction.atomic(using=connection.alias):
+            if immediate:
+                connection.transaction_mode = configured
+            yield
+    finally:
+        if immediate:
+            connection.transaction_mode = configured
+
+
 def _refresh_locked(
     result: RefreshResult, concurrently: bool | None, wait: bool, if_older_than: timedelta | None
 ) -> RefreshResult:
     connection = connections[result.database]
-    with transaction.atomic(using=result.database):
+    with _write_transaction(connection):
         if not _take_advisory_lock(connection, result.view, wait):
             return _skipped(result, "another process is refreshing this view")
         if if_older_than is not None:
