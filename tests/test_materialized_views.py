@@ -1,0 +1,751 @@
+"""Materialized views (L3): migrations, refresh, locks, debounced refresh, the refresh log.
+
+The same tests run on PostgreSQL (the suite's database) and on SQLite against
+the emulation: ``test_sqlite_leg`` re-runs this module with
+``tests.settings_sqlite`` in a subprocess. Where a check is PostgreSQL
+specific (pg_matviews, advisory locks) the SQLite run asserts the emulation's
+equivalent instead. Races are shown by holding a lock or a transaction open at
+the exact point, never by timing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.cache.backends.locmem import LocMemCache
+from django.core.management import CommandError, call_command
+from django.db import OperationalError, connection, connections, transaction
+from django.db.migrations.writer import MigrationWriter
+from django.test import override_settings
+from django.test.utils import isolate_apps
+from django.utils import timezone
+from model_bakery import baker
+
+from studio import materialized
+from studio.models import (
+    ActiveMembership,
+    ActiveUser,
+    Generation,
+    GenerationAccess,
+    GenerationAccessCount,
+    RecentGeneration,
+    Team,
+    TeamMembership,
+)
+from velro_cache.checks import check_view_settings
+from velro_cache.db import refresh as view_refresh
+from velro_cache.db import sql as view_sql
+from velro_cache.db.loaders import read_view, view_key, view_ttl
+from velro_cache.db.models import MaterializedView, ReadOnlyViewError
+from velro_cache.db.operations import (
+    CreateMaterializedView,
+    DropMaterializedView,
+    RefreshMaterializedView,
+)
+from velro_cache.db.refresh import RefreshFailed, refresh_view, wait_for_background_refreshes
+from velro_cache.models import ViewRefresh
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IS_PG = connection.vendor == "postgresql"
+IS_SQLITE = connection.vendor == "sqlite"
+pg_only = pytest.mark.skipif(not IS_PG, reason="PostgreSQL specific (the SQLite run has its own equivalent)")
+sqlite_only = pytest.mark.skipif(not IS_SQLITE, reason="SQLite emulation specific")
+
+VIEWS = {
+    "studio_active_users_24h": ("user_id", [("activity", "user_id")]),
+    "studio_recent_generations_48h": ("id", [("created_at", "id"), ("owner_id", "created_at")]),
+    "studio_active_memberships": ("id", [("user_id",), ("team_id",)]),
+    "studio_generation_access_counts": ("generation_id", [("access_count", "generation_id")]),
+}
+WAIT = 60  # seconds: an upper bound for background work, never a measured duration
+
+
+@pytest.fixture(autouse=True)
+def quiet_refresh_worker() -> Iterator[None]:
+    """Each test starts and ends with the refresh worker idle, and refresh-on-write
+    is off unless the test turns it on (its own override_settings wins), so no
+    background refresh lands in the middle of a test that does not expect one."""
+    view_refresh.debouncer.run_now()
+    assert wait_for_background_refreshes(WAIT)
+    with override_settings(VELRO_CACHE={"VIEW_REFRESH_ON_WRITE": False}):
+        yield
+    view_refresh.debouncer.run_now()
+    assert wait_for_background_refreshes(WAIT)
+
+
+# -- looking into the database ------------------------------------------------------
+
+
+def views_in_database() -> set[str]:
+    with connection.cursor() as cursor:
+        if IS_PG:
+            cursor.execute("SELECT matviewname FROM pg_matviews WHERE schemaname = current_schema()")
+            return {row[0] for row in cursor.fetchall()}
+        # The emulation: a table plus the view that keeps its SELECT.
+        cursor.execute("SELECT name FROM sqlite_master WHERE type = 'view' AND name LIKE '%\\_\\_source' ESCAPE '\\'")
+        sources = {row[0][: -len(view_sql.SOURCE_SUFFIX)] for row in cursor.fetchall()}
+        cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return sources & {row[0] for row in cursor.fetchall()}
+
+
+def indexes_of(view: str) -> dict[tuple[str, ...], bool]:
+    """Index columns (in order) -> unique, read back from the database's catalog."""
+    found = {}
+    with connection.cursor() as cursor:
+        if IS_PG:
+            cursor.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", [view])
+            for (definition,) in cursor.fetchall():
+                columns = re.search(r"\((.*)\)", definition).group(1)
+                names = tuple(part.split()[0].strip('"') for part in columns.split(","))
+                found[names] = definition.startswith("CREATE UNIQUE INDEX")
+            return found
+        cursor.execute(f"PRAGMA index_list({connection.ops.quote_name(view)})")
+        for _, name, unique, _, _ in cursor.fetchall():
+            cursor.execute(f"PRAGMA index_info({connection.ops.quote_name(name)})")
+            found[tuple(row[2] for row in cursor.fetchall())] = bool(unique)
+    return found
+
+
+def count_rows(table: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {connection.ops.quote_name(table)}")
+        return cursor.fetchone()[0]
+
+
+def refresh_log(view: str) -> list[ViewRefresh]:
+    return list(ViewRefresh.objects.filter(view=view).order_by("started_at"))
+
+
+def make_generations(n: int, hours_ago: float = 1.0, **fields) -> list[Generation]:
+    owner = fields.pop("owner", None) or baker.make(User, is_active=True)
+    created = timezone.now() - timedelta(hours=hours_ago)
+    return [baker.make(Generation, owner=owner, created_at=created, **fields) for _ in range(n)]
+
+
+class OtherVendorEditor:
+    """A schema editor of a database that has no materialized views (we have no MySQL to run)."""
+
+    def __init__(self) -> None:
+        self.connection = SimpleNamespace(vendor="mysql", alias="default")
+        self.collect_sql = False
+
+    def quote_name(self, name: str) -> str:
+        return f"`{name}`"
+
+    def execute(self, sql: str, params=None) -> None:  # pragma: no cover - must never be reached
+        raise AssertionError(f"executed on an unsupported database: {sql}")
+
+
+def run_operation(operation, backwards: bool = False) -> None:
+    with connection.schema_editor() as editor:
+        if backwards:
+            operation.database_backwards("studio", editor, None, None)
+        else:
+            operation.database_forwards("studio", editor, None, None)
+
+
+# -- migrations -----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_migrate_forward_created_the_views_with_their_indexes():
+    assert set(VIEWS) <= views_in_database()
+    for view, (unique, others) in VIEWS.items():
+        indexes = indexes_of(view)
+        assert indexes.get((unique,)) is True, (view, indexes)
+        for columns in others:
+            assert indexes.get(columns) is False, (view, columns, indexes)
+        assert view_sql.has_unique_index(connection, view)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrate_backward_drops_the_views_and_forward_recreates_them():
+    try:
+        call_command("migrate", "studio", "0001", verbosity=0)
+        assert not set(VIEWS) & views_in_database()
+        for view in VIEWS:
+            assert indexes_of(view) == {}
+            assert not view_sql.view_exists(connection, view)
+        assert "studio_generationaccess" not in connection.introspection.table_names()
+    finally:
+        call_command("migrate", "studio", verbosity=0)
+    assert set(VIEWS) <= views_in_database()
+    assert all(view_sql.has_unique_index(connection, view) for view in VIEWS)
+
+
+def test_operations_deconstruct_and_serialize_into_migration_files():
+    create = CreateMaterializedView(
+        "v_demo", {"postgresql": "SELECT 1 AS id", "sqlite": "SELECT 1 AS id"},
+        unique_index="id", indexes=[["-id"]], with_data=False,
+    )
+    name, args, kwargs = create.deconstruct()
+    assert name == "CreateMaterializedView" and args == []
+    assert kwargs == {
+        "name": "v_demo", "sql": {"postgresql": "SELECT 1 AS id", "sqlite": "SELECT 1 AS id"},
+        "unique_index": ["id"], "indexes": [["-id"]], "with_data": False,
+    }
+    assert CreateMaterializedView(**kwargs).deconstruct() == (name, args, kwargs)
+    for operation in (create, DropMaterializedView("v_demo"), RefreshMaterializedView("v_demo", concurrently=False)):
+        text, imports = MigrationWriter.serialize(operation)
+        assert "import velro_cache.db.operations" in imports
+        assert text.startswith(f"velro_cache.db.operations.{type(operation).__name__}(")
+    assert create.reversible and RefreshMaterializedView("v_demo").reversible
+    assert not DropMaterializedView("v_demo").reversible
+    assert DropMaterializedView(**kwargs).reversible
+
+
+@pytest.mark.django_db(transaction=True)  # SQLite's schema editor refuses to run inside a test transaction
+def test_makemigrations_sees_no_change_and_sqlmigrate_prints_the_view_sql():
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)  # SystemExit(1) on changes
+    out = io.StringIO()
+    call_command("sqlmigrate", "studio", "0002", stdout=out)
+    if IS_PG:
+        assert 'CREATE MATERIALIZED VIEW "studio_recent_generations_48h"' in out.getvalue()
+    else:
+        assert 'CREATE VIEW "studio_recent_generations_48h__source"' in out.getvalue()
+    assert 'CREATE UNIQUE INDEX "studio_recent_generations_48h_id_uniq"' in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"unique_index": ["lower(name)"]}, "not a column name"),
+        ({"indexes": [["id", "id > 3"]]}, "not a column name"),
+        ({"sql": {"mysql": "SELECT 1"}}, "unsupported vendors"),
+        ({"name": "bad name"}, "not a valid materialized view name"),
+    ],
+)
+def test_bad_definitions_fail_when_the_migration_is_loaded(kwargs, message):
+    arguments = {"name": "v_demo", "sql": "SELECT 1 AS id", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        CreateMaterializedView(**arguments)
+
+
+def test_other_databases_get_a_clear_error_at_migrate_time():
+    editor = OtherVendorEditor()
+    for operation in (
+        CreateMaterializedView("v_demo", "SELECT 1 AS id", unique_index="id"),
+        DropMaterializedView("v_demo"),
+        RefreshMaterializedView("v_demo", concurrently=True),
+    ):
+        with pytest.raises(view_sql.UnsupportedDatabase, match="PostgreSQL .* SQLite .* not on 'mysql'"):
+            operation.database_forwards("studio", editor, None, None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_drop_without_the_definition_is_irreversible_with_it_reversible():
+    create = CreateMaterializedView("velro_test_teams", "SELECT id, slug FROM studio_team", unique_index="id")
+    run_operation(create)
+    try:
+        with pytest.raises(Exception, match="cannot be reversed"):
+            run_operation(DropMaterializedView("velro_test_teams"), backwards=True)
+        drop = DropMaterializedView(**create.deconstruct()[2])
+        run_operation(drop)
+        assert not view_sql.view_exists(connection, "velro_test_teams")
+        run_operation(drop, backwards=True)
+        assert view_sql.view_exists(connection, "velro_test_teams")
+        assert view_sql.has_unique_index(connection, "velro_test_teams")
+    finally:
+        run_operation(create, backwards=True)
+    assert not view_sql.view_exists(connection, "velro_test_teams")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_refresh_operation_picks_concurrently_only_when_the_view_allows_it():
+    baker.make(Team, _quantity=3)
+    create = CreateMaterializedView("velro_test_teams", "SELECT id, slug FROM studio_team", unique_index="id", with_data=False)
+    run_operation(create)
+    try:
+        if IS_PG:
+            assert not view_sql.is_populated(connection, "velro_test_teams")
+        run_operation(RefreshMaterializedView("velro_test_teams"))  # unpopulated: must go plain
+        assert count_rows("velro_test_teams") == 3
+        baker.make(Team)
+        run_operation(RefreshMaterializedView("velro_test_teams"))  # populated + unique: concurrently
+        assert count_rows("velro_test_teams") == 4
+        run_operation(RefreshMaterializedView("velro_test_teams"), backwards=True)  # a no-op
+    finally:
+        run_operation(create, backwards=True)
+
+
+# -- refreshing -------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_refresh_keeps_serving_the_old_rows_to_readers_until_it_commits():
+    make_generations(3)
+    RecentGeneration.refresh()
+    make_generations(2)
+    refreshed, release, outcome = threading.Event(), threading.Event(), {}
+
+    def refresh_and_hold() -> None:
+        try:
+            with transaction.atomic():
+                outcome["result"] = RecentGeneration.refresh()
+                refreshed.set()
+                release.wait(WAIT)  # the refresh is done but not committed: its locks are held
+        finally:
+            connections.close_all()
+
+    refresher = threading.Thread(target=refresh_and_hold)
+    refresher.start()
+    try:
+        assert refreshed.wait(WAIT)
+        # A plain REFRESH would hold an ACCESS EXCLUSIVE lock here and this read would wait.
+        with transaction.atomic():
+            if IS_PG:
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL lock_timeout = '10s'")
+            assert RecentGeneration.objects.count() == 3
+    finally:
+        release.set()
+        refresher.join(WAIT)
+    assert outcome["result"].concurrently
+    assert RecentGeneration.objects.count() == 5
+
+
+@pg_only
+@pytest.mark.django_db(transaction=True)
+def test_plain_refresh_locks_readers_out_which_is_why_concurrently_is_the_default():
+    make_generations(2)
+    held, release, errors = threading.Event(), threading.Event(), []
+
+    def refresh_plainly_and_hold() -> None:
+        try:
+            with transaction.atomic():
+                result = RecentGeneration.refresh(concurrently=False)
+                assert not result.concurrently and result.note == "plain refresh requested"
+                held.set()
+                release.wait(WAIT)
+        except Exception as exc:  # noqa: BLE001 - reported to the test thread
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    refresher = threading.Thread(target=refresh_plainly_and_hold)
+    refresher.start()
+    try:
+        assert held.wait(WAIT)
+        with pytest.raises(OperationalError, match="lock timeout"):
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL lock_timeout = '200ms'")
+                RecentGeneration.objects.count()
+    finally:
+        release.set()
+        refresher.join(WAIT)
+    assert not errors
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_view_without_a_unique_index_refreshes_plainly_and_says_why():
+    baker.make(Team, _quantity=2)
+    create = CreateMaterializedView("velro_test_no_key", "SELECT name FROM studio_team")
+    run_operation(create)
+    try:
+        result = refresh_view("velro_test_no_key", concurrently=True)
+        assert result.ok and not result.concurrently and result.rows == 2
+        assert "no unique index" in result.note and "CONCURRENTLY" in result.note
+        record = ViewRefresh.objects.get(pk=result.record_id)
+        assert (record.concurrently, record.rows, record.error) == (False, 2, "")
+        assert "no unique index" in record.note
+    finally:
+        run_operation(create, backwards=True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_refresh_is_recorded_with_when_how_long_and_rows():
+    make_generations(4)
+    before = timezone.now()
+    result = RecentGeneration.refresh()
+    record = ViewRefresh.objects.get(pk=result.record_id)
+    assert record.view == "studio_recent_generations_48h" and record.database == "default"
+    assert record.trigger == "manual" and record.rows == 4 and record.error == ""
+    assert before <= record.started_at <= record.finished_at and record.duration_ms >= 0
+    assert view_refresh.last_refresh(RecentGeneration).pk == record.pk
+    assert view_refresh.staleness(RecentGeneration) >= timedelta(0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_refresh_is_recorded_with_its_error_and_keeps_the_old_rows():
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE velro_test_source (k integer, v integer)")
+        cursor.execute("INSERT INTO velro_test_source VALUES (1, 1), (2, 2)")
+    create = CreateMaterializedView("velro_test_keyed", "SELECT k, v FROM velro_test_source", unique_index="k")
+    run_operation(create)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO velro_test_source VALUES (1, 3)")  # k is no longer unique
+        with pytest.raises(RefreshFailed) as failed:
+            refresh_view("velro_test_keyed")
+        assert failed.value.result.error
+        [record] = refresh_log("velro_test_keyed")
+        assert record.error == failed.value.result.error and record.rows is None
+        assert not record.succeeded and view_refresh.last_refresh("velro_test_keyed") is None
+        assert count_rows("velro_test_keyed") == 2
+    finally:
+        run_operation(create, backwards=True)
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE velro_test_source")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_refreshing_a_view_that_does_not_exist_fails_clearly_and_is_recorded():
+    with pytest.raises(RefreshFailed, match="does not exist"):
+        refresh_view("velro_no_such_view")
+    [record] = refresh_log("velro_no_such_view")
+    assert "does not exist" in record.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_refresh_in_the_same_process_waits_or_skips():
+    view = "studio_recent_generations_48h"
+    lock = view_refresh._process_locks.get("default", view)
+    with lock:  # what a running refresh holds
+        skipped = refresh_view(view, wait=False)
+        assert skipped.skipped and "in this process" in skipped.note
+        assert not refresh_log(view)
+        waiter = threading.Thread(target=lambda: (refresh_view(view), connections.close_all()))
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive() and not refresh_log(view)  # queued behind the holder
+    waiter.join(WAIT)
+    assert len(refresh_log(view)) == 1
+
+
+def _psycopg_session():
+    import psycopg
+
+    settings = connection.settings_dict
+    return psycopg.connect(
+        dbname=settings["NAME"], user=settings["USER"], host=settings["HOST"],
+        port=settings["PORT"], password=settings.get("PASSWORD") or None, autocommit=True,
+    )
+
+
+def _waiting_on_advisory_lock(key: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND objid::bigint = %s AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            [key & 0xFFFFFFFF],
+        )
+        return cursor.fetchone()[0]
+
+
+@pg_only
+@pytest.mark.django_db(transaction=True)
+def test_a_refresh_in_another_process_makes_this_one_wait_or_skip():
+    view = "studio_recent_generations_48h"
+    key = view_refresh.advisory_lock_key(view)
+    other = _psycopg_session()  # another process's connection, holding the refresh lock
+    try:
+        other.execute("SELECT pg_advisory_lock(%s)", [key])
+        skipped = refresh_view(view, wait=False)
+        assert skipped.skipped and "another process" in skipped.note
+        done = threading.Event()
+        waiter = threading.Thread(target=lambda: (refresh_view(view), connections.close_all(), done.set()))
+        waiter.start()
+        deadline = timezone.now() + timedelta(seconds=WAIT)
+        while not _waiting_on_advisory_lock(key):  # the waiter is blocked inside PostgreSQL
+            assert timezone.now() < deadline and waiter.is_alive()
+            threading.Event().wait(0.01)
+        assert not done.is_set() and not refresh_log(view)
+        other.execute("SELECT pg_advisory_unlock(%s)", [key])
+        waiter.join(WAIT)
+        assert done.is_set() and len(refresh_log(view)) == 1
+    finally:
+        other.close()
+
+
+@sqlite_only
+@pytest.mark.django_db(transaction=True)
+def test_sqlite_emulation_a_writer_in_another_process_makes_the_refresh_wait():
+    import sqlite3
+
+    view = "studio_recent_generations_48h"
+    other = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holding SQLite's write lock
+        done = threading.Event()
+        waiter = threading.Thread(target=lambda: (refresh_view(view), connections.close_all(), done.set()))
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive() and not done.is_set()
+        other.execute("COMMIT")
+        waiter.join(WAIT)
+        assert done.is_set() and len(refresh_log(view)) == 1
+    finally:
+        other.close()
+
+
+# -- refreshing after writes ----------------------------------------------------------------------
+
+
+WRITE_KEY = ("write", "default", "studio_recent_generations_48h")
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 3600})
+def test_a_burst_of_committed_writes_is_refreshed_once_after_commit_off_the_request_path():
+    owner = baker.make(User, is_active=True)
+    view_refresh.debouncer.run_now()
+    assert wait_for_background_refreshes(WAIT)
+    ViewRefresh.objects.all().delete()
+    for _ in range(20):  # twenty transactions, each committing one write
+        make_generations(1, owner=owner)
+    assert WRITE_KEY in view_refresh.debouncer.pending()  # scheduled, not run by the writer
+    assert not refresh_log("studio_recent_generations_48h")
+    view_refresh.debouncer.run_now()  # the debounce window ends
+    assert wait_for_background_refreshes(WAIT)
+    [record] = refresh_log("studio_recent_generations_48h")
+    assert record.trigger == "write" and record.rows == 20 and record.concurrently
+    assert RecentGeneration.objects.count() == 20
+    # Generation is a source of the active-users view too: also refreshed once.
+    assert len(refresh_log("studio_active_users_24h")) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 3600})
+def test_a_rolled_back_transaction_refreshes_nothing():
+    owner = baker.make(User, is_active=True)
+    view_refresh.debouncer.run_now()
+    assert wait_for_background_refreshes(WAIT)
+    ViewRefresh.objects.all().delete()
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            make_generations(5, owner=owner)
+            raise RuntimeError("roll back")
+    assert not view_refresh.debouncer.pending()
+    view_refresh.debouncer.run_now()
+    assert wait_for_background_refreshes(WAIT)
+    assert not ViewRefresh.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 3600})
+def test_writes_in_one_transaction_schedule_only_when_it_commits():
+    with transaction.atomic():
+        make_generations(3)
+        assert WRITE_KEY not in view_refresh.debouncer.pending()
+    assert WRITE_KEY in view_refresh.debouncer.pending()
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 0.05})
+def test_the_background_worker_refreshes_by_itself_when_the_window_ends():
+    make_generations(2)
+    assert wait_for_background_refreshes(WAIT)
+    records = refresh_log("studio_recent_generations_48h")
+    assert records and records[-1].trigger == "write" and records[-1].rows == 2
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(VELRO_CACHE={"VIEW_REFRESH_ON_WRITE": False})
+def test_refresh_on_write_can_be_switched_off():
+    make_generations(2)
+    assert WRITE_KEY not in view_refresh.debouncer.pending()
+
+
+@pytest.mark.django_db
+def test_the_schedule_refreshes_stale_views_only():
+    first = view_refresh.refresh_stale_views()
+    assert {r.view for r in first if r.ok} == set(VIEWS)
+    second = view_refresh.refresh_stale_views()
+    assert all(r.skipped and "refreshed" in r.note for r in second)
+    assert view_refresh.schedule_tick() == 30.0  # half the shortest period (recent generations: 60 s)
+
+
+# -- the model base ----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_writes_to_a_materialized_view_model_raise_a_clear_error():
+    make_generations(1)
+    RecentGeneration.refresh()
+    row = RecentGeneration.objects.get()
+    attempts = {
+        "save": row.save,
+        "delete": row.delete,
+        "create": lambda: RecentGeneration.objects.create(id=99, prompt="x"),
+        "update": lambda: RecentGeneration.objects.update(prompt="x"),
+        "queryset delete": lambda: RecentGeneration.objects.all().delete(),
+        "bulk_create": lambda: RecentGeneration.objects.bulk_create([RecentGeneration(id=98)]),
+        "bulk_update": lambda: RecentGeneration.objects.bulk_update([row], ["prompt"]),
+        "get_or_create": lambda: RecentGeneration.objects.get_or_create(id=97),
+        "update_or_create": lambda: RecentGeneration.objects.update_or_create(id=row.id, defaults={"prompt": "x"}),
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(ReadOnlyViewError, match="read-only .* refresh it"):
+            attempt()
+    assert RecentGeneration.objects.get().prompt == row.prompt
+
+
+@pytest.mark.django_db
+def test_deleting_a_source_row_never_touches_the_view_models():
+    user = baker.make(User, is_active=True)
+    make_generations(1, owner=user)
+    ActiveUser.refresh()
+    user.delete()  # DO_NOTHING relations: the collector must not try to delete view rows
+    assert not User.objects.filter(pk=user.pk).exists()
+
+
+@isolate_apps("studio")
+def test_materialized_view_models_are_unmanaged_even_with_their_own_meta():
+    class SomeView(MaterializedView):
+        class Meta:
+            app_label = "studio"
+            db_table = "some_view"
+
+    assert SomeView._meta.managed is False
+    assert SomeView.view_name() == "some_view"
+
+
+# -- cached reads (L3 read-through) -----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_cached_view_reads_load_once_and_live_one_refresh_period(make_cache):
+    make_generations(2)
+    RecentGeneration.refresh()
+    loads = []
+
+    def loader() -> list[int]:
+        loads.append(1)
+        return list(RecentGeneration.objects.values_list("id", flat=True))
+
+    tiered = make_cache(l2=False)
+    first = read_view(RecentGeneration, "ids", loader, cache=tiered)
+    make_generations(1)
+    RecentGeneration.refresh()
+    assert read_view(RecentGeneration, "ids", loader, cache=tiered) == first and len(loads) == 1
+    assert view_ttl(RecentGeneration) == 60.0 and view_key(RecentGeneration, "ids") == "view:studio_recent_generations_48h:ids"
+
+    plain = LocMemCache("velro-views-test", {})  # no get_or_load: the fallback path
+    read_view(RecentGeneration, "ids", loader, cache=plain)
+    read_view(RecentGeneration, "ids", loader, cache=plain)
+    assert len(loads) == 2
+    expires_in = plain._expire_info[plain.make_key(view_key(RecentGeneration, "ids"))] - timezone.now().timestamp()
+    assert 0 < expires_in <= 60
+
+
+@pytest.mark.django_db
+def test_the_example_views_compute_their_windows_and_joins_on_this_database(make_cache):
+    active, idle, inactive = baker.make(User, is_active=True, _quantity=2) + [baker.make(User, is_active=False)]
+    team = baker.make(Team, name="Studio A", slug="studio-a")
+    for user, role in ((active, "owner"), (idle, "viewer"), (inactive, "editor")):
+        baker.make(TeamMembership, team=team, user=user, role=role)
+    recent = make_generations(3, hours_ago=2, owner=active)
+    day_old = make_generations(1, hours_ago=30, owner=idle)
+    make_generations(1, hours_ago=72, owner=idle)
+    make_generations(2, hours_ago=1, owner=inactive)
+    for _ in range(4):
+        baker.make(GenerationAccess, generation=day_old[0], user=active)
+    baker.make(GenerationAccess, generation=day_old[0], user=idle, accessed_at=timezone.now() - timedelta(hours=40))
+    for model in (ActiveUser, RecentGeneration, ActiveMembership, GenerationAccessCount):
+        model.refresh()
+
+    assert list(ActiveUser.objects.values_list("user_id", "generations_24h", "requests_24h")) == [(active.pk, 3, 4)]
+    assert set(RecentGeneration.objects.values_list("id", flat=True)) == {g.pk for g in recent + day_old} | set(
+        Generation.objects.filter(owner=inactive).values_list("id", flat=True)
+    )
+    assert set(ActiveMembership.objects.values_list("user_id", "team_slug", "role")) == {
+        (active.pk, "studio-a", "owner"), (idle.pk, "studio-a", "viewer")
+    }
+    counts = GenerationAccessCount.objects.get()
+    assert (counts.generation_id, counts.access_count, counts.accesses_24h, counts.unique_users) == (day_old[0].pk, 5, 4, 2)
+
+    with override_settings(CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}):
+        assert materialized.top_active_users(10)[0]["user_id"] == active.pk
+        assert len(materialized.recent_generation_ids(500)) == 6
+        assert {m["user_id"] for m in materialized.active_memberships()} == {active.pk, idle.pk}
+        assert materialized.most_accessed_generations(5)[0]["access_count"] == 5
+
+
+# -- the management command --------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_refresh_views_command_prints_duration_and_rows_of_each_view():
+    make_generations(3)
+    out = io.StringIO()
+    call_command("velro_refresh_views", stdout=out)
+    lines = out.getvalue().splitlines()
+    for view in VIEWS:
+        assert any(re.match(rf"{view}: \d+ rows in \d+\.\d ms, concurrently", line) for line in lines), lines
+    assert "studio_recent_generations_48h: 3 rows in" in out.getvalue()
+    assert re.search(r"Refreshed 4 view\(s\), skipped 0, failed 0 in \d+\.\d\d s\.", lines[-1])
+    assert set(ViewRefresh.objects.filter(trigger="command").values_list("view", flat=True)) == set(VIEWS)
+
+
+@pytest.mark.django_db
+def test_refresh_views_command_named_views_plain_and_list():
+    out = io.StringIO()
+    call_command("velro_refresh_views", "studio.RecentGeneration", "studio_active_memberships", "--plain", stdout=out)
+    text = out.getvalue()
+    assert "studio_recent_generations_48h: 0 rows in" in text and "plainly (plain refresh requested)" in text
+    assert "studio_active_users_24h" not in text and "Refreshed 2 view(s)" in text
+    listing = io.StringIO()
+    call_command("velro_refresh_views", "--list", stdout=listing)
+    assert re.search(r"studio_recent_generations_48h: 0 rows, refreshed 0:00:\d\d ago .*period 60 s", listing.getvalue())
+    assert "studio_active_users_24h: never refreshed (period 300 s)" in listing.getvalue()
+    with pytest.raises(CommandError, match="Unknown view 'nope'"):
+        call_command("velro_refresh_views", "nope")
+
+
+@pytest.mark.django_db
+def test_refresh_views_command_reports_failures_and_exits_nonzero():
+    with pytest.raises(CommandError, match="failed 1 .* Failed: studio_recent_generations_48h"):
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP {'MATERIALIZED VIEW' if IS_PG else 'TABLE'} studio_recent_generations_48h")
+        call_command("velro_refresh_views", "studio_recent_generations_48h", stdout=io.StringIO(), stderr=io.StringIO())
+    # The test's transaction rolls the DROP back.
+
+
+# -- settings checks ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "check_id"),
+    [
+        ("VIEW_REFRESH_ON_WRITE", "yes", "velro_cache.E030"),
+        ("VIEW_REFRESH_SCHEDULE", 1, "velro_cache.E030"),
+        ("VIEW_REFRESH_DEBOUNCE", -1, "velro_cache.E031"),
+        ("VIEW_REFRESH_PERIOD", 0, "velro_cache.E032"),
+        ("VIEW_REFRESH_LOG_KEEP", 2.5, "velro_cache.E033"),
+    ],
+)
+def test_bad_view_settings_are_reported_by_system_checks(setting, value, check_id):
+    with override_settings(VELRO_CACHE={setting: value}):
+        found = {message.id for message in check_view_settings()}
+    assert found == {check_id}
+
+
+# -- the SQLite leg ------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not IS_PG, reason="this is the leg that starts the SQLite run")
+def test_sqlite_leg(tmp_path):
+    """The whole module again, on SQLite against the emulation, in its own process
+    (Django's database settings cannot change inside one)."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env["VELRO_TEST_SQLITE_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/test_materialized_views.py", "--ds", "tests.settings_sqlite",
+         "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=280,
+    )
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    passed = int(re.search(r"(\d+) passed", summary).group(1))
+    assert passed >= 30 and "failed" not in summary and "error" not in summary, summary
