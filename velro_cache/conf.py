@@ -45,6 +45,35 @@ DEFAULTS.update(
 )
 # --- end materialized views ---
 
+# --- Keys, TTL policy and invalidation (issue 4; checks E020-E029 / W020-W029) ---
+# A key's first part -> the data type whose TTL applies (a first part that is
+# itself a TTL name needs no entry). Yours are merged over these.
+DEFAULT_KEY_DATA_TYPES = {
+    "auth": "authorization",
+    "authz": "authorization",
+    "gen": "generation",
+    "membership": "team_membership",
+    "config": "system_config",
+}
+DEFAULTS.update(
+    {
+        "KEY_DATA_TYPES": DEFAULT_KEY_DATA_TYPES,
+        # Hot, stable keys live longer and often-changed ones shorter, within
+        # TTL x [TTL_MIN_FACTOR, TTL_MAX_FACTOR] (velro_cache.ttl).
+        "ADAPTIVE_TTL": True,
+        "TTL_MIN_FACTOR": 0.5,
+        "TTL_MAX_FACTOR": 4.0,
+        # Each TTL is multiplied by a random 1 ± TTL_JITTER.
+        "TTL_JITTER": 0.1,
+        # Modules to import at startup that declare model -> cached data
+        # dependencies (velro_cache.invalidation.register).
+        "INVALIDATION": [],
+        # The cache that cached reads and invalidations use.
+        "CACHE_ALIAS": "default",
+    }
+)
+# --- end keys, TTL policy and invalidation ---
+
 
 class VelroSettings:
     """Read-through view of ``VELRO_CACHE`` merged over the defaults."""

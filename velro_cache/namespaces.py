@@ -1,0 +1,176 @@
+"""Namespace tokens: invalidate every key under a prefix in O(1), without scanning keys.
+
+A namespace is a key prefix such as ``generation:456`` or ``auth:user:123``
+(or a tag that readers name explicitly). It owns a token: a short random
+string stored in the cache itself under ``ns:<namespace>``, created lazily by
+``cache.add`` and kept without timeout. A cached read puts the current tokens
+of the namespaces it depends on into its physical key, so retiring a
+namespace is one ``cache.set`` of a new token: every key stamped with the old
+token becomes unreachable at once and ages out by its TTL.
+
+Why the pieces are what they are:
+
+- The token is a ``str`` so TieredCache holds it in L1: reading it costs an
+  L1 hit, not a Redis round trip (integers live in Redis only).
+- It is random rather than a counter, so a token lost from the cache (evicted,
+  flushed) and recreated can never equal a token still stamped on old keys.
+- Readers take the tokens before they read the database; a value computed from
+  data read before an invalidation is therefore stored under the old token and
+  never served after it (see ``velro_cache.reads``).
+- Only declared levels carry tokens (``Levels``): the key's first part (its
+  data type) always, then the prefixes that model declarations name. A read
+  costs one cache lookup per level, typically two.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .keys import SEPARATOR, STAMP_MARK, data_type_segment, digest, parse_key
+
+TOKEN_KEY_TYPE = "ns"  # reserved first part: the tokens' own keys
+TOKEN_BYTES = 6  # 48 random bits, 8 characters
+# Above this length a stamped key keeps only its data type and a digest of the
+# rest, so KEY_PREFIX + version + key stays under memcached's 250 characters
+# (the limit Django's key validation warns about).
+MAX_STAMPED_LENGTH = 200
+_MEMO_LIMIT = 50_000
+
+
+def token_key(namespace: str) -> str:
+    """Where a namespace's token lives in the cache."""
+    return TOKEN_KEY_TYPE + SEPARATOR + namespace
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def current_tokens(cache: Any, namespaces: Sequence[str]) -> list[str]:
+    """The namespaces' tokens, creating missing ones (``add`` so concurrent creators agree)."""
+    tokens = []
+    for namespace in namespaces:
+        key = TOKEN_KEY_TYPE + SEPARATOR + namespace
+        token = cache.get(key)
+        if token is None:
+            token = _create_token(cache, key)
+        tokens.append(token)
+    return tokens
+
+
+def _create_token(cache: Any, key: str) -> str:
+    token = new_token()
+    if cache.add(key, token, None):
+        return token
+    # Someone else created it first; if it vanished again meanwhile, our token
+    # is as good as any (nothing can be stored under it yet).
+    return cache.get(key) or token
+
+
+def retire(cache: Any, namespaces: Iterable[str]) -> list[str]:
+    """Give each namespace a new token; returns the namespaces retired."""
+    names = sorted(set(namespaces))
+    if names:
+        cache.set_many({token_key(name): new_token() for name in names}, None)
+    return names
+
+
+def stamp(key: str, tokens: Sequence[str]) -> str:
+    """The physical key: the logical key plus the tokens it was read under."""
+    stamped = f"{key}{SEPARATOR}{STAMP_MARK}{'.'.join(tokens)}"
+    if len(stamped) <= MAX_STAMPED_LENGTH:
+        return stamped
+    folded = f"{data_type_segment(key)}{SEPARATOR}#{digest(key.encode())}"
+    return f"{folded}{SEPARATOR}{STAMP_MARK}{'.'.join(tokens)}"
+
+
+class Pattern:
+    """A declared level: literal parts and wildcards (``None``), e.g. ``generation:*``.
+
+    ``exact`` levels (declared keys) match keys of their own length only;
+    prefix levels match any key at least as long.
+    """
+
+    __slots__ = ("parts", "exact")
+
+    def __init__(self, parts: Sequence[str | None], exact: bool = False) -> None:
+        if not parts or parts[0] is None:
+            raise ValueError("a namespace level must start with a literal data type")
+        self.parts = tuple(parts)
+        self.exact = exact
+
+    def match(self, key_parts: Sequence[str]) -> str | None:
+        """The namespace this level gives the key, or None when it does not apply."""
+        size = len(self.parts)
+        if len(key_parts) < size or (self.exact and len(key_parts) != size):
+            return None
+        for mine, theirs in zip(self.parts, key_parts):
+            if mine is not None and mine != theirs:
+                return None
+        return SEPARATOR.join(key_parts[:size])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pattern) and (self.parts, self.exact) == (other.parts, other.exact)
+
+    def __hash__(self) -> int:
+        return hash((self.parts, self.exact))
+
+    def __repr__(self) -> str:
+        text = SEPARATOR.join("*" if part is None else part for part in self.parts)
+        return f"Pattern({text!r}{', exact' if self.exact else ''})"
+
+
+class Levels:
+    """Which prefixes of a key carry a token: its data type, then the declared levels."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_type: dict[str, tuple[Pattern, ...]] = {}
+        self._memo: dict[str, tuple[str, ...]] = {}
+
+    def declare(self, pattern: Pattern) -> None:
+        with self._lock:
+            current = self._by_type.get(pattern.parts[0], ())
+            if pattern not in current:
+                self._by_type[pattern.parts[0]] = (*current, pattern)
+            self._memo = {}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._by_type = {}
+            self._memo = {}
+
+    def patterns(self) -> list[Pattern]:
+        return [pattern for group in self._by_type.values() for pattern in group]
+
+    def is_level(self, namespace: str) -> bool:
+        """Whether keys can carry this namespace's token (else retiring it reaches nothing but tags)."""
+        parts = parse_key(namespace)
+        if len(parts) == 1:
+            return True
+        return any(p.match(parts) == namespace and len(p.parts) == len(parts) for p in self._by_type.get(parts[0], ()))
+
+    def namespaces_of(self, key: str) -> tuple[str, ...]:
+        """The key's namespaces, most general first (memoized: this is on every read)."""
+        found = self._memo.get(key)
+        if found is not None:
+            return found
+        parts = parse_key(key)
+        names = [parts[0]]
+        for pattern in self._by_type.get(parts[0], ()):
+            name = pattern.match(parts)
+            if name is not None and name not in names:
+                names.append(name)
+        names[1:] = sorted(names[1:], key=lambda name: name.count(SEPARATOR))
+        found = tuple(names)
+        memo = self._memo
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[key] = found
+        return found
+
+
+levels = Levels()

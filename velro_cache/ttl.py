@@ -1,0 +1,212 @@
+"""How long a cached value lives: per data type, adapted to how it is used, jittered.
+
+The base TTL comes from ``VELRO_CACHE["TTL"]`` by data type. A key's data type
+is its first part, translated by ``VELRO_CACHE["KEY_DATA_TYPES"]`` (so
+``gen:456:meta`` and ``generation:456:meta`` both live by the ``generation``
+TTL); a first part that is itself a TTL name needs no entry.
+
+Adaptive TTL: a key read often and changed rarely is worth keeping longer,
+one that changes often is not worth keeping long (each change makes it
+unreachable anyway). The base is multiplied by
+``(reads + HOT_READS) / (HOT_READS * (1 + changes))`` - 1 with no history, x2
+after ``HOT_READS`` reads without a change, x0.5 after a change nobody read -
+clamped to ``[TTL_MIN_FACTOR, TTL_MAX_FACTOR]``. Reads and changes are counted
+per *subject*: the key's most specific namespace (``generation:456`` for
+``generation:456:meta``), because changes are recorded where invalidation
+happens, on namespaces. Counts live in a fixed-size count-min sketch that is
+halved every ``DECAY_EVERY`` events: bounded memory, recent behaviour weighs
+most, and a lost increment under a thread race only blurs a statistic.
+
+Jitter: the result is multiplied by a uniform factor in ``1 ± TTL_JITTER`` so
+entries written together (a warm-up, a batch read) do not expire together.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from .conf import DEFAULT_KEY_DATA_TYPES, settings
+from .keys import SEPARATOR, STAMP_MARK
+from .namespaces import levels
+
+HOT_READS = 8
+SKETCH_SLOTS = 4096  # per row; two rows
+DECAY_EVERY = SKETCH_SLOTS * 8
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The settings the policy needs, read once per settings change (this is on every read)."""
+
+    ttl: dict[str, int]
+    data_types: dict[str, str]
+    adaptive: bool
+    min_factor: float
+    max_factor: float
+    jitter: float
+
+
+def _number(value: Any, default: float) -> float:
+    """Bad settings are reported by system checks; until fixed, the default applies."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        return default
+    return float(value)
+
+
+def _load_policy() -> Policy:
+    ttl = settings.TTL if isinstance(settings.TTL, dict) else {}
+    mapping = settings.KEY_DATA_TYPES
+    data_types = {**DEFAULT_KEY_DATA_TYPES, **(mapping if isinstance(mapping, dict) else {})}
+    min_factor = _number(settings.TTL_MIN_FACTOR, 0.5) or 0.5
+    max_factor = max(_number(settings.TTL_MAX_FACTOR, 4.0), min_factor)
+    return Policy(
+        ttl={name: seconds for name, seconds in ttl.items() if _number(seconds, 0) > 0},
+        data_types=data_types,
+        adaptive=settings.ADAPTIVE_TTL is not False,
+        min_factor=min_factor,
+        max_factor=max_factor,
+        jitter=min(_number(settings.TTL_JITTER, 0.1), 0.5),
+    )
+
+
+_policy: Policy | None = None
+
+
+def policy() -> Policy:
+    global _policy
+    if _policy is None:
+        _policy = _load_policy()
+    return _policy
+
+
+@receiver(setting_changed)
+def _reload_policy(setting: str, **kwargs: Any) -> None:
+    global _policy
+    if setting == "VELRO_CACHE":
+        _policy = None
+
+
+# -- data types ---------------------------------------------------------------------------
+
+
+def data_type_of(key: Any) -> str | None:
+    """The data type whose TTL applies to a key, or None when none is configured."""
+    current = policy()
+    segment = str(key).partition(SEPARATOR)[0]
+    name = current.data_types.get(segment, segment)
+    return name if name in current.ttl else None
+
+
+def base_ttl(key: Any) -> int | None:
+    """The configured seconds for the key's data type (no adaptation, no jitter)."""
+    name = data_type_of(key)
+    return None if name is None else policy().ttl[name]
+
+
+# -- usage statistics -----------------------------------------------------------------------
+
+
+class AccessSketch:
+    """Approximate, decaying read and change counts per subject in fixed memory."""
+
+    def __init__(self, slots: int = SKETCH_SLOTS, decay_every: int = DECAY_EVERY) -> None:
+        if slots & (slots - 1):
+            raise ValueError("slots must be a power of two")
+        self._mask = slots - 1
+        self._decay_every = decay_every
+        self._lock = threading.Lock()
+        self._events = itertools.count(1)
+        self.reads = [0] * (2 * slots)
+        self.changes = [0] * (2 * slots)
+
+    def _slots(self, subject: str) -> tuple[int, int]:
+        h = hash(subject)
+        return h & self._mask, self._mask + 1 + ((h >> 20) & self._mask)
+
+    def record_read(self, subject: str) -> None:
+        first, second = self._slots(subject)
+        reads = self.reads
+        reads[first] += 1
+        reads[second] += 1
+        self._tick()
+
+    def record_change(self, subject: str) -> None:
+        first, second = self._slots(subject)
+        changes = self.changes
+        changes[first] += 1
+        changes[second] += 1
+        self._tick()
+
+    def counts(self, subject: str) -> tuple[int, int]:
+        """(reads, changes): each the smaller of its two slots, as in a count-min sketch."""
+        first, second = self._slots(subject)
+        return min(self.reads[first], self.reads[second]), min(self.changes[first], self.changes[second])
+
+    def _tick(self) -> None:
+        if next(self._events) % self._decay_every == 0:
+            self.decay()
+
+    def decay(self) -> None:
+        """Halve every count, so old behaviour fades and the counts stay small."""
+        with self._lock:
+            self.reads = [count >> 1 for count in self.reads]
+            self.changes = [count >> 1 for count in self.changes]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.reads = [0] * len(self.reads)
+            self.changes = [0] * len(self.changes)
+
+
+sketch = AccessSketch()
+
+
+def subject_of(key: Any) -> str:
+    """What a key's reads and changes are counted under: its most specific namespace."""
+    text = str(key)
+    logical, mark, _ = text.rpartition(SEPARATOR + STAMP_MARK)
+    if not mark:
+        logical = text
+    try:
+        names = levels.namespaces_of(logical)
+    except ValueError:  # not a built key: count it as itself
+        return logical
+    return names[-1] if len(names) > 1 else logical
+
+
+def record_read(key: Any) -> None:
+    sketch.record_read(subject_of(key))
+
+
+def record_change(namespace: str) -> None:
+    """Called for each retired namespace: a change of everything under it."""
+    sketch.record_change(namespace)
+
+
+def adaptive_factor(reads: int, changes: int, current: Policy | None = None) -> float:
+    current = current or policy()
+    factor = (reads + HOT_READS) / (HOT_READS * (1 + changes))
+    return min(current.max_factor, max(current.min_factor, factor))
+
+
+# -- the answer -------------------------------------------------------------------------------
+
+
+def ttl_for(key: str) -> float | None:
+    """Seconds to keep ``key``: its data type's TTL, adapted and jittered; None when no TTL applies."""
+    current = policy()
+    seconds = base_ttl(key)
+    if seconds is None:
+        return None
+    if current.adaptive:
+        seconds *= adaptive_factor(*sketch.counts(subject_of(key)), current)
+    if current.jitter:
+        seconds *= 1 + current.jitter * (2 * random.random() - 1)
+    return seconds
