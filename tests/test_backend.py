@@ -7,7 +7,6 @@ import datetime
 import decimal
 import enum
 import pickle
-import threading
 import time
 import uuid
 import zoneinfo
@@ -17,6 +16,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.safestring import SafeString, mark_safe
 
+from tests.concurrency import run_together
 from velro_cache.serializers import UnserializableValue
 
 pytestmark = pytest.mark.django_db(databases=[])
@@ -159,15 +159,11 @@ def test_integers_are_raw_in_redis_and_incr_is_atomic_across_threads(make_cache,
     cache.set("counter", 0)
     assert redis_client.get(cache.make_key("counter")) == b"0"
 
-    def bump():
+    def bump(_index):
         for _ in range(200):
             cache.incr("counter")
 
-    threads = [threading.Thread(target=bump) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(8, bump)
     assert cache.get("counter") == 1600
     other = make_cache(KEY_PREFIX=cache.key_prefix)
     other.incr("counter", 5)
@@ -372,15 +368,11 @@ def test_stats_lose_no_count_under_threads(make_cache):
     cache = make_cache(l2=False)
     cache.set("hot:1", 1)
 
-    def read():
+    def read(_index):
         for _ in range(5000):
             cache.get("hot:1")
 
-    threads = [threading.Thread(target=read) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(4, read)
     assert cache.stats()["by_type"]["hot"]["l1_hits"] == 20000
 
 
@@ -419,24 +411,13 @@ def test_safestring_stays_safe(cache):
 
 def test_get_or_load_runs_the_loader_once_for_concurrent_misses(cache):
     calls = []
-    started = threading.Barrier(8)
 
     def loader():
         calls.append(1)
         time.sleep(0.05)  # hold the flight open while the other threads arrive
         return {"loaded": True}
 
-    results = []
-
-    def read():
-        started.wait()
-        results.append(cache.get_or_load("gen:9:meta", loader, timeout=60))
-
-    threads = [threading.Thread(target=read) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = run_together(8, lambda _index: cache.get_or_load("gen:9:meta", loader, timeout=60))
     assert len(calls) == 1
     assert results == [{"loaded": True}] * 8
     assert cache.get_or_load("gen:9:meta", loader) == {"loaded": True} and len(calls) == 1

@@ -9,26 +9,10 @@ import uuid
 import pytest
 
 from tests.cache_worker import Worker
+from tests.concurrency import run_together
 from velro_cache.readthrough import cached
 
 pytestmark = pytest.mark.django_db(databases=[])
-
-
-def run_together(count: int, target) -> list:
-    """Start ``count`` threads at one barrier; return their results in order."""
-    barrier = threading.Barrier(count)
-    results: list = [None] * count
-
-    def run(index: int) -> None:
-        barrier.wait()
-        results[index] = target(index)
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
 
 
 def test_concurrent_misses_in_separate_l1s_run_the_loader_once(private_redis, tiered_on):

@@ -101,13 +101,19 @@ def _plan_dict(value: dict, budget: list[int]) -> tuple[Reader, int]:
     return copy_dict, size
 
 
-def _plan_list(value: list, budget: list[int]) -> tuple[Reader, int]:
+def _plan_items(value: list | tuple, budget: list[int]) -> tuple[list[Reader], int]:
+    """Readers of a sequence's items and the sequence's size."""
     size = sys.getsizeof(value)
     readers = []
     for item in value:
         reader, item_size = _plan(item, budget)
         size += item_size
         readers.append(reader)
+    return readers, size
+
+
+def _plan_list(value: list, budget: list[int]) -> tuple[Reader, int]:
+    readers, size = _plan_items(value, budget)
     if not any(readers):
         return list.copy, size
     first = readers[0]
@@ -118,12 +124,7 @@ def _plan_list(value: list, budget: list[int]) -> tuple[Reader, int]:
 
 
 def _plan_tuple(value: tuple, budget: list[int]) -> tuple[Reader, int]:
-    size = sys.getsizeof(value)
-    readers = []
-    for item in value:
-        reader, item_size = _plan(item, budget)
-        size += item_size
-        readers.append(reader)
+    readers, size = _plan_items(value, budget)
     if not any(readers):
         return None, size
     return (lambda source: tuple(item if reader is None else reader(item) for reader, item in zip(readers, source))), size
