@@ -10,3 +10,6 @@ class VelroCacheConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the checks)
+        from .invalidation import load_declarations
+
+        load_declarations()  # the modules VELRO_CACHE["INVALIDATION"] names

@@ -130,3 +130,93 @@ def check_materialized_view_models(app_configs: Any = None, **kwargs: Any) -> li
 
 
 # --- end materialized views ---
+
+
+# --- Keys, TTL policy and invalidation (issue 4; ids E020-E029, W020-W029) ---
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _key_data_type_problems(value: dict[str, Any]) -> list[CheckMessage]:
+    from .keys import is_part
+
+    mapping = value.get("KEY_DATA_TYPES", {})
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        return [Error(f"VELRO_CACHE['KEY_DATA_TYPES'] must be a dict of key part -> data type name (str -> str), got {mapping!r}.", id="velro_cache.E020")]
+    messages: list[CheckMessage] = [
+        Error(f"VELRO_CACHE['KEY_DATA_TYPES'] maps {segment!r}, which cannot be a key's first part (letters, digits, _ . - only).", id="velro_cache.E020")
+        for segment in mapping
+        if not is_part(segment) or segment.startswith("#")
+    ]
+    ttl = value.get("TTL", {})
+    known = {**DEFAULTS["TTL"], **(ttl if isinstance(ttl, dict) else {})}
+    messages += [
+        Warning(
+            f"VELRO_CACHE['KEY_DATA_TYPES'] maps {segment!r} to {name!r}, which has no entry in VELRO_CACHE['TTL'].",
+            hint="Keys of that data type get the cache's default timeout; add a TTL for it.",
+            id="velro_cache.W020",
+        )
+        for segment, name in mapping.items()
+        if name not in known
+    ]
+    return messages
+
+
+def _ttl_policy_problems(value: dict[str, Any]) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    if not isinstance(value.get("ADAPTIVE_TTL", True), bool):
+        messages.append(Error(f"VELRO_CACHE['ADAPTIVE_TTL'] must be True or False, got {value['ADAPTIVE_TTL']!r}.", id="velro_cache.E021"))
+    low = value.get("TTL_MIN_FACTOR", DEFAULTS["TTL_MIN_FACTOR"])
+    high = value.get("TTL_MAX_FACTOR", DEFAULTS["TTL_MAX_FACTOR"])
+    if not (_is_real(low) and _is_real(high) and 0 < low <= 1 <= high):
+        messages.append(Error(
+            f"VELRO_CACHE['TTL_MIN_FACTOR'] and ['TTL_MAX_FACTOR'] must be numbers with 0 < min <= 1 <= max, got {low!r} and {high!r}.",
+            hint="They bound the adaptive TTL: data-type TTL x factor.",
+            id="velro_cache.E022",
+        ))
+    jitter = value.get("TTL_JITTER", DEFAULTS["TTL_JITTER"])
+    if not (_is_real(jitter) and 0 <= jitter <= 0.5):
+        messages.append(Error(f"VELRO_CACHE['TTL_JITTER'] must be a fraction between 0 and 0.5, got {jitter!r}.", id="velro_cache.E023"))
+    return messages
+
+
+def _invalidation_problems(value: dict[str, Any]) -> list[CheckMessage]:
+    modules = value.get("INVALIDATION", [])
+    if not isinstance(modules, (list, tuple)) or not all(isinstance(name, str) and name for name in modules):
+        return [Error(f"VELRO_CACHE['INVALIDATION'] must be a list of dotted module paths, got {modules!r}.", id="velro_cache.E024")]
+    from .invalidation import missing_modules
+
+    messages: list[CheckMessage] = [
+        Error(f"VELRO_CACHE['INVALIDATION'] names {name!r}, which cannot be imported.", id="velro_cache.E025")
+        for name in missing_modules()
+    ]
+    alias = value.get("CACHE_ALIAS", DEFAULTS["CACHE_ALIAS"])
+    if alias not in getattr(django_settings, "CACHES", {}):
+        messages.append(Error(f"VELRO_CACHE['CACHE_ALIAS'] is {alias!r}, which is not in CACHES.", id="velro_cache.E026"))
+    return messages
+
+
+@register()
+def check_invalidation_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Key data types, the TTL policy and the declaration modules must be usable before serving."""
+    value = getattr(django_settings, "VELRO_CACHE", {})
+    if not isinstance(value, dict):
+        return []
+    return _key_data_type_problems(value) + _ttl_policy_problems(value) + _invalidation_problems(value)
+
+
+@register(Tags.models)
+def check_cache_declarations(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every {name} in a declaration must resolve on its model (E027)."""
+    from .invalidation import registry
+
+    return [
+        Error(problem, obj=declaration.model, id="velro_cache.E027")
+        for declaration in registry.declarations()
+        for problem in declaration.problems()
+    ]
+
+
+# --- end keys, TTL policy and invalidation ---

@@ -1,0 +1,208 @@
+"""TTL policy: per data type from settings, adapted to reads and changes, bounded, jittered."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from django.core import checks
+from django.test import override_settings
+
+import velro_cache
+from velro_cache.invalidation import registry
+from velro_cache.ttl import SKETCH_SLOTS, AccessSketch, base_ttl, record_change, record_read, sketch, subject_of, ttl_for
+
+_ids = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def fresh_sketch():
+    sketch.clear()
+    yield
+    sketch.clear()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def adapt_level():
+    """Keys ``adapt:<id>:...`` count their reads and changes under ``adapt:<id>``."""
+    registry.declare_level("adapt:{id}")
+
+
+def policy(**values):
+    return override_settings(VELRO_CACHE={"TTL": {"adapt": 100}, **values})
+
+
+def subject():
+    return f"adapt:{next(_ids)}"
+
+
+def test_base_ttl_per_data_type_from_the_spec_defaults():
+    assert base_ttl("generation:1:meta") == 300
+    assert base_ttl("gen:1:meta") == 300  # "gen" maps to generation
+    assert base_ttl("auth:user:1:role:owner:gen:2:read") == 900
+    assert base_ttl("session:token:abc") == 600
+    assert base_ttl("team_membership:user:1") == 1200
+    assert base_ttl("system_config:media.url_ttl_seconds") == 3600
+
+
+def test_no_data_type_ttl_means_none():
+    assert ttl_for("unknown:1") is None
+    assert ttl_for("ns:generation:1") is None  # namespace tokens keep no TTL
+    assert ttl_for("not a built key") is None
+
+
+def test_settings_override_ttls_and_map_key_parts_to_data_types():
+    with override_settings(VELRO_CACHE={"TTL": {"generation": 60, "feed": 30}, "KEY_DATA_TYPES": {"f": "feed"}}):
+        assert base_ttl("gen:1") == base_ttl("generation:1") == 60
+        assert base_ttl("f:1") == base_ttl("feed:2") == 30
+        assert base_ttl("session:1") == 600  # defaults still merged
+    assert base_ttl("f:1") is None
+
+
+def test_jitter_spreads_ttls_within_its_bounds():
+    with policy(ADAPTIVE_TTL=False, TTL_JITTER=0.1):
+        samples = [ttl_for("generation:1:meta") for _ in range(2000)]
+    assert all(270 <= s <= 330 for s in samples)
+    assert min(samples) < 280 and max(samples) > 320  # really spread, not clustered
+    assert len(set(samples)) > 1900
+
+
+def test_without_jitter_or_adaptation_the_ttl_is_the_setting():
+    with policy(ADAPTIVE_TTL=False, TTL_JITTER=0):
+        assert ttl_for("generation:1:meta") == 300
+
+
+def test_hot_stable_keys_live_longer_up_to_the_max_factor():
+    name = subject()
+    with policy(TTL_JITTER=0):
+        assert ttl_for(f"{name}:meta") == 100  # no history: the base
+        for _ in range(8):
+            record_read(f"{name}:meta")
+        assert ttl_for(f"{name}:meta") == 200
+        for _ in range(1000):
+            record_read(f"{name}:meta")
+        assert ttl_for(f"{name}:meta") == 400  # TTL_MAX_FACTOR 4
+
+
+def test_often_changed_keys_live_shorter_down_to_the_min_factor():
+    name = subject()
+    with policy(TTL_JITTER=0):
+        record_change(name)
+        assert ttl_for(f"{name}:meta") == 50
+        for _ in range(20):
+            record_change(name)
+        assert ttl_for(f"{name}:other") == 50  # TTL_MIN_FACTOR 0.5: every key under the namespace
+
+
+def test_reads_earn_back_what_changes_cost():
+    name = subject()
+    with policy(TTL_JITTER=0):
+        record_change(name)
+        for _ in range(8):
+            record_read(f"{name}:meta")
+        assert ttl_for(f"{name}:meta") == 100
+
+
+def test_configured_bounds_hold():
+    hot, cold = subject(), subject()
+    for _ in range(500):
+        record_read(f"{hot}:x")
+        record_change(cold)
+    with policy(TTL_MIN_FACTOR=0.8, TTL_MAX_FACTOR=1.5, TTL_JITTER=0.1):
+        assert all(100 * 1.5 * 0.9 <= ttl_for(f"{hot}:x") <= 100 * 1.5 * 1.1 for _ in range(200))
+        assert all(100 * 0.8 * 0.9 <= ttl_for(f"{cold}:x") <= 100 * 0.8 * 1.1 for _ in range(200))
+
+
+@pytest.mark.django_db
+def test_an_invalidation_counts_as_a_change():
+    name = subject()
+    with policy(TTL_JITTER=0):
+        velro_cache.invalidate(prefixes=[name])
+        assert ttl_for(f"{name}:meta") == 50
+
+
+def test_reads_and_changes_are_counted_under_the_most_specific_namespace():
+    assert subject_of("adapt:5:meta") == "adapt:5"
+    assert subject_of("adapt:5:meta:@Tok12345.Tok67890") == "adapt:5"
+    assert subject_of("undeclared:1:x") == "undeclared:1:x"
+    assert subject_of("not a key") == "not a key"
+
+
+def test_the_sketch_is_bounded_and_forgets():
+    small = AccessSketch(slots=64, decay_every=10_000)
+    for n in range(5000):
+        small.record_read(f"k{n}")
+    assert len(small.reads) == len(small.changes) == 128  # fixed memory, whatever the number of keys
+    for _ in range(100):
+        small.record_read("hot")
+    reads, _ = small.counts("hot")
+    small.decay()
+    assert small.counts("hot")[0] == reads // 2
+    assert len(sketch.reads) == 2 * SKETCH_SLOTS
+
+
+# -- settings checks ------------------------------------------------------------------------------
+
+
+def my_check_ids() -> dict[str, str]:
+    found = {}
+    for message in checks.run_checks():
+        if message.id and message.id[len("velro_cache.") + 1:len("velro_cache.") + 3] == "02":
+            found[message.id] = message.msg
+    return found
+
+
+@pytest.mark.parametrize(
+    ("velro_settings", "expected_id"),
+    [
+        ({"KEY_DATA_TYPES": ["gen"]}, "velro_cache.E020"),
+        ({"KEY_DATA_TYPES": {"g en": "generation"}}, "velro_cache.E020"),
+        ({"KEY_DATA_TYPES": {"fd": "feed"}}, "velro_cache.W020"),
+        ({"ADAPTIVE_TTL": "yes"}, "velro_cache.E021"),
+        ({"TTL_MIN_FACTOR": 2}, "velro_cache.E022"),
+        ({"TTL_MAX_FACTOR": 0.5}, "velro_cache.E022"),
+        ({"TTL_MIN_FACTOR": "0.5"}, "velro_cache.E022"),
+        ({"TTL_JITTER": 0.9}, "velro_cache.E023"),
+        ({"TTL_JITTER": -0.1}, "velro_cache.E023"),
+        ({"INVALIDATION": "studio.cache"}, "velro_cache.E024"),
+        ({"INVALIDATION": ["no_such_module.cache"]}, "velro_cache.E025"),
+        ({"CACHE_ALIAS": "nope"}, "velro_cache.E026"),
+    ],
+)
+def test_bad_policy_settings_are_reported_with_ids(velro_settings, expected_id):
+    with override_settings(VELRO_CACHE=velro_settings):
+        found = my_check_ids()
+    assert expected_id in found, found
+
+
+def test_good_policy_settings_pass():
+    good = {
+        "KEY_DATA_TYPES": {"fd": "feed"},
+        "TTL": {"feed": 30},
+        "ADAPTIVE_TTL": False,
+        "TTL_MIN_FACTOR": 1,
+        "TTL_MAX_FACTOR": 1,
+        "TTL_JITTER": 0,
+        "INVALIDATION": ["studio.cache"],
+        "CACHE_ALIAS": "default",
+    }
+    with override_settings(VELRO_CACHE=good):
+        assert my_check_ids() == {}
+
+
+def test_a_bad_ttl_setting_never_breaks_reads_while_unfixed():
+    with override_settings(VELRO_CACHE={"TTL_JITTER": "lots", "TTL_MIN_FACTOR": -1}):
+        assert 150 <= ttl_for("generation:1") <= 1320
+
+
+def test_a_declaration_naming_nothing_is_reported():
+    from studio.models import Team
+
+    declaration = velro_cache.register(Team, prefixes=["team:{no_such_field}"], fields=["nope"])
+    try:
+        found = [m.msg for m in checks.run_checks() if m.id == "velro_cache.E027"]
+    finally:
+        registry.unregister(Team, type(declaration))
+    assert len(found) == 2
+    assert "{no_such_field}" in found[0] and "'nope'" in found[1]
+    assert "velro_cache.E027" not in my_check_ids()

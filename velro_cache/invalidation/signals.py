@@ -1,0 +1,157 @@
+"""Model signals -> retirements scheduled for commit.
+
+Receivers are connected per registered model (and its subclasses and
+proxies), not for every model: a ``post_delete`` receiver stops Django from
+fast-deleting a model's rows, which must cost only the models that asked for
+invalidation. ``m2m_changed`` is connected once for all (it costs nothing
+elsewhere) and filtered here.
+
+Deletes compute what they retire in ``pre_delete``, while relations still
+resolve (a team's members, before the cascade removes the memberships), and
+schedule it in ``post_delete``, after the row is gone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+from django.db import models
+from django.db.models import signals
+
+from .declarations import ModelCache, registry
+from .retirement import Retirement
+from .transactions import schedule
+
+LOADED = "_velro_cache_loaded"  # values at load time, for changed foreign keys
+DELETING = "_velro_cache_deleting"
+CLEARING = "_velro_cache_clearing"
+
+
+def _remember(declarations: tuple[ModelCache, ...], instance: models.Model) -> dict[str, Any]:
+    remembered: dict[str, Any] = {}
+    for declaration in declarations:
+        remembered.update(declaration.remember(instance))
+    return remembered
+
+
+def _retirement(declarations: tuple[ModelCache, ...], instance: models.Model, remembered: dict | None = None) -> Retirement:
+    result = Retirement()
+    for declaration in declarations:
+        result |= declaration.retirement(instance, remembered)
+    return result
+
+
+def _loaded(sender: type, instance: models.Model, **kwargs: Any) -> None:
+    declarations = registry.declarations_for(sender)
+    if declarations:
+        instance.__dict__[LOADED] = _remember(declarations, instance)
+
+
+def _saved(sender: type, instance: models.Model, created: bool, update_fields: Any, using: str, **kwargs: Any) -> None:
+    declarations = registry.declarations_for(sender)
+    if not declarations:
+        return
+    remembered = None if created else instance.__dict__.get(LOADED)
+    retirement = Retirement()
+    for declaration in declarations:
+        if created or declaration.is_affected(update_fields):
+            retirement |= declaration.retirement(instance, remembered)
+    schedule(retirement, using)
+    instance.__dict__[LOADED] = _remember(declarations, instance)
+
+
+def _deleting(sender: type, instance: models.Model, **kwargs: Any) -> None:
+    declarations = registry.declarations_for(sender)
+    if declarations:
+        instance.__dict__[DELETING] = _retirement(declarations, instance, instance.__dict__.get(LOADED))
+
+
+def _deleted(sender: type, instance: models.Model, using: str, **kwargs: Any) -> None:
+    declarations = registry.declarations_for(sender)
+    if not declarations:
+        return
+    retirement = instance.__dict__.pop(DELETING, None)
+    if retirement is None:
+        retirement = _retirement(declarations, instance, instance.__dict__.get(LOADED))
+    schedule(retirement, using)
+
+
+# -- many-to-many -------------------------------------------------------------------------------
+
+
+def _m2m_field(through: type, forward_model: type) -> Any:
+    for field in forward_model._meta.many_to_many:
+        if field.remote_field.through is through:
+            return field
+    return None
+
+
+def _m2m_changed(sender: type, instance: models.Model, action: str, reverse: bool, model: type, pk_set: Any, using: str, **kwargs: Any) -> None:
+    if action not in ("pre_clear", "post_add", "post_remove", "post_clear"):
+        return
+    own = registry.declarations_for(type(instance))
+    other = registry.declarations_for(model)
+    if not own and not other:
+        return
+    field = _m2m_field(sender, model if reverse else type(instance))
+    if field is None:
+        return
+    # The relation's name as seen from each side: "groups" from a user,
+    # "user" (its query name) from a group.
+    own_name, other_name = (field.related_query_name(), field.name) if reverse else (field.name, field.related_query_name())
+    slot = f"{CLEARING}:{sender._meta.label}"
+    if action == "pre_clear":
+        if other:
+            accessor = field.remote_field.get_accessor_name() if reverse else field.name
+            instance.__dict__[slot] = set(getattr(instance, accessor).values_list("pk", flat=True))
+        return
+    if action == "post_clear":
+        pk_set = instance.__dict__.pop(slot, set())
+    retirement = Retirement()
+    for declaration in own:
+        if declaration.is_affected([own_name]):
+            retirement |= declaration.retirement(instance)
+    affected = [declaration for declaration in other if declaration.is_affected([other_name])]
+    if affected and pk_set:
+        for related in model._base_manager.using(using).filter(pk__in=pk_set):
+            retirement |= _retirement(tuple(affected), related)
+    schedule(retirement, using)
+
+
+signals.m2m_changed.connect(_m2m_changed, weak=False, dispatch_uid="velro_cache.m2m_changed")
+
+# -- wiring -------------------------------------------------------------------------------------
+
+_RECEIVERS = (
+    (signals.post_init, _loaded),
+    (signals.post_save, _saved),
+    (signals.pre_delete, _deleting),
+    (signals.post_delete, _deleted),
+)
+
+
+def _senders(model: type[models.Model]) -> list[type[models.Model]]:
+    """The model and the subclasses and proxies known now (signals are sent with the concrete class)."""
+    found = [model]
+    if apps.models_ready:
+        found += [other for other in apps.get_models() if other is not model and issubclass(other, model)]
+    return found
+
+
+def _uid(signal: Any, sender: type) -> str:
+    return f"velro_cache:{id(signal)}:{sender._meta.label}"
+
+
+def sync_receivers(model: type[models.Model]) -> None:
+    """Connect receivers for a newly registered model, disconnect them when nothing applies any more."""
+    for sender in _senders(model):
+        wanted = bool(registry.declarations_for(sender))
+        for signal, receiver in _RECEIVERS:
+            if wanted:
+                signal.connect(receiver, sender=sender, weak=False, dispatch_uid=_uid(signal, sender))
+            else:
+                signal.disconnect(sender=sender, dispatch_uid=_uid(signal, sender))
+
+
+registry.on_change.append(sync_receivers)
