@@ -9,4 +9,5 @@ class StudioConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from . import cache  # noqa: F401  (declares which model changes retire which cached data)
         from . import materialized  # noqa: F401  (declares which writes refresh which view)

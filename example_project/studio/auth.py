@@ -9,7 +9,6 @@ session TTL per token, which is also when `last_used_at` is refreshed.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,16 +16,14 @@ from functools import wraps
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
 from .models import ApiToken
-from .reads import SESSION_TTL, UNKNOWN_TOKEN_TTL, read_stats, token_key
+from .reads import read_through, token_digest, token_key
 
 _KEY_SHAPE = re.compile(r"^[0-9a-f]{40}$")
 _IDENTITY_FIELDS = ("id", "username", "is_active", "is_superuser", "is_staff")
-_MISSING = object()
 _LAST_USED_GRANULARITY = timedelta(minutes=5)
 
 
@@ -65,12 +62,8 @@ def authenticate_bearer(request: HttpRequest) -> Any | None:
     key = bearer_key(request)
     if key is None:
         return None
-    cache_key = token_key(hashlib.sha256(key.encode()).hexdigest()[:32])
-    identity = cache.get(cache_key, _MISSING)
-    read_stats.record(cache_key, identity is not _MISSING)
-    if identity is _MISSING:
-        identity = _load_identity(key)
-        cache.set(cache_key, identity, SESSION_TTL if identity else UNKNOWN_TOKEN_TTL)
+    # An unknown key is cached as {} too: creating its token retires that (studio/cache.py).
+    identity = read_through(token_key(token_digest(key)), lambda: _load_identity(key))
     if not identity or not identity["is_active"]:
         return None
     return _user_from_identity(identity)

@@ -1,30 +1,26 @@
-"""Cached reads of the Velro domain: one place for keys, TTLs and read-through.
+"""Cached reads of the Velro domain: one place for keys and read-through.
 
 Every cached value is plain data (dicts, lists, strings, numbers; datetimes as ISO
 strings) so any serializer can store it, and every key's first segment names its
 data type, which is what the cache's statistics and TTL settings group by.
+
+Reads go through ``velro_cache.cached_read``: TTLs come from ``VELRO_CACHE["TTL"]``
+by data type, and ``studio/cache.py`` declares which model changes make which of
+these keys stale, so no view or command has to delete anything by hand.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from django.core.cache import cache
+import velro_cache
+from velro_cache.reads import cached_read, cached_read_many
 
 from .models import Generation, SystemConfig, TeamMembership
-
-# Seconds, mirroring velro-cache's default TTL per data type.
-GENERATION_TTL = 300
-SESSION_TTL = 600
-TEAM_MEMBERSHIP_TTL = 1200
-SYSTEM_CONFIG_TTL = 3600
-# Unknown tokens are remembered briefly so a client retrying a bad key costs no query.
-UNKNOWN_TOKEN_TTL = 60
-
-_MISSING = object()
 
 
 def generation_key(generation_id: int) -> str:
@@ -33,6 +29,11 @@ def generation_key(generation_id: int) -> str:
 
 def me_key(user_id: int) -> str:
     return f"session:user:{user_id}:me"
+
+
+def token_digest(key: str) -> str:
+    """The raw key is a credential: it never appears in cache keys, only this digest."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def token_key(digest: str) -> str:
@@ -44,7 +45,7 @@ def memberships_key(user_id: int) -> str:
 
 
 def system_config_key(key: str) -> str:
-    return f"system_config:{key}"
+    return velro_cache.build_key("system_config", key)
 
 
 class ReadStats:
@@ -96,13 +97,17 @@ class ReadStats:
 read_stats = ReadStats()
 
 
-def read_through(key: str, ttl: int, load: Callable[[], Any]) -> Any:
-    """Return the cached value or load, store and return it (``None`` is cached too)."""
-    value = cache.get(key, _MISSING)
-    read_stats.record(key, value is not _MISSING)
-    if value is _MISSING:
-        value = load()
-        cache.set(key, value, ttl)
+def read_through(key: str, load: Callable[[], Any]) -> Any:
+    """``cached_read``, counted as a hit or a miss for the demo's report."""
+    loaded = False
+
+    def counted_load() -> Any:
+        nonlocal loaded
+        loaded = True
+        return load()
+
+    value = cached_read(key, counted_load)
+    read_stats.record(key, not loaded)
     return value
 
 
@@ -126,39 +131,34 @@ def serialize_generation(generation: Generation) -> dict[str, Any]:
 
 
 def generation_meta(generation_id: int) -> dict[str, Any] | None:
-    """A generation's serialized fields; missing ones are not cached, so a row
-    created later is never hidden behind a cached "not found"."""
-    key = generation_key(generation_id)
-    value = cache.get(key, _MISSING)
-    read_stats.record(key, value is not _MISSING)
-    if value is not _MISSING:
-        return value
-    generation = Generation.objects.filter(pk=generation_id).first()
-    if generation is None:
-        return None
-    value = serialize_generation(generation)
-    cache.set(key, value, GENERATION_TTL)
-    return value
+    """A generation's serialized fields, or None when it does not exist (cached too:
+    creating the row retires the cached "not found")."""
+
+    def load() -> dict[str, Any] | None:
+        generation = Generation.objects.filter(pk=generation_id).first()
+        return None if generation is None else serialize_generation(generation)
+
+    return read_through(generation_key(generation_id), load)
 
 
-def generation_metas(generation_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+def generation_metas(generation_ids: Iterable[int]) -> dict[int, dict[str, Any] | None]:
     """Batch form of `generation_meta`: one cache round trip and at most one query."""
-    keys = {generation_key(pk): pk for pk in generation_ids}
-    found = cache.get_many(list(keys))
-    for key in keys:
-        read_stats.record(key, key in found)
-    result = {keys[key]: value for key, value in found.items()}
-    wanted = [pk for key, pk in keys.items() if key not in found]
-    if wanted:
-        loaded = {g.pk: serialize_generation(g) for g in Generation.objects.filter(pk__in=wanted)}
-        if loaded:
-            cache.set_many({generation_key(pk): v for pk, v in loaded.items()}, GENERATION_TTL)
-        result.update(loaded)
+    keys = {pk: generation_key(pk) for pk in generation_ids}
+    missed: set[int] = set()
+
+    def load(wanted: list[int]) -> dict[int, dict[str, Any]]:
+        missed.update(wanted)
+        return {g.pk: serialize_generation(g) for g in Generation.objects.filter(pk__in=wanted)}
+
+    result = cached_read_many(keys, load)
+    for pk, key in keys.items():
+        read_stats.record(key, pk not in missed)
     return result
 
 
 def forget_generation(generation_id: int) -> None:
-    cache.delete(generation_key(generation_id))
+    """For writes the declarations cannot see (the demo's replay against a DummyCache)."""
+    velro_cache.invalidate(prefixes=[f"generation:{generation_id}"])
 
 
 def team_memberships(user_id: int) -> list[dict[str, Any]]:
@@ -176,7 +176,7 @@ def team_memberships(user_id: int) -> list[dict[str, Any]]:
             for m in rows.order_by("team__name")
         ]
 
-    return read_through(memberships_key(user_id), TEAM_MEMBERSHIP_TTL, load)
+    return read_through(memberships_key(user_id), load)
 
 
 def system_config(key: str, default: Any = None) -> Any:
@@ -188,4 +188,4 @@ def system_config(key: str, default: Any = None) -> Any:
         rows = SystemConfig.objects.filter(key=key).values_list("value", flat=True)[:1]
         return {"value": rows[0]} if rows else {}
 
-    return read_through(system_config_key(key), SYSTEM_CONFIG_TTL, load).get("value", default)
+    return read_through(system_config_key(key), load).get("value", default)

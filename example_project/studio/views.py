@@ -19,9 +19,7 @@ from .auth import token_required
 from .models import Generation
 from .permissions import can
 from .reads import (
-    SESSION_TTL,
     generation_meta,
-    forget_generation,
     generation_metas,
     me_key,
     read_through,
@@ -129,9 +127,8 @@ def _update_generation(request: HttpRequest, generation_id: int) -> JsonResponse
         return changes
     for field, value in changes.items():
         setattr(generation, field, value)
+    # Its cached copy is retired when this commits (studio/cache.py declares it).
     generation.save(update_fields=[*changes, "updated_at"])
-    # Until invalidation is declared on the model, the view drops the stale copy.
-    forget_generation(generation_id)
     return JsonResponse(pick(serialize_generation(generation), READ_FIELDS))
 
 
@@ -192,4 +189,4 @@ def me(request: HttpRequest) -> JsonResponse:
             ],
         }
 
-    return JsonResponse(read_through(me_key(user.pk), SESSION_TTL, load))
+    return JsonResponse(read_through(me_key(user.pk), load))

@@ -6,7 +6,6 @@ import random
 import time
 from typing import Any
 
-from django.core.cache import cache
 from django.core.management.base import BaseCommand, CommandParser
 
 from studio import seed
@@ -34,11 +33,6 @@ class Command(BaseCommand):
             generations=options["generations"],
             rng=random.Random(options["seed"]),
         )
-        if options["flush"] or any(vars(created).values()):
-            # Bulk writes bypass every invalidation path; cached rows of an older
-            # data set (same primary keys, other content) must not outlive it.
-            cache.clear()
-            self.stdout.write("Cleared the default cache: the data set changed.")
         elapsed = time.perf_counter() - started
         self.stdout.write(
             f"Created {created.users} users, {created.teams} teams, "
