@@ -101,3 +101,20 @@ def tiered_on():
     yield build
     for cache in built:
         discard(cache._state)
+
+
+# --- Invalidation tests (issue 4) ---
+
+
+@pytest.fixture
+def own_cache(settings):
+    """The default cache under a key prefix of the test's own, so no other test's clear() reaches it."""
+    from django.core.cache import caches
+
+    default = settings.CACHES["default"]
+    settings.CACHES = {**settings.CACHES, "default": {**default, "KEY_PREFIX": f"inval-{uuid.uuid4().hex[:8]}"}}
+    yield caches["default"]
+    caches["default"].clear()
+
+
+# --- end invalidation tests ---

@@ -14,7 +14,6 @@ from contextlib import suppress
 
 import pytest
 from django.contrib.auth.models import Group, User
-from django.core.cache import caches
 from django.db import connection, transaction
 from model_bakery import baker
 
@@ -33,11 +32,8 @@ class Boom(Exception):
 
 
 @pytest.fixture(autouse=True)
-def own_cache(settings):
-    """The default cache under a key prefix of this test's own: nobody else's clear() reaches it."""
-    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "KEY_PREFIX": f"inval-{uuid.uuid4().hex[:8]}"}}
-    yield caches["default"]
-    caches["default"].clear()
+def _isolated(own_cache):
+    """Every test here on a default cache of its own (see conftest.own_cache)."""
 
 
 @pytest.fixture

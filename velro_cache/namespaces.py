@@ -118,9 +118,11 @@ class Pattern:
     def __hash__(self) -> int:
         return hash((self.parts, self.exact))
 
+    def __str__(self) -> str:
+        return SEPARATOR.join("*" if part is None else part for part in self.parts)
+
     def __repr__(self) -> str:
-        text = SEPARATOR.join("*" if part is None else part for part in self.parts)
-        return f"Pattern({text!r}{', exact' if self.exact else ''})"
+        return f"Pattern({str(self)!r}{', exact' if self.exact else ''})"
 
 
 class Levels:
@@ -151,7 +153,7 @@ class Levels:
         parts = parse_key(namespace)
         if len(parts) == 1:
             return True
-        return any(p.match(parts) == namespace and len(p.parts) == len(parts) for p in self._by_type.get(parts[0], ()))
+        return any(len(p.parts) == len(parts) and p.match(parts) is not None for p in self._by_type.get(parts[0], ()))
 
     def namespaces_of(self, key: str) -> tuple[str, ...]:
         """The key's namespaces, most general first (memoized: this is on every read)."""

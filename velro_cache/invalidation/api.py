@@ -11,6 +11,7 @@ from ..keys import KeyLike, as_key
 from ..ttl import policy
 from .declarations import registry
 from .retirement import Retirement
+from .signals import LOADED
 from .transactions import schedule
 
 
@@ -31,10 +32,17 @@ def retirement_for(target: Any) -> Retirement:
     """What invalidating one target means: an instance, a model class, a queryset or a list of instances."""
     if isinstance(target, models.Model):
         declarations = registry.declarations_for(type(target))
-        return _sum(d.retirement(target) for d in declarations) if declarations else _unregistered(type(target))
+        if not declarations:
+            _unregistered(type(target))
+        # Values at load time count too: an instance changed in memory and
+        # written by raw SQL must retire what depended on its old values.
+        remembered = target.__dict__.get(LOADED)
+        return _sum(d.retirement(target, remembered) for d in declarations)
     if isinstance(target, type) and issubclass(target, models.Model):
         declarations = registry.declarations_for(target)
-        return _sum(d.coarse_retirement() for d in declarations) if declarations else _unregistered(target)
+        if not declarations:
+            _unregistered(target)
+        return _sum(d.coarse_retirement() for d in declarations)
     if isinstance(target, models.Manager):
         target = target.all()
     if isinstance(target, (models.QuerySet, list, tuple, set)):
@@ -49,7 +57,7 @@ def _sum(retirements: Iterable[Retirement]) -> Retirement:
     return total
 
 
-def _unregistered(model: type) -> Retirement:
+def _unregistered(model: type) -> None:
     raise LookupError(f"{model._meta.label} has no cache declarations: register one with velro_cache.register")
 
 

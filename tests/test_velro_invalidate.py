@@ -1,0 +1,92 @@
+"""`manage.py velro_invalidate`: by model, instance, prefix, tag, key and data type."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from model_bakery import baker
+
+from studio.models import Generation, Team
+from studio.reads import generation_meta
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _isolated(own_cache):
+    """A default cache of this test's own (conftest.own_cache)."""
+
+
+def run(*args: str) -> tuple[str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    call_command("velro_invalidate", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def stale_generation():
+    """A generation whose row changed behind the app's back: the cache still has the old prompt."""
+    team = baker.make(Team)
+    generation = baker.make(Generation, prompt="first", team=team)
+    assert generation_meta(generation.pk)["prompt"] == "first"
+    Generation.objects.filter(pk=generation.pk).update(prompt="changed in psql")
+    assert generation_meta(generation.pk)["prompt"] == "first"
+    return generation
+
+
+def test_by_instance(stale_generation):
+    out, _ = run("--model", "studio.Generation", "--pk", str(stale_generation.pk))
+    assert "Retired 2 namespaces:" in out
+    assert f"  generation:{stale_generation.pk}\n" in out and f"  team:{stale_generation.team_id}\n" in out
+    assert generation_meta(stale_generation.pk)["prompt"] == "changed in psql"
+
+
+def test_by_model(stale_generation):
+    out, _ = run("--model", "studio.Generation")
+    assert "Retired 2 namespaces:\n  generation\n  team\n" in out
+    assert generation_meta(stale_generation.pk)["prompt"] == "changed in psql"
+
+
+def test_by_prefix(stale_generation):
+    out, err = run("--prefix", f"generation:{stale_generation.pk}")
+    assert out == f"Retired 1 namespace:\n  generation:{stale_generation.pk}\n" and err == ""
+    assert generation_meta(stale_generation.pk)["prompt"] == "changed in psql"
+
+
+def test_a_prefix_that_is_no_level_is_retired_with_a_note(stale_generation):
+    out, err = run("--prefix", f"generation:{stale_generation.pk}:meta")
+    assert "Retired 1 namespace" in out
+    assert "not a declared prefix level" in err and "generation:*" in err
+    assert generation_meta(stale_generation.pk)["prompt"] == "first"  # as the note says
+
+
+def test_by_data_type(stale_generation):
+    out, _ = run("--data-type", "generation")
+    assert "  gen\n" in out and "  generation\n" in out
+    assert generation_meta(stale_generation.pk)["prompt"] == "changed in psql"
+
+
+def test_by_tag_and_key(own_cache):
+    own_cache.set("system_config:banner", "old")
+    out, _ = run("--tag", "team:3", "--key", "system_config:banner")
+    assert "  team:3\n" in out and "Deleted 1 plain key:\n  system_config:banner\n" in out
+    assert own_cache.get("system_config:banner") is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "Say what to invalidate"),
+        (("--pk", "1"), "--pk needs --model"),
+        (("--model", "studio.Nope"), "Unknown model"),
+        (("--model", "contenttypes.ContentType"), "no cache declarations"),
+        (("--model", "studio.Generation", "--pk", "999999"), "No studio.Generation with pk 999999"),
+        (("--prefix", "bad key"), "not a key made by"),
+    ],
+)
+def test_mistakes_are_clear_errors(args, message):
+    with pytest.raises(CommandError, match=message):
+        run(*args)
