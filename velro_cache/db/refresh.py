@@ -454,6 +454,19 @@ def refresh_after_commit(view: ViewRef, using: str | None = None) -> None:
     transaction.on_commit(partial(debouncer.schedule, ("write", database, name), delay), using=database)
 
 
+def views_fed_by(model: type[models.Model]) -> list[ViewSpec]:
+    """The registered views that declare ``model`` (or the concrete model behind a proxy) a source."""
+    concrete = model._meta.concrete_model
+    return [spec for spec in registry if any(source._meta.concrete_model is concrete for source in spec.sources)]
+
+
+def refresh_after_write(model: type[models.Model], using: str | None = None) -> None:
+    """Schedule refreshes of every view fed by ``model``: the hook for bulk writes
+    (``QuerySet.update``, ``bulk_create``), which send no signals."""
+    for spec in views_fed_by(model):
+        refresh_after_commit(spec.name, using=using)
+
+
 # -- the background worker: debounced write refreshes and the schedule ------------------------------
 
 
@@ -527,6 +540,7 @@ __all__ = [
     "all_views",
     "last_refresh",
     "refresh_after_commit",
+    "refresh_after_write",
     "refresh_stale_views",
     "refresh_view",
     "refresh_views",
@@ -534,5 +548,6 @@ __all__ = [
     "registry",
     "staleness",
     "start_schedule",
+    "views_fed_by",
     "wait_for_background_refreshes",
 ]
