@@ -544,10 +544,27 @@ def test_writes_in_one_transaction_schedule_only_when_it_commits():
 @pytest.mark.django_db(transaction=True)
 @override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 0.05})
 def test_the_background_worker_refreshes_by_itself_when_the_window_ends():
-    make_generations(2)
+    baker.make(TeamMembership, user=baker.make(User, is_active=True), _quantity=2)
     assert wait_for_background_refreshes(WAIT)
-    records = refresh_log("studio_recent_generations_48h")
+    records = refresh_log("studio_active_memberships")
     assert records and records[-1].trigger == "write" and records[-1].rows == 2
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 3600})
+def test_bulk_writes_refresh_the_views_they_feed_through_refresh_after_write():
+    owner = baker.make(User, is_active=True)
+    view_refresh.debouncer.run_now()
+    assert wait_for_background_refreshes(WAIT)
+    with transaction.atomic():
+        Generation.objects.bulk_create([Generation(owner=owner, prompt="bulk") for _ in range(3)])
+        assert not view_refresh.debouncer.pending()  # bulk_create sends no signal
+        view_refresh.refresh_after_write(Generation)
+        assert not view_refresh.debouncer.pending()  # and nothing before the commit
+    assert view_refresh.debouncer.pending() == {
+        ("write", "default", "studio_recent_generations_48h"), ("write", "default", "studio_active_users_24h")
+    }
+    assert {spec.name for spec in view_refresh.views_fed_by(TeamMembership)} == {"studio_active_memberships"}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -749,3 +766,30 @@ def test_sqlite_leg(tmp_path):
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     passed = int(re.search(r"(\d+) passed", summary).group(1))
     assert passed >= 30 and "failed" not in summary and "error" not in summary, summary
+
+
+# -- the benchmark -------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not IS_PG, reason="the benchmark measures PostgreSQL's materialized views")
+def test_views_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.views", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=280,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads((tmp_path / "views.json").read_text())
+    assert data["benchmark"] == "views" and data["quick"] is True
+    sections = {section["title"]: section for section in data["sections"]}
+    queries = sections["Warming queries: view vs live tables"]["rows"]
+    assert {(row["query"], row["source"]) for row in queries} == {
+        (query, source) for query in ("top 100 active users (24 h)", "500 most recent generations (48 h)",
+                                      "active team memberships")
+        for source in ("materialized view", "live tables")
+    }
+    for row in queries:
+        assert row["rows returned"] > 0 and row["rows scanned"] > 0 and row["median ms"] > 0
+    assert "## Warming queries: view vs live tables" in (tmp_path / "views.md").read_text()
