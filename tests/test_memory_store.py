@@ -449,3 +449,11 @@ def test_hit_rate_benchmark_quick_run(tmp_path) -> None:
     report = (tmp_path / "hit_rate.md").read_text()
     assert "| multi2 | skewed | 100 |" in report
     assert (tmp_path / "hit_rate.json").exists()
+
+
+def test_rewriting_keys_with_ttls_does_not_grow_the_deadline_queue() -> None:
+    clock = FakeClock()
+    store = MemoryStore(10_000, clock=clock)
+    for i in range(20_000):
+        store.set(f"k{i % 10}", i, 1, clock.now + 3600)
+    assert len(store._expiry) <= 2 * len(store) + 1024  # stale deadlines are compacted away

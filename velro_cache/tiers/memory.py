@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 MISSING: Any = object()
 """Returned by :meth:`MemoryStore.get` for an absent or expired key (``None`` is a valid payload)."""
 
-READ_BATCH = 128  # reads buffered before a thread tries to hand them to the policy
+READ_BATCH = 256  # reads buffered before a thread tries to hand them to the policy (<1 % of gets pay the drain)
 READ_BUFFER_LIMIT = 4096  # beyond this (lock busy), buffered reads are dropped
 
 EvictionListener = Callable[[str, str], None]
@@ -265,6 +265,7 @@ class MemoryStore:
             self._policy.on_replace(old, entry)
         if expires_at is not None:
             self._expiry.push(entry)
+            self._expiry.compact(self._data)
         self._sweep_expired()
         self._evict()
         self._policy.climb()
