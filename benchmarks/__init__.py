@@ -1,0 +1,1 @@
+"""Benchmarks for velro-cache; each module runs with `python -m benchmarks.<name>`."""
