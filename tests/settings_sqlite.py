@@ -9,7 +9,7 @@ reader keep its snapshot instead of failing with "database table is locked".
 import os
 import tempfile
 
-from tests.settings import *  # noqa: F403
+from tests.settings import *
 
 _DIR = os.environ.get("VELRO_TEST_SQLITE_DIR") or tempfile.gettempdir()
 

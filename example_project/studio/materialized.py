@@ -35,7 +35,7 @@ User = get_user_model()
 register_view(ActiveUser, refresh_on=[Generation, GenerationAccess, ApiToken, User], period=300)
 # Generations and access logs are written all the time, and these two views are
 # the big ones (at 400k generations a concurrent refresh of the 48 h window takes
-# seconds, see benchmarks/results/views.md): a 10 s debounce caps them at one
+# a second or more, see benchmarks/results/views.md): a 10 s debounce caps them at one
 # refresh per 10 s, however busy the API is.
 register_view(RecentGeneration, refresh_on=[Generation], period=60, debounce=10.0)
 register_view(ActiveMembership, refresh_on=[TeamMembership, Team, User], period=600)

@@ -84,9 +84,8 @@ class MaterializedViewBase(ModelBase):
 
     def __new__(mcs, name: str, bases: tuple[type, ...], attrs: dict[str, Any], **kwargs: Any) -> type:
         meta = attrs.get("Meta")
-        if meta is not None and not getattr(meta, "abstract", False) and "managed" not in vars(meta):
-            if not any(hasattr(base, "managed") for base in meta.__mro__[1:]):
-                meta.managed = False
+        if meta is not None and not getattr(meta, "abstract", False) and not hasattr(meta, "managed"):
+            meta.managed = False
         return super().__new__(mcs, name, bases, attrs, **kwargs)
 
 

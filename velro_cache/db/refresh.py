@@ -33,7 +33,14 @@ from typing import Any
 
 from django.apps import apps
 from django.core.signals import request_started
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, router, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    connections,
+    models,
+    router,
+    transaction,
+)
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.utils import timezone
 

@@ -103,7 +103,7 @@ class Debouncer:
             key = self._next_due()
             try:
                 self._job(key)
-            except Exception:  # noqa: BLE001 - one failed job must not stop the others
+            except Exception:  # one failed job must not stop the others
                 log.exception("background job %r failed", key)
             finally:
                 with self._cond:
