@@ -42,7 +42,7 @@ from studio.models import (
     TeamMembership,
 )
 
-from velro_cache.checks import check_view_settings
+from velro_cache.checks import check_view_settings, materialized_view_model_problems
 from velro_cache.db import refresh as view_refresh
 from velro_cache.db import sql as view_sql
 from velro_cache.db.loaders import read_view, view_key, view_ttl
@@ -748,6 +748,22 @@ def test_bad_view_settings_are_reported_by_system_checks(setting, value, check_i
     with override_settings(VELRO_CACHE={setting: value}):
         found = {message.id for message in check_view_settings()}
     assert found == {check_id}
+
+
+@isolate_apps("studio")
+def test_a_managed_view_model_and_a_database_without_views_are_reported():
+    class ManagedView(MaterializedView):
+        class Meta:
+            app_label = "studio"
+            db_table = "managed_view"
+            managed = True
+
+    problems = materialized_view_model_problems([ManagedView, RecentGeneration], {"default": "postgresql", "legacy": "mysql"})
+    assert [(p.id, p.obj) for p in problems] == [
+        ("velro_cache.E034", ManagedView), ("velro_cache.W030", ManagedView), ("velro_cache.W030", RecentGeneration)
+    ]
+    assert "'legacy' is mysql" in problems[-1].msg
+    assert materialized_view_model_problems([RecentGeneration], {"default": "sqlite"}) == []
 
 
 # -- the SQLite leg ------------------------------------------------------------------------------------

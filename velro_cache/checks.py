@@ -96,12 +96,20 @@ def check_view_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
 def check_materialized_view_models(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """A MaterializedView model must be unmanaged, and only on databases that have views."""
     from django.apps import apps
-    from django.db import connections, router
+    from django.db import connections
 
     from .db.models import MaterializedView
-    from .db.sql import SUPPORTED_VENDORS
 
     models = [m for m in apps.get_models() if issubclass(m, MaterializedView) and not m._meta.abstract]
+    return materialized_view_model_problems(models, {alias: connections[alias].vendor for alias in connections})
+
+
+def materialized_view_model_problems(models: list[Any], vendors: dict[str, str]) -> list[CheckMessage]:
+    """E034 / W030 for these models, given each database alias's vendor."""
+    from django.db import router
+
+    from .db.sql import SUPPORTED_VENDORS
+
     messages: list[CheckMessage] = [
         Error(
             f"{model._meta.label} is a MaterializedView but has Meta.managed = True: Django would "
@@ -113,19 +121,20 @@ def check_materialized_view_models(app_configs: Any = None, **kwargs: Any) -> li
         for model in models
         if model._meta.managed
     ]
-    for alias in connections:
-        vendor = connections[alias].vendor
+    for alias, vendor in vendors.items():
         if vendor in SUPPORTED_VENDORS:
             continue
-        for model in models:
-            if router.allow_migrate_model(alias, model):
-                messages.append(Warning(
-                    f"{model._meta.label} reads a materialized view, but database {alias!r} is {vendor}: "
-                    f"materialized views exist on PostgreSQL and (emulated) on SQLite only.",
-                    hint="Route the view's app away from this database, or migrating it will fail.",
-                    obj=model,
-                    id="velro_cache.W030",
-                ))
+        messages.extend(
+            Warning(
+                f"{model._meta.label} reads a materialized view, but database {alias!r} is {vendor}: "
+                f"materialized views exist on PostgreSQL and (emulated) on SQLite only.",
+                hint="Route the view's app away from this database, or migrating it will fail.",
+                obj=model,
+                id="velro_cache.W030",
+            )
+            for model in models
+            if router.allow_migrate_model(alias, model)
+        )
     return messages
 
 
