@@ -13,6 +13,7 @@ import argparse
 import datetime
 import gc
 import json
+import logging
 import math
 import os
 import platform
@@ -20,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -71,6 +72,32 @@ def redis_answers(url: str = REDIS_URL) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
     except redis.RedisError:
         return False
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def library_warnings(name: str = "velro_cache") -> Iterator[list[str]]:
+    """Collect what the cache logs at WARNING or above while measuring.
+
+    A benchmark must say when the system under test changed mode mid-run (a
+    coherence channel declared lost turns L1 off), or its numbers would silently
+    describe another configuration.
+    """
+    handler = _Collect()
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
 
 
 # -- machine ----------------------------------------------------------------------------
@@ -273,6 +300,17 @@ class Budget:
     name: str
     ok: bool
     detail: str
+
+
+def warnings_note(messages: list[str]) -> list[str]:
+    """Report notes for library warnings seen while measuring (none: nothing to say)."""
+    if not messages:
+        return []
+    counts: dict[str, int] = {}
+    for message in messages:
+        counts[message] = counts.get(message, 0) + 1
+    lines = ["**velro_cache logged warnings while this was measured; the affected rows do not describe normal operation:**", ""]
+    return lines + [f"- {count}× {message}" for message, count in counts.items()]
 
 
 @dataclass

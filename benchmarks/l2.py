@@ -307,14 +307,16 @@ def run(args: argparse.Namespace) -> Report:
 
     caches = {name: django_caches[name] for name in BACKENDS}
     values = common.sample_values()
-    gets, timed, promoted = _time_gets(caches, values, plan)
-    batches = _time_batches(caches, values, plan)
-    counter = RoundTrips()
-    trips = _count_round_trips(caches, counter, values, plan["count"])
+    with common.library_warnings() as logged:
+        gets, timed, promoted = _time_gets(caches, values, plan)
+        batches = _time_batches(caches, values, plan)
+        counter = RoundTrips()
+        trips = _count_round_trips(caches, counter, values, plan["count"])
     for cache in caches.values():  # leave db 14 as we found it
         cache.delete_many([f"gen:get:{i}" for i in range(len(GET_VALUES))])
         for index in range(len(BATCH_VALUES)):
             cache.delete_many(_keys(f"batch{index}"))
+    report.intro += ["", *common.warnings_note(logged)]
     _get_table(report, gets, timed, promoted)
     _batch_table(report, batches, gets)
     _round_trip_table(report, trips, counter.background)
