@@ -143,7 +143,7 @@ def measure_pubsub(url: str, subscribers: list[Worker], count: int) -> list[floa
     return [delay for subscriber in subscribers for delay in subscriber.receive()]
 
 
-def report_propagation(report: Report, result: dict[str, Any], pubsub: list[float], processes: int) -> None:
+def report_propagation(report: Report, result: dict[str, Any], pubsub: list[float], processes: int, health: list[str]) -> None:
     stats = ms_stats(result["delays"])
     p99 = stats["p99 ms"]
     ok = p99 is not None and p99 < PROPAGATION_P99_MS and result["unseen"] == 0
@@ -165,7 +165,7 @@ def report_propagation(report: Report, result: dict[str, Any], pubsub: list[floa
         "The floor row publishes from this process to the same number of subscriber processes.",
     ]
     columns = ["path", "n", "p50 ms", "p99 ms", "max ms", "not seen in 2 s", f"p99 < {PROPAGATION_P99_MS:g} ms"]
-    report.table("1. Invalidation propagation between processes", columns, rows, notes)
+    report.table("1. Invalidation propagation between processes", columns, rows, notes + health)
 
 
 # -- 2. Redis killed or paused under load ------------------------------------------------------------
@@ -483,7 +483,7 @@ def measure_stampedes(workers: list[Worker], rounds: int) -> dict[tuple[str, str
     return results
 
 
-def report_stampedes(report: Report, results: dict[tuple[str, str], list]) -> None:
+def report_stampedes(report: Report, results: dict[tuple[str, str], list], health: list[str]) -> None:
     rows = []
     for (backend, layout), outcomes in results.items():
         calls = [c for c, _, _ in outcomes]
@@ -513,10 +513,17 @@ def report_stampedes(report: Report, results: dict[tuple[str, str], list]) -> No
         "poll Redis for the lease holder's value with a backoff (5 ms doubling to 50 ms), which is what they add over",
         "the loader's time. A fresh key per round, after one unrecorded warm-up round (connection pools, subscriptions).",
     ]
-    report.table(f"3. {STAMPEDE_CALLERS} concurrent misses on one key", columns, rows, notes)
+    report.table(f"3. {STAMPEDE_CALLERS} concurrent misses on one key", columns, rows, notes + health)
 
 
 # -- the run ----------------------------------------------------------------------------------------
+
+
+def steady_health(workers: list[Worker], logged: list[str]) -> list[str]:
+    """Whether sections 1 and 3 measured normal operation: a lost channel turns L1 off and changes them."""
+    losses = sum(worker.call(op="stats")["coherence"]["losses"] for worker in workers)
+    line = f"Coherence channel losses in the worker processes while sections 1 and 3 ran: {losses}."
+    return [line if not losses else f"**{line} Those rows do not describe normal operation.**", *common.warnings_note(logged)]
 
 
 def _intro(plan: dict[str, Any]) -> list[str]:
@@ -547,9 +554,11 @@ def run(args: argparse.Namespace) -> Report:
         workers = start_workers(steady.url(), plan["workers"])
         for worker in workers:
             stack.callback(worker.stop)
-        propagation = measure_propagation(workers, plan["rounds"])
-        pubsub = measure_pubsub(steady.url(), workers[1:], plan["messages"])
-        stampedes = measure_stampedes(workers, plan["stampedes"])
+        with common.library_warnings() as logged:
+            propagation = measure_propagation(workers, plan["rounds"])
+            pubsub = measure_pubsub(steady.url(), workers[1:], plan["messages"])
+            stampedes = measure_stampedes(workers, plan["stampedes"])
+        health = steady_health(workers, logged)
 
         cache = caches[FAULTY]
         transitions: list[tuple[float, str, str]] = []
@@ -558,9 +567,9 @@ def run(args: argparse.Namespace) -> Report:
         for fault in FAULTS:
             runs.append(run_fault(cache, faulty, fault, plan, transitions))
 
-    report_propagation(report, propagation, pubsub, plan["workers"])
+    report_propagation(report, propagation, pubsub, plan["workers"], health)
     report_faults(report, runs, plan)
-    report_stampedes(report, stampedes)
+    report_stampedes(report, stampedes, health)
     return report
 
 
