@@ -36,7 +36,8 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from .tiers.breaker import CLOSED, L2Unavailable
 from .tiers.memory import MISSING
 
-POLL_START, POLL_MAX = 0.005, 0.05
+# Waiting for another process's fill: a short first look, then every 20 ms.
+POLL_START, POLL_MAX = 0.005, 0.02
 
 
 class ReadThroughMixin:

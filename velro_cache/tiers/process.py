@@ -240,19 +240,28 @@ class ProcessState:
         self._disable_l1()
 
     def _on_channel_ready(self) -> None:
+        # A confirmed subscription proves Redis answers: probe the breaker now
+        # rather than after its back-off, so L2 and L1 return within the
+        # listener's reconnect time.
+        if self.breaker.state != CLOSED:
+            self._probe_l2()
         self._enable_l1_if_coherent()
 
     def _on_heartbeat(self) -> None:
         """Redis answered the listener: recover without waiting for traffic."""
         if self.breaker.state != CLOSED and self.breaker.allow():
-            try:
-                self.l2.client.ping()
-            except Exception:
-                self.breaker.record_failure()
-            else:
-                self.breaker.record_success()
+            self._probe_l2()
         elif self.pending and self.breaker.state == CLOSED:
             self.replay_pending()
+
+    def _probe_l2(self) -> None:
+        """PING through the main pool; its outcome closes or reopens the breaker."""
+        try:
+            self.l2.client.ping()
+        except Exception:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()
 
     def _on_breaker(self, old: str, new: str) -> None:
         if new == OPEN:
