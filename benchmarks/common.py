@@ -64,6 +64,16 @@ def configure_django(caches: dict[str, dict[str, Any]]) -> None:
     django.setup()
 
 
+def key_prefix(name: str) -> str:
+    """A KEY_PREFIX no other run shares.
+
+    Concurrent runs (a smoke test in someone's suite, a second benchmark) on the
+    shared Redis would otherwise write and delete the same keys, and with L1
+    coherence every such write drops this run's L1 copy mid-measurement.
+    """
+    return f"bench-{name}-{os.getpid()}"
+
+
 def redis_answers(url: str = REDIS_URL) -> bool:
     """Whether a Redis answers at ``url``; benchmarks that need one skip cleanly without."""
     import redis

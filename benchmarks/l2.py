@@ -42,7 +42,7 @@ BACKENDS = {
     DJANGO_REDIS: "django_redis.cache.RedisCache",
     DJANGO: "django.core.cache.backends.redis.RedisCache",
 }
-PREFIXES = {TIERED: "bench-l2-tiered", DJANGO_REDIS: "bench-l2-djredis", DJANGO: "bench-l2-django"}
+PREFIXES = {TIERED: common.key_prefix("l2-tiered"), DJANGO_REDIS: common.key_prefix("l2-djredis"), DJANGO: common.key_prefix("l2-django")}
 
 GET_VALUES = ("small str", "small dict", "4 KiB flat dict", "4 KiB list of 30 dicts", "object (dataclass)")
 BATCH_VALUES = ("small dict", "4 KiB list of 30 dicts")

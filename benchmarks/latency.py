@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from typing import Any
 
 from . import common
@@ -36,19 +37,19 @@ GET_MANY_KEYS = 10
 
 def _caches(with_l2: bool) -> dict[str, dict[str, Any]]:
     caches = {
-        LOCMEM: {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "bench-latency"},
-        TIERED: {"BACKEND": "velro_cache.backends.TieredCache", "KEY_PREFIX": "bench-lat-l1"},
+        LOCMEM: {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": common.key_prefix("latency")},
+        TIERED: {"BACKEND": "velro_cache.backends.TieredCache", "KEY_PREFIX": common.key_prefix("lat-l1")},
         DUMMY: {"BACKEND": "django.core.cache.backends.dummy.DummyCache"},
     }
     if with_l2:
-        caches[TIERED_L2] = {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": common.REDIS_URL, "KEY_PREFIX": "bench-lat-l2"}
+        caches[TIERED_L2] = {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": common.REDIS_URL, "KEY_PREFIX": common.key_prefix("lat-l2")}
     return caches
 
 
-def _l2_reads(cache: Any) -> int:
-    """L2 hits plus misses so far: must not move while timing L1 hits."""
+def _l2_reads(cache: Any) -> Counter:
+    """L2 hits and misses so far: neither may move while timing L1 hits."""
     totals = cache.stats()["totals"]
-    return totals["l2_hits"] + totals["misses"]
+    return Counter({"L2 hits": totals["l2_hits"], "misses": totals["misses"]})
 
 
 RATIO = "× LocMem (median)"
@@ -61,7 +62,7 @@ def _row(labels: dict[str, str], samples: list[int], baseline: float) -> dict[st
     return row
 
 
-def _time_gets(caches: dict[str, Any], values: dict[str, Any], plan: dict[str, int]) -> tuple[dict, dict[str, int]]:
+def _time_gets(caches: dict[str, Any], values: dict[str, Any], plan: dict[str, int]) -> tuple[dict, dict[str, Counter]]:
     """Per value, per backend: get latencies of an L1 hit, all backends interleaved.
 
     Also, per value, how many of the L1+L2 mode's gets went to L2: any at all
@@ -75,9 +76,9 @@ def _time_gets(caches: dict[str, Any], values: dict[str, Any], plan: dict[str, i
         for backend, cache in caches.items():
             cache.set(key, value, None)
             cases[backend] = Case(cache.get, (key,))
-        before = _l2_reads(l2_cache) if l2_cache is not None else 0
+        before = _l2_reads(l2_cache) if l2_cache is not None else Counter()
         results[name] = common.interleaved(cases, plan["get"], plan["rounds"])
-        l2_reads[name] = _l2_reads(l2_cache) - before if l2_cache is not None else 0
+        l2_reads[name] = _l2_reads(l2_cache) - before if l2_cache is not None else Counter()
     return results, l2_reads
 
 
@@ -173,8 +174,8 @@ def run(args: argparse.Namespace) -> Report:
         distribution_notes.append(
             "L1+L2 mode: every timed get was an L1 hit (0 L2 reads)."
             if not missed
-            else "**L1+L2 mode: some timed gets were not L1 hits**, L2 reads per value: "
-            + ", ".join(f"{name}: {count:,}" for name, count in missed.items())
+            else "**L1+L2 mode: some timed gets were not L1 hits**: "
+            + "; ".join(f"{name}: " + ", ".join(f"{n:,} {kind}" for kind, n in count.items()) for name, count in missed.items())
         )
     else:
         distribution_notes.append(f"No Redis answered at {common.REDIS_URL}: the L1+L2 mode was skipped.")
