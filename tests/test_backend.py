@@ -428,3 +428,31 @@ def test_get_or_load_caches_none(cache):
     assert cache.get_or_load("maybe", lambda: calls.append(1)) is None
     assert cache.get_or_load("maybe", lambda: calls.append(1)) is None
     assert len(calls) == 1
+
+
+def test_fetch_authoritative_reads_l2_not_l1_and_says_when_it_cannot(own_redis, tiered_on):
+    from velro_cache.tiers.breaker import L2Unavailable
+
+    url = own_redis.url()
+    writer, reader = tiered_on(url), tiered_on(url)
+    writer.set("auth:ver:user:1", "token-1")
+    assert reader.get("auth:ver:user:1") == "token-1"  # now in reader's L1
+    own_redis.client().set("fault:1:auth:ver:user:1", writer._serializer.dumps("token-2"))  # behind every L1's back
+    assert reader.get("auth:ver:user:1") == "token-1"
+    assert reader.fetch_authoritative(["auth:ver:user:1", "absent"]) == {"auth:ver:user:1": "token-2"}
+    own_redis.stop()
+    with pytest.raises(L2Unavailable):
+        for _ in range(5):  # the first failures open the breaker; then it refuses at once
+            reader.fetch_authoritative(["auth:ver:user:1"])
+
+
+def test_get_or_load_computes_a_callable_timeout_only_when_storing(cache):
+    computed = []
+
+    def timeout():
+        computed.append(1)
+        return 60
+
+    assert cache.get_or_load("k", lambda: "v", timeout=timeout) == "v"
+    assert cache.get_or_load("k", lambda: "other", timeout=timeout) == "v"
+    assert computed == [1]

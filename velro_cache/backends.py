@@ -343,6 +343,36 @@ class TieredCache(ReadThroughMixin, BaseCache):
                 found[key] = value
         return found
 
+    def fetch_authoritative(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
+        """Read keys from the tier every process agrees on, bypassing this process's L1.
+
+        That is L2 when there is one (L1 alone in L1-only mode, where one
+        process is the whole truth). For checks that must never trust an L1
+        copy, such as authorization versions read once per request. Raises
+        ``L2Unavailable`` when Redis cannot answer: "absent" and "unknown"
+        must not look the same to such a caller.
+        """
+        pairs = [(key, *self._key(key, version)) for key in keys]
+        if self._l2 is None:
+            found = {}
+            for key, full, _ in pairs:
+                payload = self._l1.get(full)
+                if payload is not MISSING:
+                    reader, stored = payload
+                    found[key] = stored if reader is None else reader(stored)
+            return found
+        datas = self._l2_call(self._l2.get_many, [full for _, full, _ in pairs])
+        found = {}
+        for (key, full, counters), data in zip(pairs, datas):
+            if data is None:
+                continue
+            try:
+                frame = self._serializer.unframe(data)
+                found[key] = self._serializer.decode(frame.codec, frame.body)
+            except CorruptEntry:
+                next(counters.corrupt)
+        return found
+
     def has_key(self, key: Any, version: int | None = None) -> bool:
         full, _ = self._key(key, version)
         if full in self._l1:

@@ -47,6 +47,8 @@ class ReadThroughMixin:
         """The cached value, or ``loader()``'s result, stored and returned.
 
         Unlike Django's ``get_or_set``, a result of ``None`` is cached as well.
+        ``timeout`` may be a callable, called only when a value is stored, so
+        a computed TTL costs nothing on a hit.
         """
         value = self.get(key, MISSING, version=version)
         full, _ = self._key(key, version)
@@ -87,7 +89,7 @@ class ReadThroughMixin:
                 self._release_lease(full, token)
             raise
         delta = time.perf_counter() - start
-        self._store_loaded(full, value, self._ttl(timeout), delta, token, ticket)
+        self._store_loaded(full, value, self._ttl(timeout() if callable(timeout) else timeout), delta, token, ticket)
         return value
 
     def _store_loaded(self, full: str, value: Any, seconds: float | None, delta: float, token: str | None, ticket: int) -> None:
