@@ -175,9 +175,17 @@ def _time_gets(caches: dict[str, Any], values: dict[str, Any], plan: dict[str, i
     return results, timed, _l2_hits(tiered) - hits_before
 
 
-def _time_batches(caches: dict[str, Any], values: dict[str, Any], plan: dict[str, int]) -> dict[tuple[str, str], dict]:
-    """get_many / set_many / delete_many of BATCH keys, per batch value."""
-    results = {}
+ONE_GET = " (one get)"  # case-name suffix of the single gets timed alongside get_many
+
+
+def _time_batches(caches: dict[str, Any], values: dict[str, Any], plan: dict[str, int]) -> tuple[dict, dict[str, list[int]]]:
+    """get_many / set_many / delete_many of BATCH keys, per batch value.
+
+    The get_many budget compares with one get, so a single L2-hit get of one of
+    the same keys is interleaved with the get_many calls: both then see the
+    same machine load, which on a shared machine moves by 2x within minutes.
+    """
+    results, single = {}, {}
     for index, name in enumerate(BATCH_VALUES):
         keys = _keys(f"batch{index}")
         data = dict.fromkeys(keys, values[name])
@@ -185,11 +193,13 @@ def _time_batches(caches: dict[str, Any], values: dict[str, Any], plan: dict[str
         for backend, cache in caches.items():
             cache.set_many(data, None)
             get_many[backend] = Case(cache.get_many, (keys,), _l1_evicter(cache, keys))
+            get_many[backend + ONE_GET] = Case(cache.get, (keys[0],), _l1_evicter(cache, keys[:1]))
             set_many[backend] = Case(cache.set_many, (data, 300))
             delete_many[backend] = Case(cache.delete_many, (keys,), lambda cache=cache: cache.set_many(data, 300))
         for op, cases in (("get_many", get_many), ("set_many", set_many), ("delete_many", delete_many)):
             results[op, name] = common.interleaved(cases, plan["batch"], plan["rounds"], warmup=20)
-    return results
+        single[name] = {backend: results["get_many", name].pop(backend + ONE_GET) for backend in caches}
+    return results, single
 
 
 def _count_round_trips(caches: dict[str, Any], counter: RoundTrips, values: dict[str, Any], calls: int) -> list[dict[str, Any]]:
@@ -240,24 +250,25 @@ def _get_table(report: Report, gets: dict, timed: int, promoted: int) -> None:
     report.table("get of an L2 hit", columns, rows, notes)
 
 
-def _batch_table(report: Report, batches: dict, gets: dict) -> None:
+def _batch_table(report: Report, batches: dict, single: dict[str, dict[str, list[int]]]) -> None:
     rows = []
-    single = {backend: common.median_us(samples) for backend, samples in gets["small dict"].items()}
     for (op, value_name), by_backend in batches.items():
         for backend, samples in by_backend.items():
             row = _stat_row({"operation": f"{op}({BATCH})", "value": value_name, "backend": backend}, samples, by_backend)
-            if op == "get_many" and value_name == "small dict":
-                row["× one get"] = times = common.ratio(row["median µs"], single[backend])
-                if backend == TIERED:
-                    row[f"≤ {GET_MANY_BUDGET:g}× one get"] = report.budget(
-                        f"TieredCache get_many({BATCH}) median under {GET_MANY_BUDGET:g}× one get (small dict)",
-                        times < GET_MANY_BUDGET,
-                        f"{times:.2f}×",
-                    )
+            if op == "get_many":
+                one_get = common.median_us(single[value_name][backend])
+                row["one get µs"] = one_get
+                row["× one get"] = times = common.ratio(row["median µs"], one_get)
+            if op == "get_many" and value_name == "small dict" and backend == TIERED:
+                row[f"≤ {GET_MANY_BUDGET:g}× one get"] = report.budget(
+                    f"TieredCache get_many({BATCH}) median under {GET_MANY_BUDGET:g}× one get (small dict)",
+                    times < GET_MANY_BUDGET,
+                    f"{times:.2f}×",
+                )
             rows.append(row)
-    columns = ["operation", "value", "backend", *common.STAT_COLUMNS, RATIO_DR, RATIO_DJ, "× one get", f"≤ {GET_MANY_BUDGET:g}× one get"]
+    columns = ["operation", "value", "backend", *common.STAT_COLUMNS, RATIO_DR, RATIO_DJ, "one get µs", "× one get", f"≤ {GET_MANY_BUDGET:g}× one get"]
     notes = [
-        "`× one get` compares with the same backend's median L2-hit get of one small dict (table above).",
+        "`one get µs`: the same backend's median L2-hit get of one of those keys, timed interleaved with its get_many.",
         "TieredCache's get_many of L2 hits also promotes all 100 values into L1; set_many writes L1 too.",
         "delete_many is timed on keys re-written (untimed) before each call.",
     ]
@@ -309,7 +320,7 @@ def run(args: argparse.Namespace) -> Report:
     values = common.sample_values()
     with common.library_warnings() as logged:
         gets, timed, promoted = _time_gets(caches, values, plan)
-        batches = _time_batches(caches, values, plan)
+        batches, single = _time_batches(caches, values, plan)
         counter = RoundTrips()
         trips = _count_round_trips(caches, counter, values, plan["count"])
     for cache in caches.values():  # leave db 14 as we found it
@@ -318,7 +329,7 @@ def run(args: argparse.Namespace) -> Report:
             cache.delete_many(_keys(f"batch{index}"))
     report.intro += ["", *common.warnings_note(logged)]
     _get_table(report, gets, timed, promoted)
-    _batch_table(report, batches, gets)
+    _batch_table(report, batches, single)
     _round_trip_table(report, trips, counter.background)
     return report
 
