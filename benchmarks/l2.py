@@ -327,7 +327,8 @@ def run(args: argparse.Namespace) -> Report:
         cache.delete_many([f"gen:get:{i}" for i in range(len(GET_VALUES))])
         for index in range(len(BATCH_VALUES)):
             cache.delete_many(_keys(f"batch{index}"))
-    report.intro += ["", *common.warnings_note(logged)]
+    if logged:
+        report.intro += ["", *common.warnings_note(logged)]
     _get_table(report, gets, timed, promoted)
     _batch_table(report, batches, single)
     _round_trip_table(report, trips, counter.background)
