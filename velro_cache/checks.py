@@ -229,3 +229,48 @@ def check_cache_declarations(app_configs: Any = None, **kwargs: Any) -> list[Che
 
 
 # --- end keys, TTL policy and invalidation ---
+
+# --- Authorization (issue 5; E040-E049 / W040-W049) ---
+
+AUTHZ_MIDDLEWARE = "velro_cache.authz.middleware.AuthorizationMiddleware"
+
+
+def authz_setting_problems(value: dict[str, Any], caches: dict[str, Any], middleware: list[str]) -> list[CheckMessage]:
+    """E040: AUTHZ_CACHE is not a bool; W040: decisions could never be cached with this cache."""
+    messages: list[CheckMessage] = []
+    enabled = value.get("AUTHZ_CACHE", DEFAULTS["AUTHZ_CACHE"])
+    if not isinstance(enabled, bool):
+        messages.append(Error(f"VELRO_CACHE['AUTHZ_CACHE'] must be True or False, got {enabled!r}.", id="velro_cache.E040"))
+    alias = value.get("CACHE_ALIAS", DEFAULTS["CACHE_ALIAS"])
+    backend = caches.get(alias, {}).get("BACKEND")
+    if enabled is True and AUTHZ_MIDDLEWARE in middleware and backend and backend != BACKEND_PATH:
+        messages.append(Warning(
+            f"CACHES[{alias!r}] uses {backend}, which cannot read authorization versions authoritatively: "
+            "every authorization check will query the database.",
+            hint=f"Use {BACKEND_PATH} for the cache VELRO_CACHE['CACHE_ALIAS'] names, or set AUTHZ_CACHE to False.",
+            id="velro_cache.W040",
+        ))
+    return messages
+
+
+@register()
+def check_authz_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    value = getattr(django_settings, "VELRO_CACHE", {})
+    if not isinstance(value, dict):
+        return []
+    return authz_setting_problems(value, getattr(django_settings, "CACHES", {}), list(getattr(django_settings, "MIDDLEWARE", [])))
+
+
+@register(Tags.models)
+def check_authz_policies(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E041: a registered policy names a field its model (or a role source's model) does not have."""
+    from .authz.policy import registry
+
+    return [
+        Error(problem, obj=policy.model, id="velro_cache.E041")
+        for policy in registry.policies()
+        for problem in policy.problems()
+    ]
+
+
+# --- end authorization ---

@@ -74,6 +74,16 @@ DEFAULTS.update(
 )
 # --- end keys, TTL policy and invalidation ---
 
+# --- Authorization (issue 5; checks E040-E049 / W040-W049) ---
+DEFAULTS.update(
+    {
+        # Serve authorization decisions from the cache (versions read once per
+        # request from Redis). False: every check is answered by the database.
+        "AUTHZ_CACHE": True,
+    }
+)
+# --- end authorization ---
+
 
 class VelroSettings:
     """Read-through view of ``VELRO_CACHE`` merged over the defaults."""

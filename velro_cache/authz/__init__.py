@@ -1,0 +1,51 @@
+"""Cached authorization: a declared role hierarchy, single and batch checks, no stale allow.
+
+- ``policy``: ``ObjectPolicy``, ``RoleSource``, ``register`` (admin-style).
+- ``api``: ``authorize``, ``authorize_many``, ``role_for``, explicit bumps.
+- ``context``: the per-request context (versions read once per request).
+- ``decisions``: decision keys, the cached lookup, the one query on a miss.
+- ``versions``: the per-user and global version tokens.
+- ``invalidation``: model signals -> bumps on commit.
+- ``middleware`` / ``backends``: ``request.authz`` and ``user.has_perm(perm, obj)``.
+
+See docs/authorization.md.
+"""
+
+from __future__ import annotations
+
+from . import invalidation  # noqa: F401  (connects bumps to every policy registered)
+from .api import (
+    authorize,
+    authorize_many,
+    invalidate_all,
+    invalidate_user,
+    role_for,
+    scope,
+)
+from .context import AuthorizationContext
+from .policy import (
+    AlreadyRegistered,
+    NotRegistered,
+    ObjectPolicy,
+    ObjectRef,
+    RoleSource,
+    register,
+    registry,
+)
+
+__all__ = [
+    "AlreadyRegistered",
+    "AuthorizationContext",
+    "NotRegistered",
+    "ObjectPolicy",
+    "ObjectRef",
+    "RoleSource",
+    "authorize",
+    "authorize_many",
+    "invalidate_all",
+    "invalidate_user",
+    "register",
+    "registry",
+    "role_for",
+    "scope",
+]

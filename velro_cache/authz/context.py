@@ -1,0 +1,170 @@
+"""The per-request authorization context: versions read once, every check keyed by them.
+
+Built by ``AuthorizationMiddleware`` (or by ``authorize`` outside a request).
+At its first check it reads the user's and the global version token from
+Redis in one round trip; every decision key it uses embeds them. A revoke
+that committed before that read has already replaced a token, so this
+request cannot reach a decision cached before the revoke, whatever any L1
+still holds.
+
+When the tokens cannot be read (Redis unreachable, a cache without
+``fetch_authoritative``, ``VELRO_CACHE["AUTHZ_CACHE"]`` off) the context is
+unvalidated: each check is answered from the database and nothing is read
+from or written to the cache. An allow is never served on trust.
+
+Read-your-writes: a bump made in this thread marks the current request's
+contexts stale. While the bump waits for its transaction to commit, checks
+go to the database (which sees the transaction's own writes); once it has
+committed, the context reads the new tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextvars import ContextVar
+from typing import Any
+
+from django.core.cache import caches
+
+from ..conf import settings
+from ..tiers.breaker import L2Unavailable
+from . import decisions, versions
+from .policy import ObjectPolicy, registry
+
+_UNVALIDATED = object()
+
+
+class AuthorizationContext:
+    """One user's checks for the span of one request."""
+
+    def __init__(self, user: Any, cache: Any = None) -> None:
+        self.user = user
+        self.user_id = user.pk if _is_authenticated(user) else None
+        self._cache = cache
+        self._prefix: Any = None  # None: not loaded yet; _UNVALIDATED: decide from the database
+        self._stale = False
+
+    @property
+    def cache(self) -> Any:
+        if self._cache is None:
+            self._cache = caches[settings.CACHE_ALIAS]
+        return self._cache
+
+    @property
+    def validated(self) -> bool:
+        """Whether checks are served from the cache (versions known)."""
+        return isinstance(self._key_prefix(), str)
+
+    def can(self, action: str, obj: Any) -> bool:
+        policy = registry.for_object(obj)
+        policy.required_rank(action)  # an unknown action is a bug even for anonymous users
+        if not self._may_hold_roles():
+            return False
+        return self._decide(policy, [obj.pk], action)[obj.pk]
+
+    def can_many(self, action: str, objs: Iterable[Any]) -> dict[Any, bool]:
+        """``{pk: allowed}``; uncached objects of one model cost one query together."""
+        by_policy: dict[ObjectPolicy, list[Any]] = {}
+        for obj in objs:
+            by_policy.setdefault(registry.for_object(obj), []).append(obj.pk)
+        result: dict[Any, bool] = {}
+        for policy, pks in by_policy.items():
+            policy.required_rank(action)
+            if not self._may_hold_roles():
+                result.update(dict.fromkeys(pks, False))
+            else:
+                result.update(self._decide(policy, list(dict.fromkeys(pks)), action))
+        return result
+
+    def mark_stale(self) -> None:
+        """A bump was made in this thread: re-read the versions before the next cached check."""
+        self._stale = True
+
+    # -- internals ----------------------------------------------------------------------
+    def _may_hold_roles(self) -> bool:
+        """Anonymous and (as far as this request knows) inactive users hold no role, for free."""
+        return self.user_id is not None and getattr(self.user, "is_active", True)
+
+    def _decide(self, policy: ObjectPolicy, pks: list[Any], action: str) -> dict[Any, bool]:
+        prefix = self._key_prefix()
+        if prefix is _UNVALIDATED:
+            return decisions.computed(policy, self.user_id, pks, action)
+        return decisions.cached(self.cache, prefix, policy, self.user_id, pks, action)
+
+    def _key_prefix(self) -> Any:
+        if self._stale:
+            if versions.bump_waiting():
+                return _UNVALIDATED  # this transaction's own writes: only the database knows them
+            self._stale = False
+            self._prefix = None
+        if self._prefix is None:
+            self._prefix = self._load()
+        return self._prefix
+
+    def _load(self) -> Any:
+        if not settings.AUTHZ_CACHE or self.user_id is None:
+            return _UNVALIDATED
+        try:
+            user_token, global_token = versions.read_tokens(self.cache, self.user_id)
+        except L2Unavailable:
+            return _UNVALIDATED
+        return decisions.key_prefix(self.user_id, user_token, global_token)
+
+
+def _is_authenticated(user: Any) -> bool:
+    return user is not None and getattr(user, "is_authenticated", False) and user.pk is not None
+
+
+# -- the current request ------------------------------------------------------------------
+# The middleware sets a scope here; ``authorize`` uses it, and a bump made in
+# this thread marks it stale.
+
+_current: ContextVar[Any] = ContextVar("velro_cache_authz_scope", default=None)
+
+
+def current_scope() -> Any:
+    return _current.get()
+
+
+def activate(scope: Any) -> Any:
+    """Make ``scope`` (anything with ``context_for(user)`` and ``mark_stale()``) current; returns a reset token."""
+    return _current.set(scope)
+
+
+def deactivate(token: Any) -> None:
+    _current.reset(token)
+
+
+def context_for(user: Any) -> AuthorizationContext:
+    """The current request's context for ``user``, else a new one (it reads the versions anew)."""
+    scope = _current.get()
+    if scope is not None:
+        context = scope.context_for(user)
+        if context is not None:
+            return context
+    return AuthorizationContext(user)
+
+
+def note_bump() -> None:
+    scope = _current.get()
+    if scope is not None:
+        scope.mark_stale()
+
+
+class Scope:
+    """The contexts of one request (normally one user's), for the middleware and for ``authz.scope()``."""
+
+    def __init__(self) -> None:
+        self._contexts: dict[Any, AuthorizationContext] = {}
+
+    def context_for(self, user: Any) -> AuthorizationContext | None:
+        if not _is_authenticated(user):
+            return None
+        context = self._contexts.get(user.pk)
+        if context is None:
+            context = self._contexts[user.pk] = AuthorizationContext(user)
+        return context
+
+    def mark_stale(self) -> None:
+        for context in self._contexts.values():
+            context.mark_stale()

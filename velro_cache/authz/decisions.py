@@ -1,0 +1,66 @@
+"""Decisions: their keys, the cached lookup, and the database answer on a miss.
+
+A decision key is ``auth:user:<id>:v:<user token>:<global token>:<model>:<pk>:<action>``
+holding ``True`` or ``False`` (denies are cached too). The tokens make every
+key a user's decisions were cached under unreachable once that user's (or
+the global) version is bumped. On a miss the user's role on the object comes
+from the database (``ObjectPolicy.roles_of``: one query for any number of
+objects), and the decisions for every declared action are stored at once,
+because the role answers them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..keys import SEPARATOR, build_key
+from ..ttl import ttl_for
+from .policy import ObjectPolicy
+
+
+def key_prefix(user_id: Any, user_token: str, global_token: str) -> str:
+    return build_key("auth", "user", user_id, "v", user_token, global_token)
+
+
+def decision_key(prefix: str, policy: ObjectPolicy, pk: Any, action: str) -> str:
+    # build_key joins normalized parts, so prefix + ":" + suffix == build_key(all parts).
+    return prefix + SEPARATOR + build_key(policy.key_name, pk, action)
+
+
+def computed(policy: ObjectPolicy, user_id: Any, pks: Sequence[Any], action: str) -> dict[Any, bool]:
+    """Decisions straight from the database, cached nowhere (one query)."""
+    roles = policy.roles_of(user_id, pks)
+    return {pk: policy.allows(roles[pk], action) for pk in pks}
+
+
+def cached(cache: Any, prefix: str, policy: ObjectPolicy, user_id: Any, pks: Sequence[Any], action: str) -> dict[Any, bool]:
+    """Decisions from the cache; the misses from one query, then cached for every action."""
+    if len(pks) == 1:
+        pk = pks[0]
+        value = cache.get(decision_key(prefix, policy, pk, action))
+        if value is not None:
+            return {pk: value}
+        return _fill(cache, prefix, policy, user_id, pks, action)
+    keys = {pk: decision_key(prefix, policy, pk, action) for pk in pks}
+    found = cache.get_many(keys.values())
+    result = {pk: found[key] for pk, key in keys.items() if key in found}
+    missing = [pk for pk in pks if pk not in result]
+    if missing:
+        result.update(_fill(cache, prefix, policy, user_id, missing, action))
+    return result
+
+
+def _fill(cache: Any, prefix: str, policy: ObjectPolicy, user_id: Any, pks: Sequence[Any], action: str) -> dict[Any, bool]:
+    roles = policy.roles_of(user_id, pks)
+    entries = {
+        decision_key(prefix, policy, pk, each): policy.allows(role, each)
+        for pk, role in roles.items()
+        for each in policy.actions
+    }
+    cache.set_many(entries, timeout=ttl_for(next(iter(entries))))
+    return {pk: policy.allows(roles[pk], action) for pk in pks}
+
+
+def pks_of(objs: Iterable[Any]) -> list[Any]:
+    return [obj.pk for obj in objs]
