@@ -48,7 +48,14 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "velro_cache.authz.middleware.AuthorizationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    # user.has_perm("studio.change_generation", generation) from the cached decisions.
+    "velro_cache.authz.backends.CachedPermissionBackend",
 ]
 
 TEMPLATES = [

@@ -43,8 +43,15 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "velro_cache.authz.middleware.AuthorizationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    # user.has_perm("studio.change_generation", generation) from the cached decisions.
+    "velro_cache.authz.backends.CachedPermissionBackend",
 ]
 
 ROOT_URLCONF = "example_project.urls"

@@ -11,3 +11,4 @@ class StudioConfig(AppConfig):
     def ready(self) -> None:
         from . import cache  # noqa: F401  (declares which model changes retire which cached data)
         from . import materialized  # noqa: F401  (declares which writes refresh which view)
+        from . import permissions  # noqa: F401  (declares who may do what: velro_cache.authz)

@@ -15,9 +15,10 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
+from velro_cache.authz import ObjectRef
+
 from .auth import token_required
 from .models import Generation
-from .permissions import can
 from .reads import (
     generation_meta,
     generation_metas,
@@ -41,15 +42,11 @@ EDITABLE_FIELDS = {"prompt", "status"}
 MAX_PROMPT_LENGTH = 4000
 
 
-class _GenerationRef:
-    """What authorization needs from a generation, built from its cached fields."""
-
-    __slots__ = ("pk", "owner_id", "team_id")
-
-    def __init__(self, meta: dict[str, Any]) -> None:
-        self.pk = meta["id"]
-        self.owner_id = meta["owner_id"]
-        self.team_id = meta["team_id"]
+def _ref(meta: dict[str, Any]) -> ObjectRef:
+    """A generation for authorization: only its id. Roles are read from the database
+    on a miss, never from the cached copy, which another process may not have
+    dropped yet after an ownership or team change."""
+    return ObjectRef(Generation, meta["id"])
 
 
 def error(status: int, code: str, detail: str, **extra: Any) -> JsonResponse:
@@ -77,7 +74,7 @@ def generation_detail(request: HttpRequest, generation_id: int) -> JsonResponse:
     meta = generation_meta(generation_id)
     if meta is None:
         return not_found(generation_id)
-    if not can(request.user, _GenerationRef(meta), "read"):
+    if not request.authz.can("read", _ref(meta)):
         return forbidden("read")
     return JsonResponse(pick(meta, READ_FIELDS))
 
@@ -88,7 +85,7 @@ def generation_media(request: HttpRequest, generation_id: int) -> JsonResponse:
     meta = generation_meta(generation_id)
     if meta is None:
         return not_found(generation_id)
-    if not can(request.user, _GenerationRef(meta), "media"):
+    if not request.authz.can("media", _ref(meta)):
         return forbidden("media")
     payload = pick(meta, MEDIA_FIELDS)
     payload["expires_in"] = system_config("media.url_ttl_seconds", DEFAULT_MEDIA_URL_TTL)
@@ -120,7 +117,7 @@ def _update_generation(request: HttpRequest, generation_id: int) -> JsonResponse
     generation = Generation.objects.filter(pk=generation_id).first()
     if generation is None:
         return not_found(generation_id)
-    if not can(request.user, generation, "write"):
+    if not request.authz.can("write", generation):
         return forbidden("write")
     changes = _parse_changes(request)
     if isinstance(changes, JsonResponse):
@@ -152,12 +149,13 @@ def generation_batch(request: HttpRequest) -> JsonResponse:
     if isinstance(ids, JsonResponse):
         return ids
     metas = generation_metas(ids)
+    allowed = request.authz.can_many("read", [_ref(meta) for meta in metas.values() if meta is not None])
     results, denied, missing = [], [], []
     for pk in ids:
         meta = metas.get(pk)
         if meta is None:
             missing.append(pk)
-        elif can(request.user, _GenerationRef(meta), "read"):
+        elif allowed[pk]:
             results.append(pick(meta, READ_FIELDS))
         else:
             denied.append(pk)
