@@ -1,0 +1,250 @@
+"""No stale allow across worker processes: the example API under gunicorn, revoked many times at random.
+
+Three sync gunicorn workers serve the example project against this session's
+test database and a Redis database of this test's own. Each trial warms a
+user's allow in several workers' L1 (concurrent requests spread over the
+workers), commits a revoke from this process (a randomly chosen path, after a
+random pause), and sends the very next requests to whichever workers take
+them: every one must be denied (403, or 401 when the token's user is gone).
+Which worker served what comes from gunicorn's access log (``%(p)s`` is the
+worker pid), so the test can show the allows and denies really spanned
+processes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.contrib.auth.models import User
+from django.db import connection
+
+from studio.models import ApiToken, Generation, Role, Team, TeamMembership
+from tests.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = 3
+REDIS_DB = 7  # this module's own
+TRIALS = int(os.environ.get("VELRO_AUTHZ_TRIALS", "120"))
+TIME_BUDGET = 60.0
+DENIED = {401, 403}
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
+
+
+def example_env(port: int) -> dict[str, str]:
+    db = django_settings.DATABASES["default"]
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+        "DJANGO_DEBUG": "0",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def example_cache_prefix() -> str:
+    """The KEY_PREFIX the example settings derive from the database (so our bumps reach the workers)."""
+    import hashlib
+
+    db = django_settings.DATABASES["default"]
+    identity = "|".join(str(v) for v in ("django.db.backends.postgresql", db["HOST"], db["PORT"], db["NAME"]))
+    return f"velro-example:{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+
+
+@pytest.fixture
+def server(settings, tmp_path):
+    """Gunicorn on a free loopback port; this process's cache is made the workers' cache."""
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": f"redis://127.0.0.1:6379/{REDIS_DB}", "KEY_PREFIX": example_cache_prefix()},
+    }
+    port = free_port()
+    log = tmp_path / "access.log"
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("gunicorn")), "example_project.wsgi:application",
+            "--chdir", str(ROOT / "example_project"), "--workers", str(WORKERS), "--worker-class", "sync",
+            "--bind", f"127.0.0.1:{port}", "--access-logfile", str(log), "--access-logformat", "%(p)s %(m)s %(U)s %(s)s",
+            "--timeout", "60",
+        ],
+        env=example_env(port), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gunicorn.err", "w"),  # noqa: SIM115
+    )
+    try:
+        _wait_until_serving(port, process)
+        yield port, log
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        connection.close()
+        from django.core.cache import caches
+
+        caches["default"].clear()
+
+
+def _wait_until_serving(port: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode}")
+        try:
+            if request(port, "GET", "/api/me/", None)[0] == 401:
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("gunicorn did not start")
+
+
+def request(port: int, method: str, path: str, key: str | None, body: dict | None = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body)
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=payload, headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        conn.close()
+
+
+# -- the revoke paths: each returns (user, generation, action) set up and allowed, and a revoke ---------
+
+
+def _setup(role: str = Role.VIEWER, superuser: bool = False):
+    team = Team.objects.create(name="t", slug=f"t-{random.getrandbits(48):x}")
+    owner = User.objects.create(username=f"o-{random.getrandbits(48):x}")
+    user = User.objects.create(username=f"u-{random.getrandbits(48):x}", is_superuser=superuser)
+    generation = Generation.objects.create(owner=owner, team=team, prompt="p", model_name="m", status="succeeded")
+    if not superuser:
+        TeamMembership.objects.create(team=team, user=user, role=role)
+    return team, owner, user, generation
+
+
+def membership_removed():
+    _, _, user, gen = _setup()
+    return user, gen, "read", lambda: TeamMembership.objects.get(user=user).delete()
+
+
+def role_lowered():
+    _, _, user, gen = _setup(Role.EDITOR)
+
+    def revoke():
+        membership = TeamMembership.objects.get(user=user)
+        membership.role = Role.VIEWER
+        membership.save()
+
+    return user, gen, "write", revoke
+
+
+def ownership_transferred():
+    _, owner, _, gen = _setup()
+
+    def revoke():
+        gen.owner = User.objects.create(username=f"n-{random.getrandbits(48):x}")
+        gen.save()
+
+    return owner, gen, "read", revoke
+
+
+def team_changed():
+    _, _, user, gen = _setup()
+
+    def revoke():
+        gen.team = Team.objects.create(name="other", slug=f"o-{random.getrandbits(48):x}")
+        gen.save()
+
+    return user, gen, "media", revoke
+
+
+def user_deactivated():
+    _, _, user, gen = _setup()
+
+    def revoke():
+        user.is_active = False
+        user.save()
+
+    return user, gen, "read", revoke
+
+
+def superuser_dropped():
+    _, _, user, gen = _setup(superuser=True)
+
+    def revoke():
+        user.is_superuser = False
+        user.save()
+
+    return user, gen, "read", revoke
+
+
+PATHS = [membership_removed, role_lowered, ownership_transferred, team_changed, user_deactivated, superuser_dropped]
+
+
+def check(port: int, key: str, gen_id: int, action: str) -> int:
+    path = f"/api/generations/{gen_id}/"
+    if action == "write":
+        return request(port, "PATCH", path, key, {"prompt": f"edit {random.random()}"})[0]
+    if action == "media":
+        return request(port, "GET", path + "media/", key)[0]
+    if random.random() < 0.3:
+        status, body = request(port, "GET", f"/api/generations/?ids={gen_id}", key)
+        return 200 if body.get("results") else 403 if status == 200 else status
+    return request(port, "GET", path, key)[0]
+
+
+def pids_by_status(log: Path) -> dict[int, set[str]]:
+    seen: dict[int, set[str]] = {}
+    for line in log.read_text().splitlines():
+        pid, _method, path, status = line.split()
+        if path.startswith("/api/generations/"):
+            seen.setdefault(int(status), set()).add(pid)
+    return seen
+
+
+def test_no_stale_allow_after_a_revoke_in_any_worker(server):
+    port, log = server
+    rng = random.Random(os.environ.get("VELRO_AUTHZ_SEED") or None)
+    stale, trials, denials = [], 0, 0
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=2 * WORKERS) as pool:
+        while trials < TRIALS and time.monotonic() - started < TIME_BUDGET:
+            path = rng.choice(PATHS)
+            user, gen, action, revoke = path()
+            key = ApiToken.objects.create(user=user).key
+            warm = list(pool.map(lambda _: check(port, key, gen.pk, action), range(2 * WORKERS)))
+            assert set(warm) == {200}, (path.__name__, warm)
+            if rng.random() < 0.5:
+                time.sleep(rng.random() * 0.005)
+            revoke()  # committed (autocommit), its bump applied on commit
+            after = [check(port, key, gen.pk, action)]
+            after += list(pool.map(lambda _: check(port, key, gen.pk, action), range(rng.randint(1, WORKERS))))
+            for status in after:
+                if status == 200:
+                    stale.append((path.__name__, gen.pk, after))
+                else:
+                    assert status in DENIED, (path.__name__, status)
+                    denials += 1
+            trials += 1
+    time.sleep(0.2)  # the access log is flushed per line; let the last lines land
+    served = pids_by_status(log)
+    print(f"{trials} trials, {denials} denials, stale allows: {len(stale)}, in {time.monotonic() - started:.1f} s; workers {served}")
+    assert stale == []
+    assert trials >= min(TRIALS, 100)
+    assert len(served.get(200, set())) >= 2 and len(served.get(403, set()) | served.get(401, set())) >= 2
