@@ -15,6 +15,11 @@ channel is lost or the epoch changes, the process drops its whole L1 and keeps
 it off until the subscription is back and confirmed; only then is L1 filled
 again. Redis 7.0 on our machines has no RESP3 client tracking in redis-py,
 which would need 7.4+.
+
+On a Redis Cluster a PUBLISH on any node reaches the subscribers of every
+node, so the listener subscribes through one node (the first startup node that
+answers) and moves to the next when that one fails; the epoch key lives in one
+slot, read through a cluster client, so every process reads the same one.
 """
 
 from __future__ import annotations
@@ -25,13 +30,23 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgpack
 import redis
 
+from .cluster import build_cluster_client, node_url
+
 logger = logging.getLogger("velro_cache.coherence")
 
 DROP, CLEAR = "d", "c"
+# Heartbeats without a PONG before the channel counts as lost. Generous on
+# purpose: under CPU load this thread can wait long for the GIL while the
+# messages still queue, in order, on its socket - nothing is lost, and turning
+# L1 off then would hurt exactly when the server is busiest. A dead or paused
+# Redis is noticed sooner anyway: socket errors end the session at once, and
+# the breaker's short socket timeouts open it on the request path.
+PONG_GRACE = 10
 EPOCH_KEY = "velro_cache:epoch"
 
 
@@ -43,6 +58,58 @@ def channel_for(url: str) -> str:
 
 def new_origin() -> str:
     return f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+class SingleRedis:
+    """Where a listener on one Redis subscribes and reads the epoch: that Redis."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.node = url
+
+    def connect(self, timeout: float) -> tuple[redis.Redis, redis.Redis]:
+        client = redis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0)
+        return client, client
+
+    def failed(self) -> None:
+        """Nowhere else to go: retry the same Redis."""
+
+
+class ClusterNodes:
+    """A listener on a Redis Cluster: subscribe through one node, read the epoch through the cluster.
+
+    Starts with the first startup node (so the order of LOCATION decides) and
+    moves to the next after a failed session, including the nodes the cluster
+    reported, so a single startup URL does not tie the listener to one node.
+    """
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.startup = list(urls)
+        self.candidates = list(urls)
+        self._index = 0
+
+    @property
+    def node(self) -> str:
+        return self.candidates[self._index % len(self.candidates)]
+
+    def connect(self, timeout: float) -> tuple[redis.Redis, Any]:
+        data = build_cluster_client(self.startup, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            self._learn(data)
+            subscriber = redis.Redis.from_url(self.node, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0)
+        except Exception:
+            data.close()
+            raise
+        return subscriber, data
+
+    def _learn(self, data: Any) -> None:
+        for node in data.get_nodes():
+            url = node_url(self.startup[0], node.host, node.port)
+            if url not in self.candidates:
+                self.candidates.append(url)
+
+    def failed(self) -> None:
+        self._index = (self._index + 1) % len(self.candidates)
 
 
 def drop_message(origin: str, keys: Sequence[str]) -> bytes:
@@ -66,8 +133,10 @@ class CoherenceListener:
         on_ready: Callable[[], None],
         on_tick: Callable[[], None] = lambda: None,
         heartbeat: float = 0.5,
+        endpoints: SingleRedis | ClusterNodes | None = None,
     ) -> None:
         self.url = url
+        self.endpoints = endpoints or SingleRedis(url)
         self.channel = channel_for(url)
         self.origin = origin
         self.heartbeat = heartbeat
@@ -109,28 +178,27 @@ class CoherenceListener:
                 backoff = 0.05
             except Exception as exc:  # any failure means the channel may have missed messages
                 self._lose(f"{type(exc).__name__}: {exc}")
+                self.endpoints.failed()
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 0.5)
 
     def _session(self) -> None:
-        client = redis.Redis.from_url(
-            self.url, socket_timeout=self.heartbeat * 2, socket_connect_timeout=self.heartbeat * 2, health_check_interval=0
-        )
+        client, data = self.endpoints.connect(self.heartbeat * 2)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self.channel)
             self._confirm(pubsub)
-            self._epoch = self._read_epoch(client)
+            self._epoch = self._read_epoch(data)
             self.connected = True
             self._become_ready()
-            self._listen(pubsub, client)
+            self._listen(pubsub, data)
         finally:
             self.connected = False
-            try:
-                pubsub.close()
-                client.close()
-            except Exception:  # closing a broken connection may fail; nothing to do
-                pass
+            for closable in (pubsub, client, data):
+                try:
+                    closable.close()
+                except Exception:  # closing a broken connection may fail; nothing to do
+                    pass
 
     def _confirm(self, pubsub: redis.client.PubSub) -> None:
         """Wait for a PONG: Redis answers in order, so the subscription is live."""
@@ -144,7 +212,7 @@ class CoherenceListener:
                 self._apply(message)
         raise TimeoutError("no answer to the subscription's first PING")
 
-    def _listen(self, pubsub: redis.client.PubSub, client: redis.Redis) -> None:
+    def _listen(self, pubsub: redis.client.PubSub, client: Any) -> None:
         last_pong = last_ping = time.monotonic()
         while not self._stop.is_set():
             message = pubsub.get_message(timeout=self.heartbeat / 2)
@@ -159,14 +227,14 @@ class CoherenceListener:
                 last_ping = now
                 self._check_epoch(client)
                 self._on_tick()
-            if now - last_pong > self.heartbeat * 3:
+            if now - last_pong > self.heartbeat * PONG_GRACE:
                 raise TimeoutError("missed heartbeats")
 
-    def _read_epoch(self, client: redis.Redis) -> bytes:
+    def _read_epoch(self, client: Any) -> bytes:
         client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
         return client.get(EPOCH_KEY)
 
-    def _check_epoch(self, client: redis.Redis) -> None:
+    def _check_epoch(self, client: Any) -> None:
         """A flushed or emptied Redis loses the epoch key: drop L1, adopt a new epoch."""
         current = client.get(EPOCH_KEY)
         if current != self._epoch:

@@ -81,12 +81,21 @@ def _plan(value: Any, budget: list[int]) -> tuple[Reader, int]:
 def _plan_dict(value: dict, budget: list[int]) -> tuple[Reader, int]:
     size = sys.getsizeof(value)
     nested: list[tuple[Any, Callable[[Any], Any]]] = []
+    getsizeof, leaves = sys.getsizeof, IMMUTABLE_LEAVES
     for key, item in value.items():
-        key_reader, key_size = _plan(key, budget)
-        if key_reader is not None:
-            raise NotPlannable("mutable dict key")
+        # Leaves are checked inline: a call per key and per scalar was most of the cost.
+        if type(key) in leaves:
+            size += getsizeof(key)
+        else:
+            key_reader, key_size = _plan(key, budget)
+            if key_reader is not None:
+                raise NotPlannable("mutable dict key")
+            size += key_size
+        if type(item) in leaves:
+            size += getsizeof(item)
+            continue
         reader, item_size = _plan(item, budget)
-        size += key_size + item_size
+        size += item_size
         if reader is not None:
             nested.append((key, reader))
     if not nested:
@@ -104,8 +113,13 @@ def _plan_dict(value: dict, budget: list[int]) -> tuple[Reader, int]:
 def _plan_items(value: list | tuple, budget: list[int]) -> tuple[list[Reader], int]:
     """Readers of a sequence's items and the sequence's size."""
     size = sys.getsizeof(value)
-    readers = []
+    readers: list[Reader] = []
+    getsizeof, leaves = sys.getsizeof, IMMUTABLE_LEAVES
     for item in value:
+        if type(item) in leaves:
+            size += getsizeof(item)
+            readers.append(None)
+            continue
         reader, item_size = _plan(item, budget)
         size += item_size
         readers.append(reader)

@@ -5,7 +5,7 @@ per call: MGET for ``get_many``, and one non-transactional pipeline for every
 write, which carries the write itself, the retirement of the key's fill lease
 and the coherence message telling other processes to drop their L1 copies.
 
-Fill leases make read-through race-free: a loader takes ``lease:<key>`` before
+Fill leases make read-through race-free: a loader takes ``lease_key(key)`` before
 reading the database and may store its result only while it still holds it;
 every write or delete of the key removes the lease, so a value computed from
 data read before that write is never stored after it.
@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import redis
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
+from redis.crc import key_slot
 
 from ..options import TieredOptions
 
@@ -107,7 +110,39 @@ def ttl_ms(seconds: float | None) -> int | None:
 
 
 def lease_key(full: str) -> str:
-    return LEASE_PREFIX + full
+    """The fill lease of a key, always in the key's own cluster hash slot.
+
+    ``_STORE_IF_LEASED`` touches the value and its lease in one script, which
+    Redis Cluster allows only within one slot. A key with a hash tag keeps it
+    (the prefix has no braces); any other key is hashed whole, so the lease
+    wraps it in braces to hash exactly the same text. One rule for a single
+    Redis too, so a deployment can move to a cluster without a second naming.
+    (``x`` and ``{x}`` share a lease: harmless, a lease is checked by its
+    token, so the worst case is a fill not stored.)
+    """
+    start = full.find("{")
+    if start >= 0 and full.find("}", start + 1) > start + 1:
+        return LEASE_PREFIX + full
+    if full and "}" not in full:
+        return LEASE_PREFIX + "{" + full + "}"
+    # A "}" would end the wrapping tag early (and "{}" hashes whole): tag with
+    # other text of the same slot.
+    return LEASE_PREFIX + "{" + _slot_tag(key_slot(full.encode())) + "}" + full
+
+
+_slot_tags: dict[int, str] = {}
+
+
+def _slot_tag(slot: int) -> str:
+    """A short text hashing to ``slot``; the table is built on first need (about 50 ms)."""
+    if not _slot_tags:
+        table: dict[int, str] = {}
+        number = 0
+        while len(table) < SLOTS:
+            table.setdefault(key_slot(str(number).encode()), str(number))
+            number += 1
+        _slot_tags.update(table)
+    return _slot_tags[slot]
 
 
 class RedisTier:
@@ -117,11 +152,14 @@ class RedisTier:
         self.url = url
         self.channel = channel
         self.client = redis.Redis(connection_pool=shared_pool(url, options))
-        self._touch = self.client.register_script(_TOUCH)
-        self._incr = self.client.register_script(_INCR_EXISTING)
-        self._delete_if_equal = self.client.register_script(_DELETE_IF_EQUAL)
-        self._store_if_leased = self.client.register_script(_STORE_IF_LEASED)
-        self._release_lease = self.client.register_script(_RELEASE_LEASE)
+        self._register_scripts(self.client.register_script)
+
+    def _register_scripts(self, register: Callable[[str], Any]) -> None:
+        self._touch = register(_TOUCH)
+        self._incr = register(_INCR_EXISTING)
+        self._delete_if_equal = register(_DELETE_IF_EQUAL)
+        self._store_if_leased = register(_STORE_IF_LEASED)
+        self._release_lease = register(_RELEASE_LEASE)
 
     # -- reads --------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
@@ -137,9 +175,11 @@ class RedisTier:
     def set_many(self, items: Iterable[tuple[str, bytes | int]], seconds: float | None, message: bytes) -> None:
         px = ttl_ms(seconds)
         pipe = self.client.pipeline(transaction=False)
+        keys = []
         for key, data in items:
             pipe.set(key, data, px=px)
-            pipe.delete(lease_key(key))
+            keys.append(lease_key(key))
+        pipe.delete(*keys)
         pipe.publish(self.channel, message)
         pipe.execute()
 
