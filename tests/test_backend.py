@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
 import decimal
 import enum
@@ -21,6 +22,20 @@ from tests.test_coherence import eventually
 from velro_cache.serializers import UnserializableValue
 
 pytestmark = pytest.mark.django_db(databases=[])
+
+
+@dataclasses.dataclass
+class Record:
+    """A plain dataclass: L1 copies it instead of unpickling it on every hit."""
+
+    id: int
+    tags: list
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenRecord:
+    id: int
+    name: str
 
 
 class Color(enum.IntEnum):
@@ -66,6 +81,8 @@ ROUND_TRIP_VALUES = {
     "intenum": Color.RED,
     "ordereddict": collections.OrderedDict([("b", 1), ("a", 2)]),
     "object": Point(1, 2),
+    "dataclass": Record(1, ["a"]),
+    "frozen-dataclass": FrozenRecord(2, "x"),
     "large-text": "lorem ipsum " * 2000,
     "large-records": [{"id": i, "url": f"https://cdn.example.com/{i}.png"} for i in range(300)],
 }
@@ -88,12 +105,18 @@ def test_every_storable_type_round_trips_with_its_type(cache, make_cache, name):
 
 @pytest.mark.parametrize(
     "make_value",
-    [lambda: {"a": [1, 2]}, lambda: [{"id": 1}], lambda: {"s": {1, 2}}, lambda: Point(1, 2)],
-    ids=["dict", "list", "set", "object"],
+    [lambda: {"a": [1, 2]}, lambda: [{"id": 1}], lambda: {"s": {1, 2}}, lambda: Point(1, 2), lambda: Record(1, ["a"])],
+    ids=["dict", "list", "set", "object", "dataclass"],
 )
 def test_values_are_copies_nobody_else_holds(cache, make_value):
     value = make_value()
     cache.set("k", value)
+    if isinstance(value, Record):
+        value.tags.append("changed after set")
+        got = cache.get("k")
+        got.tags.append("changed by a caller")
+        assert cache.get("k") == Record(1, ["a"])
+        return
     if isinstance(value, Point):
         value.x = 99  # mutating the original after set
         got = cache.get("k")

@@ -11,7 +11,10 @@ still fully independent:
   (0.04 us for a small dict against 0.2 us for a msgpack decode);
 * nested containers get a copier composed of those, copying only the mutable
   nodes;
-* anything else (custom classes, huge or deep trees) is held serialized and
+* a plain dataclass (no custom copy or pickle hooks, no slots) is copied as
+  ``copy.copy`` would, with its ``__dict__`` planned like a dict; a frozen one
+  of immutable fields needs no copy;
+* anything else (other classes, huge or deep trees) is held serialized and
   decoded on every hit, exactly like LocMemCache.
 
 A plan is a *reader*: ``None`` (use the object itself) or a callable that
@@ -75,7 +78,36 @@ def _plan(value: Any, budget: list[int]) -> tuple[Reader, int]:
                 raise NotPlannable("set of mutable members")
             size += member_size
         return (set.copy if kind is set else None), size
+    if _is_plain_dataclass(kind):
+        return _plan_dataclass(value, kind, budget)
     raise NotPlannable(kind.__name__)
+
+
+# Classes that say how they copy or pickle themselves keep that behaviour: they
+# are held serialized instead.
+_CUSTOM_COPY_HOOKS = ("__reduce__", "__reduce_ex__", "__getstate__", "__setstate__", "__copy__", "__deepcopy__", "__slots__")
+
+
+def _is_plain_dataclass(kind: type) -> bool:
+    if "__dataclass_fields__" not in kind.__dict__:
+        return False
+    return not any(hook in klass.__dict__ for klass in kind.__mro__[:-1] for hook in _CUSTOM_COPY_HOOKS)
+
+
+def _plan_dataclass(value: Any, kind: type, budget: list[int]) -> tuple[Reader, int]:
+    """A dataclass instance: a fresh instance over a copied ``__dict__``, as copy.copy makes."""
+    reader, size = _plan_dict(value.__dict__, budget)
+    size += sys.getsizeof(value)
+    frozen = kind.__dataclass_params__.frozen
+    if reader is dict.copy and frozen:
+        return None, size  # immutable all the way down
+
+    def copy_instance(source: Any) -> Any:
+        clone = object.__new__(kind)
+        object.__setattr__(clone, "__dict__", reader(source.__dict__))
+        return clone
+
+    return copy_instance, size
 
 
 def _plan_dict(value: dict, budget: list[int]) -> tuple[Reader, int]:
