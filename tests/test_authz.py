@@ -398,3 +398,23 @@ def test_roles_are_part_of_the_versioned_state(generation, team):
     TeamMembership.objects.filter(user=viewer).update(role=Role.EDITOR)
     TeamMembership.objects.get(user=viewer).save()
     assert versions.read_tokens(caches["default"], viewer.pk) != before
+
+
+# -- system checks ------------------------------------------------------------------------
+
+
+def test_checks_report_bad_settings_and_declarations():
+    from velro_cache.checks import AUTHZ_MIDDLEWARE, authz_setting_problems
+
+    assert [m.id for m in authz_setting_problems({"AUTHZ_CACHE": "yes"}, {}, [])] == ["velro_cache.E040"]
+    dummy = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
+    assert [m.id for m in authz_setting_problems({}, dummy, [AUTHZ_MIDDLEWARE])] == ["velro_cache.W040"]
+    assert authz_setting_problems({}, dummy, []) == []
+
+    class Broken(ObjectPolicy):
+        owner = "nobody"
+        sources = (authz.RoleSource(TeamMembership, match="squad"),)
+
+    problems = Broken(Generation).problems()
+    assert len(problems) == 2 and "'nobody'" in problems[0] and "'squad'" in problems[1]
+    assert authz.registry.for_model(Generation).problems() == []

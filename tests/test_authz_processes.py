@@ -13,6 +13,7 @@ processes.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -28,8 +29,8 @@ import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.db import connection
-
 from studio.models import ApiToken, Generation, Role, Team, TeamMembership
+
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,13 +229,14 @@ def test_no_stale_allow_after_a_revoke_in_any_worker(server):
             path = rng.choice(PATHS)
             user, gen, action, revoke = path()
             key = ApiToken.objects.create(user=user).key
-            warm = list(pool.map(lambda _: check(port, key, gen.pk, action), range(2 * WORKERS)))
+            probe = functools.partial(check, port, key, gen.pk)
+            warm = list(pool.map(probe, [action] * 2 * WORKERS))
             assert set(warm) == {200}, (path.__name__, warm)
             if rng.random() < 0.5:
                 time.sleep(rng.random() * 0.005)
             revoke()  # committed (autocommit), its bump applied on commit
             after = [check(port, key, gen.pk, action)]
-            after += list(pool.map(lambda _: check(port, key, gen.pk, action), range(rng.randint(1, WORKERS))))
+            after += list(pool.map(probe, [action] * rng.randint(1, WORKERS)))
             for status in after:
                 if status == 200:
                     stale.append((path.__name__, gen.pk, after))

@@ -16,6 +16,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
 from velro_cache.authz import ObjectRef
+from velro_cache.authz.middleware import RequestAuthorization
 
 from .auth import token_required
 from .models import Generation
@@ -40,6 +41,14 @@ MEDIA_FIELDS = (
 )
 EDITABLE_FIELDS = {"prompt", "status"}
 MAX_PROMPT_LENGTH = 4000
+
+
+def authz(request: HttpRequest) -> RequestAuthorization:
+    """``request.authz`` from AuthorizationMiddleware; built here when a configuration
+    (a benchmark's minimal settings) runs the views without it."""
+    if not hasattr(request, "authz"):
+        request.authz = RequestAuthorization(request)
+    return request.authz
 
 
 def _ref(meta: dict[str, Any]) -> ObjectRef:
@@ -74,7 +83,7 @@ def generation_detail(request: HttpRequest, generation_id: int) -> JsonResponse:
     meta = generation_meta(generation_id)
     if meta is None:
         return not_found(generation_id)
-    if not request.authz.can("read", _ref(meta)):
+    if not authz(request).can("read", _ref(meta)):
         return forbidden("read")
     return JsonResponse(pick(meta, READ_FIELDS))
 
@@ -85,7 +94,7 @@ def generation_media(request: HttpRequest, generation_id: int) -> JsonResponse:
     meta = generation_meta(generation_id)
     if meta is None:
         return not_found(generation_id)
-    if not request.authz.can("media", _ref(meta)):
+    if not authz(request).can("media", _ref(meta)):
         return forbidden("media")
     payload = pick(meta, MEDIA_FIELDS)
     payload["expires_in"] = system_config("media.url_ttl_seconds", DEFAULT_MEDIA_URL_TTL)
@@ -117,7 +126,7 @@ def _update_generation(request: HttpRequest, generation_id: int) -> JsonResponse
     generation = Generation.objects.filter(pk=generation_id).first()
     if generation is None:
         return not_found(generation_id)
-    if not request.authz.can("write", generation):
+    if not authz(request).can("write", generation):
         return forbidden("write")
     changes = _parse_changes(request)
     if isinstance(changes, JsonResponse):
@@ -149,7 +158,7 @@ def generation_batch(request: HttpRequest) -> JsonResponse:
     if isinstance(ids, JsonResponse):
         return ids
     metas = generation_metas(ids)
-    allowed = request.authz.can_many("read", [_ref(meta) for meta in metas.values() if meta is not None])
+    allowed = authz(request).can_many("read", [_ref(meta) for meta in metas.values() if meta is not None])
     results, denied, missing = [], [], []
     for pk in ids:
         meta = metas.get(pk)
