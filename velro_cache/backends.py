@@ -54,7 +54,17 @@ ENTRY_OVERHEAD = 160
 _L1_SAMPLE_MASK = L1_SAMPLE - 1
 
 # Failures that mean "Redis is unreachable or too slow": they open the breaker.
-OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+# A Redis Cluster adds two: ClusterError (CLUSTERDOWN, MASTERDOWN: slots
+# without a live owner; a ResponseError, so it would otherwise not count) and
+# RedisClusterException (no node reachable, slot not covered), which is not
+# even a RedisError and would otherwise reach the caller.
+OUTAGE_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OSError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.RedisClusterException,
+)
 
 
 def _signing_key(options: TieredOptions) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 MIB = 1024 * 1024
 DEFAULT_L1_MAX_BYTES = 300 * MIB
@@ -29,6 +29,7 @@ TOP_KEYS = {
     "LEASE_TIMEOUT",
     "LEASE_WAIT",
     "EARLY_REFRESH_BETA",
+    "CLUSTER",
 }
 
 
@@ -47,6 +48,7 @@ class TieredOptions:
     """The validated options of one TieredCache; defaults are the documented ones."""
 
     redis_urls: tuple[str, ...] = ()
+    cluster: bool = False  # redis_urls are a Redis Cluster's startup nodes
     l1_max_bytes: int = DEFAULT_L1_MAX_BYTES
     l1_max_age: float | None = 300.0
     compress_min_bytes: int = 1024
@@ -89,6 +91,68 @@ def _split_location(location: Any) -> tuple[list[str], list[Problem]]:
     return urls, problems
 
 
+def _cluster_mode(urls: list, options: dict) -> tuple[bool, list[Problem]]:
+    """Several URLs, or OPTIONS["CLUSTER"] = True, mean a Redis Cluster."""
+    flag = options.get("CLUSTER")
+    problems: list[Problem] = []
+    if "CLUSTER" in options and not isinstance(flag, bool):
+        problems.append(Problem("velro_cache.E016", "error", f"OPTIONS['CLUSTER'] must be True or False, got {flag!r}."))
+        flag = None
+    if flag is False and len(urls) > 1:
+        problems.append(
+            Problem(
+                "velro_cache.E019",
+                "error",
+                f"LOCATION lists {len(urls)} Redis URLs but OPTIONS['CLUSTER'] is False.",
+                hint="Several URLs are the startup nodes of a Redis Cluster; for a single Redis give one URL.",
+            )
+        )
+    cluster = flag is True or (flag is None and len(urls) > 1)
+    if cluster:
+        problems.extend(_cluster_url_problems([u for u in urls if isinstance(u, str) and urlsplit(u).scheme in REDIS_SCHEMES]))
+    return cluster, problems
+
+
+def _cluster_url_problems(urls: list[str]) -> list[Problem]:
+    """What RedisCluster cannot use: sockets, databases other than 0, nodes reached differently."""
+    problems = []
+    by_host = []
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            problems.append(Problem("velro_cache.E018", "error", f"Cluster LOCATION entry {url!r} is a unix socket; Redis Cluster nodes are reached by host and port."))
+            continue
+        by_host.append(parts)
+        db = _database_of(parts)
+        if db != "0":
+            problems.append(
+                Problem(
+                    "velro_cache.E017",
+                    "error",
+                    f"Cluster LOCATION entry {url!r} selects database {db}; a Redis Cluster has only database 0.",
+                    hint="Leave the database out of the URL or use /0; separate caches with KEY_PREFIX.",
+                )
+            )
+    if len({(parts.scheme, parts.username, parts.password) for parts in by_host}) > 1:
+        problems.append(
+            Problem(
+                "velro_cache.E018",
+                "error",
+                "Cluster LOCATION entries differ in scheme or credentials; one client reaches every node with the same settings.",
+            )
+        )
+    return problems
+
+
+def _database_of(parts: Any) -> str:
+    """The database a redis:// URL selects, as text ("0" when none), from its path or ?db=."""
+    db = parts.path.strip("/") or "0"
+    for name, value in parse_qsl(parts.query):
+        if name == "db":
+            db = value or "0"
+    return db
+
+
 def _positive_number(value: Any, name: str, error_id: str, *, integer: bool, allow_none: bool = False) -> Problem | None:
     if value is None and allow_none:
         return None
@@ -105,6 +169,8 @@ def parse_options(location: Any, options: dict | None) -> TieredOptions:
     options = dict(options or {})
     urls, problems = _split_location(location)
     values: dict[str, Any] = {"redis_urls": tuple(u for u in urls if isinstance(u, str))}
+    values["cluster"], cluster_problems = _cluster_mode(urls, options)
+    problems.extend(cluster_problems)
 
     l1 = options.get("L1", {})
     if not isinstance(l1, dict):

@@ -31,7 +31,8 @@ from contextlib import contextmanager
 from ..options import TieredOptions
 from ..stats import CacheStats, _read
 from .breaker import CLOSED, OPEN, CircuitBreaker
-from .coherence import CoherenceListener, channel_for, clear_message, drop_message, new_origin
+from .cluster import ClusterRedisTier
+from .coherence import ClusterNodes, CoherenceListener, channel_for, clear_message, drop_message, new_origin
 from .memory import MemoryStore
 from .redis import RedisTier
 
@@ -153,7 +154,10 @@ class ProcessState:
         if not options.redis_urls:
             return
         url = options.redis_urls[0]
-        self.l2 = RedisTier(url, options, channel_for(url))
+        if options.cluster:  # chosen once here, so the single-Redis path carries no cluster checks
+            self.l2 = ClusterRedisTier(options.redis_urls, options, channel_for(url))
+        else:
+            self.l2 = RedisTier(url, options, channel_for(url))
         self.breaker.add_listener(self._on_breaker)
         self.listener = CoherenceListener(
             url,
@@ -162,6 +166,7 @@ class ProcessState:
             on_lost=self._on_channel_lost,
             on_ready=self._on_channel_ready,
             on_tick=self._on_heartbeat,
+            endpoints=ClusterNodes(options.redis_urls) if options.cluster else None,
         )
         self.listener.start()
         if wait_for_channel:
