@@ -118,3 +118,16 @@ def own_cache(settings):
 
 
 # --- end invalidation tests ---
+
+
+# --- Redis Cluster tests ---
+# The cluster starts on first use (test_django_contract needs its URLs at
+# import time); its nodes are killed by pid when pytest ends.
+from tests.redis_cluster import own_cluster, redis_cluster, stop_shared_cluster  # noqa: F401
+
+
+def pytest_unconfigure(config):
+    stop_shared_cluster()
+
+
+# --- end Redis Cluster tests ---

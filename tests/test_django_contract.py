@@ -1,5 +1,5 @@
 """Django's own cache test suite (``tests/cache/tests.py``, ``BaseCacheTests``)
-run against TieredCache in both modes.
+run against TieredCache in its three modes: L1 only, L1 + Redis, L1 + Redis Cluster.
 
 The suite comes from the source distribution of the installed Django version
 (``make django-suite``). Like Django's Redis and memcached backends, TieredCache
@@ -12,6 +12,7 @@ skips its three culling tests itself, exactly as it does for Redis.
 from django.conf import settings
 from django.test import TestCase, override_settings
 
+from tests.redis_cluster import cluster_urls
 from tests.settings import redis_url
 
 if not settings.HAVE_DJANGO_SUITE:  # pragma: no cover - a setup error, not a skip
@@ -34,3 +35,8 @@ class TieredCacheL1OnlyDjangoSuite(BaseCacheTests, TestCase):
 @override_settings(CACHES=caches_setting_for_tests(BACKEND=BACKEND, exclude=EXCLUDED, LOCATION=redis_url(11)))
 class TieredCacheL1L2DjangoSuite(BaseCacheTests, TestCase):
     """L1 + the real Redis (database 11)."""
+
+
+@override_settings(CACHES=caches_setting_for_tests(BACKEND=BACKEND, exclude=EXCLUDED, LOCATION=cluster_urls()))
+class TieredCacheClusterDjangoSuite(BaseCacheTests, TestCase):
+    """L1 + a real three-primary Redis Cluster (started when this module is collected)."""
