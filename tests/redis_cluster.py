@@ -81,6 +81,15 @@ class ClusterNode:
         finally:
             client.close()
 
+    def replica_in_sync(self) -> bool:
+        """True for a primary; for a replica, whether its link to the primary is up."""
+        client = self.client()
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        return info.get("role") != "slave" or info.get("master_link_status") == "up"
+
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -141,8 +150,12 @@ def _wait(probe, failure: str, seconds: float = 20, until_dead: subprocess.Popen
 class LocalCluster:
     """Three primaries, no replicas: every slot has exactly one owner, so killing one leaves slots uncovered."""
 
-    def __init__(self, workdir: Path | None = None, size: int = 3, *, full_coverage: bool = True) -> None:
-        """``full_coverage=False``: the surviving nodes keep serving their slots when one is lost."""
+    def __init__(self, workdir: Path | None = None, size: int = 3, *, replicas: int = 0, full_coverage: bool = True) -> None:
+        """``replicas``: per primary (``size`` counts them too), for failover.
+
+        ``full_coverage=False``: the surviving nodes keep serving their slots when one is lost.
+        """
+        self.replicas = replicas
         if shutil.which("redis-cli") is None:
             raise RuntimeError("redis-cli is not installed (it comes with redis-server; make test installs it)")
         self._owns_workdir = workdir is None
@@ -168,7 +181,7 @@ class LocalCluster:
                 node.start()
             addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
             created = subprocess.run(
-                ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 check=False,
                 capture_output=True,
                 text=True,
@@ -183,9 +196,13 @@ class LocalCluster:
         return self
 
     def wait_ok(self, seconds: float = 20) -> None:
-        """Every running node says cluster_state:ok (slots covered, nodes agree)."""
+        """Every running node says cluster_state:ok (slots covered, nodes agree), replicas in sync.
+
+        A replica that has not finished its first sync refuses to fail over,
+        so a failover test must not kill its primary before then.
+        """
         def all_ok() -> bool:
-            return all(node.cluster_state() == "ok" for node in self.running())
+            return all(node.cluster_state() == "ok" and node.replica_in_sync() for node in self.running())
 
         _wait(all_ok, "the Redis Cluster did not reach cluster_state:ok", seconds)
 

@@ -395,6 +395,46 @@ def test_a_killed_primary_raises_nothing_and_the_cache_recovers(own_cluster, on_
     assert b.stats()["l2"]["pending_invalidations"] == 0
 
 
+def test_a_failover_to_a_replica_heals_without_an_error(tmp_path, on_cluster):
+    from tests.redis_cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path, size=6, replicas=1).start()
+    try:
+        a, b = on_cluster(cluster.urls), on_cluster(rotated(cluster.urls, 3))
+        client = cluster.client()
+        keys = keys_on_every_primary(a, client, per_node=2)
+        a.set_many({key: "before" for key in keys}, 60)
+        victim = next(node for node in cluster.nodes if node.port == client.get_node_from_key(a.make_key(keys[0])).port)
+        client.close()
+        victim.kill()
+        survivor = next(node for node in cluster.nodes if node is not victim)
+
+        def traffic():  # any exception fails the test
+            for cache in (a, b):
+                cache.get_many(keys)
+                cache.set(keys[0], "during")
+
+        def promoted():
+            traffic()
+            view = redis.cluster.RedisCluster(host="127.0.0.1", port=survivor.port, require_full_coverage=False)
+            try:
+                return view.get_node_from_key(a.make_key(keys[0])).port != victim.port
+            finally:
+                view.close()
+
+        assert eventually(promoted, limit=20), "no replica took over"
+
+        def healed():
+            traffic()
+            return all(c.stats()["l2"]["breaker"]["state"] == "closed" and c.stats()["l1"]["enabled"] for c in (a, b))
+
+        assert eventually(healed, limit=15), "the caches did not return to L2 after the failover"
+        a.set_many({key: "after" for key in keys}, 60)
+        assert eventually(lambda: b.get_many(keys) == {key: "after" for key in keys})
+    finally:
+        cluster.stop()
+
+
 def test_a_write_that_fails_on_a_dead_node_still_reaches_other_l1s(own_cluster, on_cluster):
     urls = own_cluster.urls
     a, b = on_cluster(urls), on_cluster(urls)
