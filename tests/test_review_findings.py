@@ -1,0 +1,128 @@
+"""Review findings: each test shows a broken guarantee on a real Redis.
+
+Marked ``xfail(strict=True)`` until fixed. Interleavings are forced at exact
+points by wrapping a method on one cache *instance* (``_l2_call``) with
+threading.Event waits; Redis itself is never mocked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from velro_cache.tiers.breaker import CLOSED, HALF_OPEN
+
+pytestmark = pytest.mark.django_db(databases=[])
+
+
+def eventually(check, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    return check()
+
+
+def pause_after_l2(cache, method_name: str):
+    """After the named RedisTier call returns (Redis has applied it), block until released."""
+    reached, release = threading.Event(), threading.Event()
+    original = cache._l2_call
+
+    def hooked(method, *args):
+        result = original(method, *args)
+        if getattr(method, "__name__", "") == method_name and not reached.is_set():
+            reached.set()
+            assert release.wait(10)
+        return result
+
+    cache._l2_call = hooked
+    return reached, release
+
+
+def race_other_process_write(url, tiered_on, write):
+    """Process A writes k=mine; just after Redis took it, process B sets k=theirs and A hears it."""
+    a, b = tiered_on(url), tiered_on(url)
+    key = f"race-{uuid.uuid4().hex[:8]}"
+    method = "add" if write == "add" else "set_many"
+    reached, release = pause_after_l2(a, method)
+    thread = threading.Thread(target=lambda: getattr(a, write)(key, "mine", 60))
+    thread.start()
+    assert reached.wait(5)
+    heard = a._state.listener.messages_applied
+    b.set(key, "theirs", 60)  # later in Redis than A's write
+    assert eventually(lambda: a._state.listener.messages_applied > heard)  # A's listener applied B's drop
+    release.set()
+    thread.join(10)
+    assert b.get(key) == "theirs"
+    return a, key
+
+
+@pytest.mark.xfail(strict=True, reason="set() fills L1 after the L2 write without a ticket: another process's later write, heard in between, is lost for this L1")
+def test_set_does_not_keep_a_value_another_process_overwrote(private_redis, tiered_on):
+    a, key = race_other_process_write(private_redis.url(7), tiered_on, "set")
+    assert a.get(key) == "theirs"  # A serves "mine" from L1 until TTL/MAX_AGE
+
+
+@pytest.mark.xfail(strict=True, reason="add() takes its L1 ticket after SET NX returns, so a write heard in between is not seen")
+def test_add_does_not_keep_a_value_another_process_overwrote(private_redis, tiered_on):
+    a, key = race_other_process_write(private_redis.url(7), tiered_on, "add")
+    assert a.get(key) == "theirs"
+
+
+@pytest.mark.xfail(strict=True, reason="clear() with a KEY_PREFIX unlinks prefix:* but not velro_lease:{prefix:...}, so an in-flight fill from before the clear is stored after it")
+def test_clear_retires_in_flight_fills(make_cache):
+    filler, other = make_cache(), make_cache()  # two "processes" on one Redis, same prefix
+    key = f"fill-{uuid.uuid4().hex[:8]}"
+    started, proceed = threading.Event(), threading.Event()
+
+    def loader():
+        started.set()  # the loader has read the database: "old"
+        assert proceed.wait(10)
+        return "old"
+
+    thread = threading.Thread(target=lambda: filler.get_or_load(key, loader, 60))
+    thread.start()
+    assert started.wait(5)
+    filler.clear()  # the data changed: invalidate everything
+    proceed.set()
+    thread.join(10)
+    assert other.get(key) is None  # "old", read before the clear, is in Redis after it
+
+
+@pytest.mark.xfail(strict=True, reason="a failed write's replay runs after the next call's result is taken and is not noted in the write log: the pre-write value is promoted into L1 after L2 dropped it")
+def test_a_replayed_invalidation_is_not_undone_by_the_read_that_triggered_it(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url())
+    admin = own_redis.client()
+    cache.set("k", "v0", 60)
+    admin.config_set("maxmemory", 1)  # Redis refuses writes (OOM): a failed write, remembered as pending
+    try:
+        cache.set("k", "v1", 60)
+        assert len(cache._state.pending) == 1
+        cache.get("k")  # first successful call: replays the pending delete of k
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert not cache._state.pending
+    assert admin.exists("fault:1:k") == 0  # L2 dropped k: the invalidation was delivered
+    assert cache.get("k") is None  # but L1 holds "v0" (L1 outlives L2, a value this process overwrote)
+
+
+@pytest.mark.xfail(strict=True, reason="a half-open probe that fails with a non-outage RedisError (OOM) records neither success nor failure: the breaker stays HALF_OPEN with its probe 'in flight' forever")
+def test_breaker_recovers_after_a_probe_refused_by_redis(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url())
+    admin = own_redis.client()
+    breaker = cache._state.breaker
+    admin.config_set("maxmemory", 1)
+    try:
+        breaker.force_open()  # as replay_pending does when Redis fails again
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and breaker.state != HALF_OPEN:
+            cache.set("k", "v", 60)  # once the reset timeout passes, this write is the probe: OOM
+        assert breaker.state == HALF_OPEN
+    finally:
+        admin.config_set("maxmemory", 0)
+    # Redis is healthy, the channel is up and heartbeating; nothing is in the way.
+    assert eventually(lambda: (cache.get("x"), breaker.state)[1] == CLOSED, timeout=6)
