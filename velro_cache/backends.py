@@ -39,7 +39,7 @@ from .options import TieredOptions, parse_options
 from .readthrough import ReadThroughMixin
 from .serializers import OBJECT, CorruptEntry, Serializer, UnserializableValue, derive_signing_key, pack_expiry
 from .stats import L1_SAMPLE, DataTypeCounters
-from .tiers.breaker import L2Unavailable
+from .tiers.breaker import CLOSED, L2Unavailable
 from .tiers.copying import NotPlannable, Reader, plan_copy
 from .tiers.memory import MISSING
 from .tiers.process import ProcessState, state_for
@@ -198,6 +198,9 @@ class TieredCache(ReadThroughMixin, BaseCache):
         breaker = self._state.breaker
         if not breaker.allow():
             raise L2Unavailable("circuit open")
+        if self._state.pending and breaker.state == CLOSED:
+            # Deliver what Redis missed before this call reads anything it could undo.
+            self._state.replay_pending()
         try:
             result = method(*args)
         except OUTAGE_ERRORS as exc:
@@ -206,11 +209,15 @@ class TieredCache(ReadThroughMixin, BaseCache):
             raise L2Unavailable(str(exc)) from exc
         except redis.RedisError as exc:  # e.g. OOM: Redis answered, so no outage
             next(self._stats.l2_errors)
+            breaker.record_success()
             logger.warning("velro_cache: Redis refused %s: %s", getattr(method, "__name__", method), exc)
             raise L2Unavailable(str(exc)) from exc
+        except BaseException:
+            # Not an outage (e.g. incr's TypeError: Redis answered); a half-open
+            # probe must end either way, or the breaker would wait for ever.
+            breaker.record_success()
+            raise
         breaker.record_success()
-        if self._state.pending:
-            self._state.replay_pending()  # Redis answers again: deliver what it missed
         return result
 
     def _write_failed(self, fulls: list[str]) -> None:
@@ -423,15 +430,24 @@ class TieredCache(ReadThroughMixin, BaseCache):
             return rejected if report else not rejected
         wires = [self._wire(value, seconds) for _, value in items]
         fulls = [full for full, _ in items]
+        ticket = self._state.begin_write(fulls)
         try:
             self._l2_call(self._l2.set_many, [(full, wire[0]) for full, wire in zip(fulls, wires)], seconds, self._state.drop_message(fulls))
         except L2Unavailable:
             self._write_failed(fulls)
             return True
-        self._state.forget_local(fulls)
         for (full, value), wire in zip(items, wires):
-            self._store_l1(full, value, seconds, wire[1])
+            self._settle(full, value, seconds, wire[1], ticket)
         return [] if report else True
+
+    def _settle(self, full: str, value: Any, seconds: float | None, encoded: Any, ticket: int) -> None:
+        """After a write reached Redis: hold it in L1 unless the key changed meanwhile."""
+        if type(value) is int:  # counters live in Redis only
+            self._state.settle_write(full, None, 0, None, ticket)
+            return
+        payload, size = self._payload(value, encoded)
+        weight = size + sys.getsizeof(full) + ENTRY_OVERHEAD
+        self._state.settle_write(full, payload, weight, self._l1_expiry(seconds), ticket)
 
     def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         full, _ = self._key(key, version)
@@ -446,6 +462,7 @@ class TieredCache(ReadThroughMixin, BaseCache):
                     self._store_l1(full, value, seconds)
                 return True
         data, encoded = self._wire(value, seconds)
+        ticket = self._state.begin_write([full])
         try:
             added = self._l2_call(self._l2.add, full, data, seconds if keep else 0.001)
         except L2Unavailable:
@@ -456,7 +473,7 @@ class TieredCache(ReadThroughMixin, BaseCache):
         if not keep:
             self._delete_full([full])
         else:
-            self._store_l1(full, value, seconds, encoded, ticket=self._state.writes.ticket())
+            self._settle(full, value, seconds, encoded, ticket)
         return True
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:

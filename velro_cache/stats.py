@@ -104,6 +104,12 @@ class CacheStats:
         self.sets = itertools.count()
         self.deletes = itertools.count()
 
+    def reset_locks(self) -> None:
+        """New locks after fork(): a lock held by a parent thread would hang the child."""
+        self._types_lock = threading.Lock()
+        for histogram in self.latency.values():
+            histogram._lock = threading.Lock()
+
     def for_type(self, name: str) -> DataTypeCounters:
         """The counters of a data type; past MAX_DATA_TYPES names share ``other``."""
         counters = self._types.get(name)

@@ -93,6 +93,16 @@ class PendingInvalidations:
         with self._lock:
             self.clear_prefixes.add(key_prefix)
 
+    def restore(self, keys: set[str], prefixes: set[str]) -> None:
+        """Put back what a failed replay took, within the same limits as ``add``."""
+        for prefix in prefixes:
+            self.add_clear(prefix)
+        with self._lock:
+            self.keys.update(key for key in keys if not any(key.startswith(p) for p in self.clear_prefixes))
+            if len(self.keys) > PENDING_LIMIT:
+                self.clear_prefixes.update(prefixes or {""})
+                self.keys = set()
+
     def take(self) -> tuple[set[str], set[str]]:
         with self._lock:
             keys, prefixes = self.keys, self.clear_prefixes
@@ -175,9 +185,14 @@ class ProcessState:
             self.listener.ready_event.wait(timeout=1.0)
 
     def after_fork(self) -> None:
-        """A forked child inherits L1 contents but not the listener thread: start over."""
+        """A forked child inherits L1 contents but not the listener thread: start over.
+
+        Locks are replaced too: one held by another parent thread at fork time
+        would never be released in the child.
+        """
         self.store.lock = threading.RLock()
         self.store.clear()
+        self.stats.reset_locks()
         self._start_process_parts()
 
     # -- messages ------------------------------------------------------------------------
@@ -201,6 +216,33 @@ class ProcessState:
             self.writes.note_all()
             self.store.clear()
             self.loaded.clear()
+
+    def begin_write(self, keys: Sequence[str]) -> int:
+        """Before a write goes to Redis: note it, drop L1 copies, and return its ticket.
+
+        The note voids older fills of these keys; the ticket, taken after it,
+        lets ``settle_write`` see any change made by others after this point.
+        """
+        with self.store.lock:
+            self.writes.note(keys)
+            for key in keys:
+                self.store.delete(key)
+                self.loaded.pop(key, None)
+            return self.writes.ticket()
+
+    def settle_write(self, key: str, payload: object | None, weight: int, expires_at: float | None, ticket: int) -> None:
+        """After Redis took a write: hold the new value only if nobody else changed the key since.
+
+        Another process's write heard in between, or another thread's write in
+        this process, means Redis may hold a different value than ours: L1 then
+        keeps nothing and the next read asks Redis. Our own note comes last so
+        that fills which started before this write are refused too.
+        """
+        with self.store.lock:
+            keep = payload is not None and self.l1_enabled and self.writes.unchanged_since(key, ticket)
+            if not (keep and self.store.set(key, payload, weight, expires_at)):
+                self.store.delete(key)
+            self.writes.note([key])
 
     def fill_l1(self, key: str, payload: object, weight: int, expires_at: float | None, ticket: int | None) -> bool:
         """Store in L1 unless L1 is off or (with a ticket) the key changed since the read began."""
@@ -233,11 +275,16 @@ class ProcessState:
             self.l1_enabled = False
             self.forget_all_local()
 
+    def _coherent(self) -> bool:
+        return self.listener is not None and self.listener.ready and self.breaker.state == CLOSED
+
     def _enable_l1_if_coherent(self) -> None:
-        if self.listener is None or not self.listener.ready or self.breaker.state != CLOSED:
+        if not self._coherent():
             return
         self.replay_pending()
         with self.store.lock:
+            if not self._coherent():  # lost again meanwhile: _disable_l1 waits for this lock
+                return
             self.forget_all_local()  # anything may have changed while we were away
             self.l1_enabled = True
 
@@ -288,10 +335,15 @@ class ProcessState:
                 self.l2.delete_many(sorted(keys), self.drop_message(sorted(keys)))
         except Exception as exc:
             logger.warning("velro_cache: replaying %d invalidations failed (%s); will retry", len(keys) + len(prefixes), exc)
-            for prefix in prefixes:
-                self.pending.add_clear(prefix)
-            self.pending.keys.update(keys)
+            self.pending.restore(keys, prefixes)
             self.breaker.force_open()
+            return
+        # Our own announcement is ignored by our listener: drop local copies here,
+        # noting the change so a read that began before the replay cannot refill them.
+        if prefixes:
+            self.forget_all_local()
+        elif keys:
+            self.forget_local(sorted(keys))
 
 
 _states: dict[tuple, ProcessState] = {}

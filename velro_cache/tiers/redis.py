@@ -18,6 +18,7 @@ connections (a blocking pool: past the limit a caller waits up to
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -82,6 +83,14 @@ return 0
 
 _pools: dict[tuple, redis.ConnectionPool] = {}
 _pools_lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    global _pools_lock
+    _pools_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def shared_pool(url: str, options: TieredOptions) -> redis.ConnectionPool:
@@ -232,7 +241,12 @@ class RedisTier:
         if not key_prefix:
             self.client.flushdb()
         else:
-            self._unlink_matching(re.sub(r"([\\*?\[\]])", r"\\\1", key_prefix) + ":*")
+            escaped = re.sub(r"([\\*?\[\]])", r"\\\1", key_prefix)
+            # The values, and the fill leases of loads in flight (both lease
+            # spellings, see lease_key): a lease that survived the clear would
+            # let its loader store a value read before it.
+            for pattern in (f"{escaped}:*", f"{LEASE_PREFIX}{{{escaped}:*", f"{LEASE_PREFIX}{escaped}:*"):
+                self._unlink_matching(pattern)
         self.client.publish(self.channel, message)
 
     def _unlink_matching(self, pattern: str) -> None:
