@@ -21,7 +21,6 @@ What changes from one Redis, and why:
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -172,11 +171,15 @@ class ClusterRedisTier(RedisTier):
         return bool(self._write_then_announce(lambda: self._touch(keys=[key], args=[-1 if px is None else px, packed_expiry]), [key], message))
 
     def clear(self, key_prefix: str, message: bytes) -> None:
-        if not key_prefix:
-            self._write_then_announce(lambda: self.client.flushdb(target_nodes=RedisCluster.PRIMARIES), [], message)
-        else:
-            pattern = re.sub(r"([\\*?\[\]])", r"\\\1", key_prefix) + ":*"
-            self._write_then_announce(lambda: self._unlink_matching(pattern), [], message)
+        """``RedisTier.clear`` as it is: on a cluster its FLUSHDB and SCAN reach every primary.
+
+        Its PUBLISH comes after the deletions, so only the failure path needs adding.
+        """
+        try:
+            super().clear(key_prefix, message)
+        except Exception:
+            self._announce_quietly(message)
+            raise
 
     def publish(self, message: bytes) -> None:
         self._announce_anywhere(message)
@@ -192,16 +195,19 @@ class ClusterRedisTier(RedisTier):
         try:
             result = write()
         except Exception:
-            try:
-                self._announce_anywhere(message)
-            except Exception:  # nothing answers: the replay will announce it
-                pass
+            self._announce_quietly(message)
             raise
         if keys:
             self.client.publish(self.channel, message, target_nodes=self.client.get_node_from_key(keys[-1]))
         else:
             self._announce_anywhere(message)
         return result
+
+    def _announce_quietly(self, message: bytes) -> None:
+        try:
+            self._announce_anywhere(message)
+        except Exception:  # nothing answers: the backend's replay will announce it
+            pass
 
     def _announce_anywhere(self, message: bytes) -> None:
         """PUBLISH through the first primary that answers (plain PUBLISH routes to one fixed node)."""
