@@ -9,6 +9,7 @@ distinct L1 budgets play separate worker processes (own L1, own listener);
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 import uuid
@@ -338,6 +339,24 @@ def test_a_flush_is_noticed_through_the_epoch_key(on_cluster, redis_cluster, clu
     redis_cluster.flush()  # behind the cache's back: no message, only the epoch tells
     assert eventually(lambda: cache._state.listener.losses > losses)
     assert eventually(lambda: cache.get_many(keys) == {})
+
+
+def test_a_forked_child_uses_the_cluster_on_its_own_connections(on_cluster, redis_cluster):
+    """gunicorn --preload: the parent's cluster client is shared, its sockets are not."""
+    cache = on_cluster(redis_cluster.urls)
+    cache.set("fork:before", "parent", 60)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            if cache.get("fork:before") == "parent":
+                cache.set("fork:child", "child", 60)
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert cache.get("fork:child") == "child"
 
 
 # -- faults ------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ What changes from one Redis, and why:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -111,6 +112,17 @@ class ClusterClient:
 
 _clients: dict[tuple, ClusterClient] = {}
 _clients_lock = threading.Lock()
+
+
+def _new_locks_after_fork() -> None:
+    """A lock held by another parent thread at fork() would never be released in the child."""
+    global _clients_lock
+    _clients_lock = threading.Lock()
+    for client in _clients.values():
+        client._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
 def shared_cluster_client(urls: Sequence[str], options: TieredOptions) -> ClusterClient:
