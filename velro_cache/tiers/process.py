@@ -357,7 +357,7 @@ def state_for(options: TieredOptions) -> ProcessState:
     Keyed like LocMemCache (by location), so aliases that point at the same
     place see the same L1, as Django's own suite expects.
     """
-    key = (options.redis_urls, options.l1_max_bytes)
+    key = (options.redis_urls, options.cluster, options.l1_max_bytes)
     with _states_lock:
         state = _states.get(key)
         if state is None:
