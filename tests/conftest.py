@@ -93,8 +93,9 @@ def tiered_on():
     built = []
     sizes = itertools.count(32 * 1024 * 1024)
 
-    def build(url: str, **options):
-        cache = TieredCache(url, {"KEY_PREFIX": "fault", "OPTIONS": {"L1": {"MAX_BYTES": next(sizes)}, **options}})
+    def build(url: str | list[str], *, prefix: str = "fault", **options):
+        """``url`` is one Redis URL, or a cluster's startup node URLs."""
+        cache = TieredCache(url, {"KEY_PREFIX": prefix, "OPTIONS": {"L1": {"MAX_BYTES": next(sizes)}, **options}})
         built.append(cache)
         return cache
 

@@ -32,29 +32,22 @@ from velro_cache.backends import TieredCache
 from velro_cache.options import parse_options
 from velro_cache.tiers.cluster import ClusterRedisTier
 from velro_cache.tiers.coherence import EPOCH_KEY
-from velro_cache.tiers.process import discard
 from velro_cache.tiers.redis import RedisTier, lease_key
 
 pytestmark = pytest.mark.django_db(databases=[])
 
 BACKEND = "velro_cache.backends.TieredCache"
-_sizes = itertools.count(48 * 1024 * 1024)
 
 
 @pytest.fixture
-def on_cluster():
-    """Build TieredCaches on a cluster; each call is a separate "process" (own L1 and listener)."""
-    built = []
-    prefix = f"cl-{uuid.uuid4().hex[:8]}"
+def on_cluster(tiered_on):
+    """Build TieredCaches on a cluster, under a key prefix of the test's own."""
+    test_prefix = f"cl-{uuid.uuid4().hex[:8]}"
 
-    def build(urls, *, prefix=prefix, **options):
-        cache = TieredCache(list(urls), {"KEY_PREFIX": prefix, "OPTIONS": {"L1": {"MAX_BYTES": next(_sizes)}, **options}})
-        built.append(cache)
-        return cache
+    def build(urls, *, prefix=test_prefix, **options):
+        return tiered_on(list(urls), prefix=prefix, **options)
 
-    yield build
-    for cache in built:
-        discard(cache._state)
+    return build
 
 
 @pytest.fixture
