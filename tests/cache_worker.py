@@ -113,5 +113,22 @@ class Worker:
         self.process.wait(timeout=10)
 
 
+def load_together(urls: list[str], prefix: str, log: Path) -> tuple[list, int]:
+    """One worker process per URL asks for the same cold key at once.
+
+    Returns what each got and how many times the loader ran (it appends a line
+    to ``log`` per run), for the "one loader across processes" property.
+    """
+    workers = [Worker(url, prefix) for url in urls]
+    try:
+        for worker in workers:  # all ask at once; each reply waits for its loader or the filler
+            worker.send(op="get_or_load", key="gen:7:meta", value="loaded", sleep=0.3, log=str(log))
+        results = [worker.receive() for worker in workers]
+    finally:
+        for worker in workers:
+            worker.stop()
+    return results, len(log.read_text().splitlines())
+
+
 if __name__ == "__main__":
     main()

@@ -24,7 +24,7 @@ from django.test import override_settings
 from redis.connection import AbstractConnection
 from redis.crc import key_slot
 
-from tests.cache_worker import Worker
+from tests.cache_worker import Worker, load_together
 from tests.concurrency import run_together
 from tests.redis_server import free_port
 from tests.test_coherence import eventually
@@ -248,18 +248,10 @@ def test_concurrent_misses_in_separate_caches_run_the_loader_once_per_key(on_clu
 
 
 def test_concurrent_misses_in_separate_os_processes_run_the_loader_once(redis_cluster, tmp_path):
-    log = tmp_path / "loader-calls"
-    prefix = f"clrt-{uuid.uuid4().hex[:8]}"
-    workers = [Worker(",".join(rotated(redis_cluster.urls, n % 3)), prefix) for n in range(3)]
-    try:
-        for worker in workers:
-            worker.send(op="get_or_load", key="gen:7:meta", value="loaded", sleep=0.3, log=str(log))
-        results = [worker.receive() for worker in workers]
-    finally:
-        for worker in workers:
-            worker.stop()
+    urls = [",".join(rotated(redis_cluster.urls, n % 3)) for n in range(3)]
+    results, loader_calls = load_together(urls, f"clrt-{uuid.uuid4().hex[:8]}", tmp_path / "loader-calls")
     assert results == ["loaded"] * 3
-    assert len(log.read_text().splitlines()) == 1
+    assert loader_calls == 1
 
 
 def test_a_fill_that_lost_its_lease_to_a_write_is_not_stored(on_cluster, redis_cluster, cluster_client):

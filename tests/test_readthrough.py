@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.cache_worker import Worker
+from tests.cache_worker import load_together
 from tests.concurrency import run_together
 from velro_cache.readthrough import cached
 
@@ -31,18 +31,9 @@ def test_concurrent_misses_in_separate_l1s_run_the_loader_once(private_redis, ti
 
 
 def test_concurrent_misses_in_separate_os_processes_run_the_loader_once(private_redis, tmp_path):
-    log = tmp_path / "loader-calls"
-    prefix = f"rt-{uuid.uuid4().hex[:8]}"
-    workers = [Worker(private_redis.url(6), prefix) for _ in range(4)]
-    try:
-        for worker in workers:  # all four ask at once; each reply waits for its loader or the filler
-            worker.send(op="get_or_load", key="gen:7:meta", value="loaded", sleep=0.3, log=str(log))
-        results = [worker.receive() for worker in workers]
-    finally:
-        for worker in workers:
-            worker.stop()
+    results, loader_calls = load_together([private_redis.url(6)] * 4, f"rt-{uuid.uuid4().hex[:8]}", tmp_path / "loader-calls")
     assert results == ["loaded"] * 4
-    assert len(log.read_text().splitlines()) == 1
+    assert loader_calls == 1
 
 
 @pytest.mark.parametrize("invalidate", ["delete", "set"])
