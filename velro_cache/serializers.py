@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import lz4.block
 import msgpack
+from .exceptions import CorruptEntry, UnserializableValue  # noqa: F401 (re-exported)
 
 # Codecs of a body. OBJECT is L1-only: an immutable value held as itself.
 OBJECT, MSGPACK, MSGPACK_LZ4, PICKLE, PICKLE_LZ4 = range(5)
@@ -72,14 +73,6 @@ class Frame(NamedTuple):
     body: Any
     expires_at: float | None  # epoch seconds
     delta: float  # seconds the loader took; 0 when not loaded through get_or_load
-
-
-class CorruptEntry(Exception):
-    """Stored bytes that this serializer did not write, or that were damaged."""
-
-
-class UnserializableValue(TypeError):
-    """A value that cannot be stored with the configured encodings."""
 
 
 class _NotPlain(Exception):

@@ -27,19 +27,12 @@ from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.db import models
 from django.db.models import Case, OuterRef, Subquery, Value, When
+from ..exceptions import AlreadyRegistered, NotRegistered  # noqa: F401 (re-exported)
 
 DEFAULT_ROLES = ("viewer", "editor", "owner")
 DEFAULT_ACTIONS = {"read": "viewer", "media": "viewer", "write": "editor", "delete": "owner", "share": "owner"}
 # Django permission codename prefixes -> actions, for CachedPermissionBackend.
 DEFAULT_PERMISSIONS = {"view": "read", "change": "write", "delete": "delete"}
-
-
-class AlreadyRegistered(Exception):
-    pass
-
-
-class NotRegistered(LookupError):
-    pass
 
 
 class ObjectRef:

@@ -16,13 +16,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from django.db import models
 from django.db.models.base import ModelBase
 from django.db.utils import NotSupportedError
+from ..exceptions import ReadOnlyViewError  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from .refresh import RefreshResult
-
-
-class ReadOnlyViewError(NotSupportedError):
-    """A write was attempted on a model over a materialized view."""
 
 
 def _refuse(model: type[models.Model], operation: str) -> NoReturn:

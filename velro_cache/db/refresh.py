@@ -47,14 +47,11 @@ from django.utils import timezone
 from ..conf import settings as velro_settings
 from . import sql as view_sql
 from .worker import Debouncer
+from ..exceptions import RefreshFailed, ViewNotFound  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 ViewRef = str | type[models.Model]
-
-
-class ViewNotFound(DatabaseError):
-    """The named materialized view does not exist in that database (migrations not applied?)."""
 
 
 @dataclass
@@ -85,14 +82,6 @@ class RefreshResult:
         how = "concurrently" if self.concurrently else "plainly"
         mode = f"{how} ({self.note})" if self.note else how
         return f"{self.view}: {self.rows} rows in {self.duration_ms:.1f} ms, {mode}"
-
-
-class RefreshFailed(RuntimeError):
-    """A refresh failed; it was recorded, and ``result`` carries the error."""
-
-    def __init__(self, result: RefreshResult) -> None:
-        super().__init__(result.describe())
-        self.result = result
 
 
 # -- naming ------------------------------------------------------------------------------

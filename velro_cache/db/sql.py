@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db.utils import NotSupportedError
+from ..exceptions import UnsupportedDatabase  # noqa: F401 (re-exported)
 
 POSTGRESQL, SQLITE = "postgresql", "sqlite"
 SUPPORTED_VENDORS = (POSTGRESQL, SQLITE)
@@ -28,10 +29,6 @@ _COLUMN = re.compile(r"^-?[A-Za-z_][A-Za-z0-9_]*$")
 
 Quote = Callable[[str], str]
 SqlSource = str | Mapping[str, str]
-
-
-class UnsupportedDatabase(NotSupportedError):
-    """Raised for a database that has neither materialized views nor our emulation."""
 
 
 def require_supported(vendor: str) -> str:

@@ -15,12 +15,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from ..exceptions import L2Unavailable  # noqa: F401 (re-exported)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-
-
-class L2Unavailable(Exception):
-    """L2 was skipped (breaker open) or failed; callers fall back, never raise."""
 
 
 class CircuitBreaker:

@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
+from ..exceptions import NotPlannable  # noqa: F401 (re-exported)
 
 Reader = Callable[[Any], Any] | None
 
@@ -44,10 +45,6 @@ IMMUTABLE_LEAVES = frozenset(
 # Past this many container nodes, building and running a plan costs more than
 # a decode does; such values are held serialized.
 MAX_PLAN_NODES = 2000
-
-
-class NotPlannable(Exception):
-    """The value must be held serialized (unknown types or too large a tree)."""
 
 
 def plan_copy(value: Any) -> tuple[Reader, int]:

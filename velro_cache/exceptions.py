@@ -1,0 +1,58 @@
+"""Every exception velro-cache raises, in one place.
+
+Each keeps the built-in or Django base class that callers would already catch
+for that kind of failure (``TypeError`` for a value that cannot be stored,
+``LookupError`` for an unknown registration, Django's ``NotSupportedError`` and
+``DatabaseError`` for view problems), so ``except`` clauses written against
+Django's own backends keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.utils import DatabaseError, NotSupportedError
+
+
+class AlreadyRegistered(Exception):
+    """A model, policy or view was registered twice (invalidation, authorization, L3 registries)."""
+
+
+class NotRegistered(LookupError):
+    """A model, policy or view that was never registered was looked up or unregistered."""
+
+
+class CorruptEntry(Exception):
+    """Stored bytes that this serializer did not write, or that were damaged: read as a miss."""
+
+
+class UnserializableValue(TypeError):
+    """A value that cannot be stored with the configured encodings."""
+
+
+class L2Unavailable(Exception):
+    """L2 was skipped (breaker open) or failed; callers fall back, never raise to a view."""
+
+
+class NotPlannable(Exception):
+    """A value whose L1 copy cannot be planned ahead; L1 keeps its encoded bytes instead."""
+
+
+class UnsupportedDatabase(NotSupportedError):
+    """A database that has neither materialized views nor velro-cache's emulation of them."""
+
+
+class ReadOnlyViewError(NotSupportedError):
+    """A write was attempted on a model over a materialized view."""
+
+
+class ViewNotFound(DatabaseError):
+    """The named materialized view does not exist in that database (migrations not applied?)."""
+
+
+class RefreshFailed(RuntimeError):
+    """A view refresh failed; it was recorded, and ``result`` (a ``RefreshResult``) carries the error."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__(result.describe())
+        self.result = result
