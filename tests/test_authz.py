@@ -405,11 +405,12 @@ def test_roles_are_part_of_the_versioned_state(generation, team):
 
 def test_checks_report_bad_settings_and_declarations():
     from velro_cache.checks import AUTHZ_MIDDLEWARE, authz_setting_problems
+    from velro_cache.conf import parse_settings
 
-    assert [m.id for m in authz_setting_problems({"AUTHZ_CACHE": "yes"}, {}, [])] == ["velro_cache.E040"]
+    assert [m.id for m in authz_setting_problems(parse_settings({"AUTHZ_CACHE": "yes"}), {}, [])] == ["velro_cache.E040"]
     dummy = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
-    assert [m.id for m in authz_setting_problems({}, dummy, [AUTHZ_MIDDLEWARE])] == ["velro_cache.W040"]
-    assert authz_setting_problems({}, dummy, []) == []
+    assert [m.id for m in authz_setting_problems(parse_settings({}), dummy, [AUTHZ_MIDDLEWARE])] == ["velro_cache.W040"]
+    assert authz_setting_problems(parse_settings({}), dummy, []) == []
 
     class Broken(ObjectPolicy):
         owner = "nobody"

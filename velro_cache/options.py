@@ -35,7 +35,11 @@ TOP_KEYS = {
 
 @dataclass(frozen=True)
 class Problem:
-    """One configuration problem: ``level`` is "error" or "warning"."""
+    """One configuration problem, of a cache's OPTIONS or of VELRO_CACHE (``velro_cache.conf``).
+
+    ``level`` is "error" or "warning"; the system checks turn it into a
+    message with this ``id``.
+    """
 
     id: str
     level: str

@@ -23,16 +23,15 @@ entries written together (a warm-up, a batch read) do not expire together.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.signals import setting_changed
-from django.dispatch import receiver
-
-from .conf import DEFAULT_KEY_DATA_TYPES, settings
+from .conf import VelroSettings, current_settings
 from .keys import SEPARATOR, STAMP_MARK
 from .namespaces import levels
 
@@ -42,72 +41,55 @@ DECAY_EVERY = SKETCH_SLOTS * 8
 
 
 @dataclass(frozen=True)
-class Policy:
-    """The settings the policy needs, read once per settings change (this is on every read)."""
+class TtlRules:
+    """The TTL table and adaptive rules: the settings that decide a key's TTL.
 
-    ttl: dict[str, int]
-    data_types: dict[str, str]
+    Taken from the parsed settings (already valid) once per settings change,
+    because they are consulted on every read.
+    """
+
+    ttl: Mapping[str, int]
+    default_ttl: int
+    data_types: Mapping[str, str]
     adaptive: bool
     min_factor: float
     max_factor: float
     jitter: float
 
 
-def _number(value: Any, default: float) -> float:
-    """Bad settings are reported by system checks; until fixed, the default applies."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        return default
-    return float(value)
-
-
-def _load_policy() -> Policy:
-    ttl = settings.TTL if isinstance(settings.TTL, dict) else {}
-    mapping = settings.KEY_DATA_TYPES
-    data_types = {**DEFAULT_KEY_DATA_TYPES, **(mapping if isinstance(mapping, dict) else {})}
-    min_factor = _number(settings.TTL_MIN_FACTOR, 0.5) or 0.5
-    max_factor = max(_number(settings.TTL_MAX_FACTOR, 4.0), min_factor)
-    return Policy(
-        ttl={name: seconds for name, seconds in ttl.items() if _number(seconds, 0) > 0},
-        data_types=data_types,
-        adaptive=settings.ADAPTIVE_TTL is not False,
-        min_factor=min_factor,
-        max_factor=max_factor,
-        jitter=min(_number(settings.TTL_JITTER, 0.1), 0.5),
+@functools.lru_cache(maxsize=1)
+def _rules_of(parsed: VelroSettings) -> TtlRules:
+    return TtlRules(
+        ttl=parsed.TTL,
+        default_ttl=parsed.DEFAULT_TTL,
+        data_types=parsed.KEY_DATA_TYPES,
+        adaptive=parsed.ADAPTIVE_TTL,
+        min_factor=parsed.TTL_MIN_FACTOR,
+        max_factor=parsed.TTL_MAX_FACTOR,
+        jitter=parsed.TTL_JITTER,
     )
 
 
-_policy: Policy | None = None
-
-
-def policy() -> Policy:
-    global _policy
-    if _policy is None:
-        _policy = _load_policy()
-    return _policy
-
-
-@receiver(setting_changed)
-def _reload_policy(setting: str, **kwargs: Any) -> None:
-    global _policy
-    if setting == "VELRO_CACHE":
-        _policy = None
+def ttl_rules() -> TtlRules:
+    """The rules of the settings in force (a new parse after every settings change)."""
+    return _rules_of(current_settings())
 
 
 # -- data types ---------------------------------------------------------------------------
 
 
-def data_type_of(key: Any) -> str | None:
+def ttl_data_type(key: Any) -> str | None:
     """The data type whose TTL applies to a key, or None when none is configured."""
-    current = policy()
+    rules = ttl_rules()
     segment = str(key).partition(SEPARATOR)[0]
-    name = current.data_types.get(segment, segment)
-    return name if name in current.ttl else None
+    name = rules.data_types.get(segment, segment)
+    return name if name in rules.ttl else None
 
 
 def base_ttl(key: Any) -> int | None:
     """The configured seconds for the key's data type (no adaptation, no jitter)."""
-    name = data_type_of(key)
-    return None if name is None else policy().ttl[name]
+    name = ttl_data_type(key)
+    return None if name is None else ttl_rules().ttl[name]
 
 
 # -- usage statistics -----------------------------------------------------------------------
@@ -190,8 +172,9 @@ def record_change(namespace: str) -> None:
     sketch.record_change(namespace)
 
 
-def adaptive_factor(reads: int, changes: int, current: Policy | None = None) -> float:
-    current = current or policy()
+def adaptive_factor(reads: int, changes: int, current: TtlRules | None = None) -> float:
+    """How much longer (> 1) or shorter (< 1) than its base a subject's keys live, within the bounds."""
+    current = current or ttl_rules()
     factor = (reads + HOT_READS) / (HOT_READS * (1 + changes))
     return min(current.max_factor, max(current.min_factor, factor))
 
@@ -201,7 +184,7 @@ def adaptive_factor(reads: int, changes: int, current: Policy | None = None) -> 
 
 def ttl_for(key: str) -> float | None:
     """Seconds to keep ``key``: its data type's TTL, adapted and jittered; None when no TTL applies."""
-    current = policy()
+    current = ttl_rules()
     seconds = base_ttl(key)
     if seconds is None:
         return None

@@ -8,7 +8,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, models
 
 from ..keys import KeyLike, as_key
-from ..ttl import policy
+from ..ttl import ttl_rules
 from .declarations import registry
 from .retirement import Retirement
 from .signals import LOADED
@@ -24,7 +24,7 @@ def _as_namespaces(values: Iterable[KeyLike] | str) -> set[str]:
 
 def data_type_segments(data_type: str) -> set[str]:
     """Every first key part that maps to ``data_type`` (and the name itself)."""
-    segments = {segment for segment, name in policy().data_types.items() if name == data_type}
+    segments = {segment for segment, name in ttl_rules().data_types.items() if name == data_type}
     return segments | {as_key(data_type)}
 
 

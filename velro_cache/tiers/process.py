@@ -346,22 +346,24 @@ class ProcessState:
             self.forget_local(sorted(keys))
 
 
-_states: dict[tuple, ProcessState] = {}
+_states: dict[TieredOptions, ProcessState] = {}
 _states_lock = threading.Lock()
 _all_states: weakref.WeakSet[ProcessState] = weakref.WeakSet()
 
 
 def state_for(options: TieredOptions) -> ProcessState:
-    """The process's state for a cache location, created on first use.
+    """The process's state for a cache configuration, created on first use.
 
-    Keyed like LocMemCache (by location), so aliases that point at the same
-    place see the same L1, as Django's own suite expects.
+    Keyed on every option (``TieredOptions`` compares all its fields but its
+    problems): each option shapes the state (its pool, timeouts, signing key,
+    leases, L1 bounds), so an alias configured differently must not inherit
+    another's. Aliases configured identically share one state, as LocMemCache
+    aliases with one location share data, which Django's own suite expects.
     """
-    key = (options.redis_urls, options.cluster, options.l1_max_bytes)
     with _states_lock:
-        state = _states.get(key)
+        state = _states.get(options)
         if state is None:
-            state = _states[key] = ProcessState(options)
+            state = _states[options] = ProcessState(options)
             _all_states.add(state)
         return state
 
