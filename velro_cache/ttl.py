@@ -32,7 +32,7 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from .conf import DEFAULT_KEY_DATA_TYPES, settings
+from .conf import DEFAULT_KEY_DATA_TYPES, DEFAULTS, settings
 from .keys import SEPARATOR, STAMP_MARK
 from .namespaces import levels
 
@@ -199,12 +199,17 @@ def adaptive_factor(reads: int, changes: int, current: Policy | None = None) -> 
 # -- the answer -------------------------------------------------------------------------------
 
 
-def ttl_for(key: str) -> float | None:
-    """Seconds to keep ``key``: its data type's TTL, adapted and jittered; None when no TTL applies."""
+def ttl_for(key: str) -> float:
+    """Seconds to keep ``key``, always a number (what ``DEFAULT_TIMEOUT`` means for cached reads).
+
+    The key's data type's TTL, adapted to its reads and changes and jittered;
+    ``VELRO_CACHE["DEFAULT_TTL"]`` as it is when no data type TTL applies.
+    Never None: None means "never expire" in every timeout argument.
+    """
     current = policy()
-    seconds = base_ttl(key)
+    seconds: float | None = base_ttl(key)
     if seconds is None:
-        return None
+        return _number(settings.DEFAULT_TTL, DEFAULTS["DEFAULT_TTL"]) or DEFAULTS["DEFAULT_TTL"]
     if current.adaptive:
         seconds *= adaptive_factor(*sketch.counts(subject_of(key)), current)
     if current.jitter:
