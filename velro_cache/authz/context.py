@@ -89,7 +89,7 @@ class AuthorizationContext:
         prefix = self._key_prefix()
         if prefix is _UNVALIDATED:
             return decisions.computed(policy, self.user_id, pks, action)
-        return decisions.cached(self.cache, prefix, policy, self.user_id, pks, action)
+        return decisions.from_cache_or_database(self.cache, prefix, policy, self.user_id, pks, action)
 
     def _key_prefix(self) -> Any:
         if self._stale:
@@ -120,10 +120,6 @@ def _is_authenticated(user: Any) -> bool:
 # this thread marks it stale.
 
 _current: ContextVar[Any] = ContextVar("velro_cache_authz_scope", default=None)
-
-
-def current_scope() -> Any:
-    return _current.get()
 
 
 def activate(scope: Any) -> Any:
