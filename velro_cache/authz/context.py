@@ -24,9 +24,8 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
-from django.core.cache import caches
-
 from ..conf import settings
+from ..invalidation.retirement import resolve_cache
 from ..tiers.breaker import L2Unavailable
 from . import decisions, versions
 from .policy import ObjectPolicy, registry
@@ -46,8 +45,9 @@ class AuthorizationContext:
 
     @property
     def cache(self) -> Any:
-        if self._cache is None:
-            self._cache = caches[settings.CACHE_ALIAS]
+        """The cache passed (an alias or a cache), else ``VELRO_CACHE["CACHE_ALIAS"]``, resolved on first use."""
+        if self._cache is None or isinstance(self._cache, str):
+            self._cache = resolve_cache(self._cache)
         return self._cache
 
     @property
