@@ -175,3 +175,6 @@ def _refresh_early(cache: Fillable, full: str, loader: Callable[[], Any], timeou
     if token is None:
         return current
     return _run_and_store(cache, full, loader, timeout, token, ticket)
+
+
+__all__ = ["Fillable", "get_or_load"]

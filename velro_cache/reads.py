@@ -243,3 +243,6 @@ def _store_batch(target: Any, rows: list[tuple[str, str, Any]], timeout: Any) ->
 def _argument_digest(args: tuple, kwargs: dict) -> str:
     material = repr((args, sorted(kwargs.items()))).encode()
     return hashlib.blake2b(material, digest_size=12).hexdigest()
+
+
+__all__ = ["cached", "cached_read", "cached_read_many", "peek"]
