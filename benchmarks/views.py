@@ -263,7 +263,7 @@ def _cached_read_rows(hits: int) -> list[dict[str, Any]]:
     from studio.models import ActiveUser
 
     from velro_cache.backends import TieredCache
-    from velro_cache.db.loaders import read_view
+    from velro_cache.db.reads import read_view
 
     cache = TieredCache(None, {"KEY_PREFIX": "bench-views-l1", "OPTIONS": {"L1": {"MAX_BYTES": 64 * 1024 * 1024}}})
     sql = _sql("top 100 active users (24 h)", VIEW)

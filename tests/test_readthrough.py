@@ -10,7 +10,6 @@ import pytest
 
 from tests.cache_worker import load_together
 from tests.concurrency import run_together
-from velro_cache.readthrough import cached
 
 pytestmark = pytest.mark.django_db(databases=[])
 
@@ -110,21 +109,53 @@ def test_hot_keys_are_refreshed_before_they_expire(cache):
     assert cache.get("hot") == 2
 
 
-def test_cached_decorator(settings):
+# -- a custom KEY_FUNCTION: the mechanism never parses physical keys ---------------------------
+
+
+def reversed_key(key: str, key_prefix: str, version: int) -> str:
+    """A KEY_FUNCTION whose physical keys do not look like ``prefix:version:key``."""
+    return f"{key}|v{version}|{key_prefix}"
+
+
+@pytest.mark.parametrize("mode", ["l1", "l1+l2"])
+def test_read_through_and_stats_work_with_a_custom_key_function(mode, make_cache):
+    cache = make_cache(l2=mode == "l1+l2", KEY_FUNCTION=reversed_key)
     calls = []
+    assert cache.get_or_load("gen:1:meta", lambda: calls.append(1) or "loaded", 60) == "loaded"
+    assert cache.get_or_load("gen:1:meta", lambda: calls.append(1) or "again", 60) == "loaded"
+    assert cache.get_or_set("gen:2:meta", "set", 60) == "set" and cache.get_or_set("gen:2:meta", "other", 60) == "set"
+    assert calls == [1]
+    by_type = cache.stats()["by_type"]
+    assert set(by_type) == {"gen"}, by_type  # counted by the logical key's data type
+    assert by_type["gen"]["misses"] == 4 and by_type["gen"]["l1_hits"] == 2  # each miss is looked up twice (single flight)
+    if cache.has_l2:
+        assert cache._l2.client.exists(f"gen:1:meta|v1|{cache.key_prefix}")
 
-    @cached(timeout=60, cache_alias="l1only")
-    def profile(user_id: int) -> dict:
-        calls.append(user_id)
-        return {"id": user_id}
 
-    try:
-        assert profile(1) == {"id": 1} and profile(1) == {"id": 1} and profile(2) == {"id": 2}
-        assert calls == [1, 2]
-        profile.invalidate(1)
-        assert profile(1) == {"id": 1} and calls == [1, 2, 1]
-        assert profile.key_for(1).startswith("fn:tests.test_readthrough.")
-    finally:
-        from django.core.cache import caches
+def test_a_process_waiting_for_another_fill_counts_it_by_data_type_with_a_custom_key_function(make_cache):
+    filler = make_cache(KEY_FUNCTION=reversed_key)
+    waiter = make_cache(KEY_FUNCTION=reversed_key, KEY_PREFIX=filler.key_prefix)  # another "process": own L1
+    loading, waiter_polled = threading.Event(), threading.Event()
+    peek_fill = waiter.peek_fill
 
-        caches["l1only"].clear()
+    def polled_peek(*args):
+        waiter_polled.set()  # the waiter is inside the wait for the lease holder's value
+        return peek_fill(*args)
+
+    waiter.peek_fill = polled_peek
+
+    def slow_loader():
+        loading.set()
+        assert waiter_polled.wait(5), "the waiter never waited for the fill"
+        return "filled once"
+
+    filled = []
+    thread = threading.Thread(target=lambda: filled.append(filler.get_or_load("gen:5:meta", slow_loader, 60)))
+    thread.start()
+    assert loading.wait(5)
+    assert waiter.get_or_load("gen:5:meta", lambda: "loaded twice", 60) == "filled once"
+    thread.join(5)
+    assert filled == ["filled once"]
+    by_type = waiter.stats()["by_type"]
+    assert set(by_type) == {"gen"}, by_type
+    assert by_type["gen"]["l2_hits"] == 1

@@ -55,10 +55,10 @@ def test_base_ttl_per_data_type_from_the_spec_defaults():
     assert base_ttl("system_config:media.url_ttl_seconds") == 3600
 
 
-def test_no_data_type_ttl_means_none():
-    assert ttl_for("unknown:1") is None
-    assert ttl_for("ns:generation:1") is None  # namespace tokens keep no TTL
-    assert ttl_for("not a built key") is None
+def test_no_data_type_ttl_means_the_default_ttl():
+    assert ttl_for("unknown:1") == 300  # VELRO_CACHE["DEFAULT_TTL"]
+    assert ttl_for("ns:generation:1") == 300  # no data type TTL (tokens are stored with None, not by ttl_for)
+    assert ttl_for("not a built key") == 300
 
 
 def test_settings_override_ttls_and_map_key_parts_to_data_types():

@@ -26,8 +26,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis
@@ -36,7 +38,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, CacheKey
 from django.core.exceptions import ImproperlyConfigured
 
 from .options import TieredOptions, parse_options
-from .readthrough import ReadThroughMixin
+from . import fill
 from .serializers import OBJECT, CorruptEntry, Serializer, UnserializableValue, derive_signing_key, pack_expiry
 from .stats import L1_SAMPLE, DataTypeCounters
 from .tiers.breaker import CLOSED, L2Unavailable
@@ -93,7 +95,7 @@ class MisconfiguredCache(BaseCache):
         """Called by Django after every request; nothing to close."""
 
 
-class TieredCache(ReadThroughMixin, BaseCache):
+class TieredCache(BaseCache):
     """A Django cache backend with an in-process L1 and an optional Redis L2."""
 
     def __new__(cls, location: Any = None, params: dict[str, Any] | None = None) -> Any:
@@ -563,6 +565,81 @@ class TieredCache(ReadThroughMixin, BaseCache):
             reader, stored = payload
             return stored if reader is None else reader(stored)
         return await sync_to_async(self._get_from_l2, thread_sensitive=False)(full, counters, default)
+
+    # -- read-through -----------------------------------------------------------
+    def get_or_load(self, key: Any, loader: Callable[[], Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> Any:
+        """The cached value, or ``loader()``'s result, stored and returned (see ``velro_cache.fill``).
+
+        Unlike Django's ``get_or_set``, a result of ``None`` is cached as well.
+        ``timeout`` may be a callable, called only when a value is stored.
+        """
+        return fill.get_or_load(self, key, loader, timeout, version)
+
+    def get_or_set(self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> Any:
+        """Django's get_or_set, with single flight and race-free fills."""
+        loader = default if callable(default) else (lambda: default)
+        return fill.get_or_load(self, key, loader, timeout, version)
+
+    # -- the fill interface (velro_cache.fill.Fillable) -------------------------
+    # The tier operations read-through needs, so the mechanism never reaches
+    # into this class's private state nor guesses what a physical key looks like.
+    @property
+    def has_l2(self) -> bool:
+        return self._l2 is not None
+
+    def fill_key(self, key: Any, version: int | None) -> tuple[str, DataTypeCounters]:
+        """The physical key and the counters of the logical key's data type."""
+        return self._key(key, version)
+
+    def key_lock(self, full: str) -> AbstractContextManager[None]:
+        return self._state.flights.lock_for(full)
+
+    def write_ticket(self) -> int:
+        return self._state.writes.ticket()
+
+    def seconds_for(self, timeout: Any) -> float | None:
+        return self._ttl(timeout)
+
+    def take_fill_lease(self, full: str) -> str | None:
+        token = uuid.uuid4().hex
+        try:
+            return token if self._l2_call(self._l2.acquire_lease, full, token, self.options.lease_timeout) else None
+        except L2Unavailable:
+            return None
+
+    def release_fill_lease(self, full: str, token: str) -> None:
+        try:
+            self._l2_call(self._l2.release_lease, full, token)
+        except L2Unavailable:
+            pass
+
+    def l2_trusted(self) -> bool:
+        return self._state.breaker.state == CLOSED
+
+    def peek_fill(self, full: str, counters: DataTypeCounters, ticket: int) -> tuple[bool, Any, bool]:
+        data, leased = self._l2_call(self._l2.peek_fill, full)
+        if data is None:
+            return False, None, leased
+        found, value = self._accept_from_l2(full, data, counters, ticket)
+        return found, value, leased
+
+    def store_fill(self, full: str, value: Any, seconds: float | None, delta: float, token: str | None, ticket: int) -> None:
+        expires_at = None if seconds is None else time.time() + seconds
+        if self._l2 is None:
+            if self._store_l1(full, value, seconds, ticket=ticket):
+                self._state.remember_load(full, delta, expires_at)
+            return
+        data, encoded = self._wire(value, seconds, delta)
+        try:
+            stored = self._l2_call(self._l2.store_if_leased, full, token, data, seconds, self._state.drop_message([full]))
+        except L2Unavailable:
+            return
+        if stored:
+            self._state.remember_load(full, delta, expires_at)
+            self._store_l1(full, value, seconds, encoded, ticket)
+
+    def load_record(self, full: str) -> tuple[float, float | None] | None:
+        return self._state.loaded.get(full)
 
     # -- observability ----------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -1,7 +1,10 @@
-"""Cached reads that stay true: namespaces, the TTL policy and open transactions in one call.
+"""The read API: every cached read goes through here, so every one of them stays true.
 
 ``cached_read(key, loader)`` is what a project calls instead of
-``cache.get``/``cache.set``. Per read it:
+``cache.get``/``cache.set``; ``cached_read_many`` is its batch form, ``peek``
+looks without loading, ``@cached`` caches a function's results, and the
+materialized-view reads (``velro_cache.db.reads.read_view``) are built on it.
+Per read it:
 
 1. finds the key's namespaces (its data type and every declared level above
    it, plus the ``tags`` it names);
@@ -11,15 +14,27 @@
    stamps them into the physical key, so a value loaded from data that an
    invalidation then replaced is stored under a retired token and never served;
 4. loads through ``cache.get_or_load`` (single flight, leases, early refresh
-   on TieredCache; plain get/set on other backends) with the TTL the policy
-   gives the key's data type.
+   on TieredCache: ``velro_cache.fill``; plain get/set on other backends).
 
+``timeout`` means what it means in Django's cache API, everywhere here:
+
+- ``DEFAULT_TIMEOUT`` (the default): the default TTL, which for these reads is
+  the TTL policy's answer for the key (``velro_cache.ttl.ttl_for``: the data
+  type's ``VELRO_CACHE["TTL"]``, adapted and jittered, else
+  ``VELRO_CACHE["DEFAULT_TTL"]``);
+- ``None``: never expire;
+- a number: seconds; 0 or less: do not store.
+
+Keys are tuples of parts or keys built by ``velro_cache.keys.build_key``; the
+cache is ``VELRO_CACHE["CACHE_ALIAS"]`` unless an alias or a cache is passed.
 A loader's ``None`` is cached too: "no such row" is an answer worth keeping,
 and the row's creation retires it like any other change.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -27,41 +42,14 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
 from .invalidation.retirement import resolve_cache
 from .invalidation.transactions import dirty_namespaces
-from .keys import KeyLike, as_key
+from .keys import SEPARATOR, KeyLike, as_key
 from .namespaces import TOKEN_KEY_TYPE, current_tokens, levels, stamp, token_key
-from .ttl import record_read, ttl_for
+from .ttl import base_ttl, record_read, ttl_for
 
 T = TypeVar("T", bound=Hashable)
-BATCH_TTL_GROUPS = 4  # a batch is stored with this many different (jittered) TTLs
-
-
-class _ByPolicy:
-    def __repr__(self) -> str:
-        return "BY_POLICY"
-
-
-BY_POLICY: Any = _ByPolicy()
+BATCH_TTL_GROUPS = 4  # a batch's keys of one TTL are stored with this many different (jittered) TTLs
+FUNCTION_DATA_TYPE = "fn"  # the data type of @cached results keyed by default
 _MISSING = object()
-
-
-def key_namespaces(key: KeyLike, tags: Iterable[KeyLike] = ()) -> tuple[str, tuple[str, ...]]:
-    """The logical key and the namespaces a read of it depends on."""
-    logical = key if type(key) is str else as_key(key)
-    names = levels.namespaces_of(logical)  # validates str keys (memoized)
-    if names[0] == TOKEN_KEY_TYPE:
-        raise ValueError(f"{TOKEN_KEY_TYPE!r} is the reserved data type of namespace tokens")
-    if tags:
-        if isinstance(tags, str):
-            tags = (tags,)
-        names = tuple(dict.fromkeys([*names, *(as_key(tag) for tag in tags)]))
-    return logical, names
-
-
-def _seconds(key: str, timeout: Any) -> Any:
-    if timeout is not BY_POLICY:
-        return timeout
-    seconds = ttl_for(key)
-    return DEFAULT_TIMEOUT if seconds is None else seconds
 
 
 def cached_read(
@@ -69,32 +57,32 @@ def cached_read(
     loader: Callable[[], Any],
     *,
     tags: Iterable[KeyLike] = (),
-    timeout: Any = BY_POLICY,
+    timeout: Any = DEFAULT_TIMEOUT,
     cache: Any = None,
 ) -> Any:
     """``loader()``'s result through the cache, never stale after a committed invalidation.
 
-    ``key``: a tuple of parts (``("generation", 456, "meta")``) or a key built
-    by ``velro_cache.keys.build_key``. ``tags``: namespaces outside the key's
-    own prefixes that the value depends on. ``timeout``: seconds (``None`` =
-    forever) instead of the TTL policy. ``cache``: an alias or a cache
-    (default ``VELRO_CACHE["CACHE_ALIAS"]``).
+    ``key``: a tuple of parts (``("generation", 456, "meta")``) or a built key.
+    ``tags``: namespaces outside the key's own prefixes that the value depends
+    on. ``timeout``: see the module docstring (default: the key's TTL policy).
+    ``cache``: an alias or a cache (default ``VELRO_CACHE["CACHE_ALIAS"]``).
     """
-    logical, names = key_namespaces(key, tags)
+    logical, names = _namespaces(key, tags)
     dirty = dirty_namespaces()
     if dirty and not dirty.isdisjoint(names):
         return loader()
     target = resolve_cache(cache)
     physical = stamp(logical, current_tokens(target, names))
     record_read(logical)
-    seconds = _seconds(logical, timeout)
     get_or_load = getattr(target, "get_or_load", None)
     if get_or_load is not None:
-        return get_or_load(physical, loader, seconds)
+        # A callable timeout is computed only when a value is stored: a hit costs no TTL policy.
+        lazy = (lambda: ttl_for(logical)) if timeout is DEFAULT_TIMEOUT else timeout
+        return get_or_load(physical, loader, lazy)
     value = target.get(physical, _MISSING)
     if value is _MISSING:
         value = loader()
-        target.set(physical, value, seconds)
+        _store(target, {physical: value}, _seconds(logical, timeout))
     return value
 
 
@@ -103,17 +91,18 @@ def cached_read_many(
     load_missing: Callable[[list[T]], Mapping[T, Any]],
     *,
     tags: Iterable[KeyLike] = (),
-    timeout: Any = BY_POLICY,
+    timeout: Any = DEFAULT_TIMEOUT,
     cache: Any = None,
 ) -> dict[T, Any]:
     """Batch form of ``cached_read``: one cache round trip for the hits, one loader call for the rest.
 
     ``keys`` maps your ids to keys; ``load_missing(ids)`` returns ``{id:
     value}`` for the ids it can load. An id it leaves out reads as ``None``
-    (and is cached as such, like a single read's ``None``).
+    (and is cached as such, like a single read's ``None``). Each loaded value
+    is stored with its own key's TTL (``timeout`` as in ``cached_read``).
     """
     tags = tuple(tags)
-    plan = {item: key_namespaces(key, tags) for item, key in keys.items()}
+    plan = {item: _namespaces(key, tags) for item, key in keys.items()}
     dirty = dirty_namespaces()
     bypass = {item for item, (_, names) in plan.items() if dirty and not dirty.isdisjoint(names)}
     target = resolve_cache(cache)
@@ -133,26 +122,127 @@ def cached_read_many(
         loaded = load_missing(missing)
         for item in missing:
             result[item] = loaded.get(item)
-        _store(target, [(plan[item][0], physical[item], result[item]) for item in missing if item not in bypass], timeout)
+        rows = [(plan[item][0], physical[item], result[item]) for item in missing if item not in bypass]
+        _store_batch(target, rows, timeout)
     return {item: result[item] for item in keys}
-
-
-def _store(target: Any, rows: list[tuple[str, str, Any]], timeout: Any) -> None:
-    """``set_many`` in a few groups, each with its own TTL, so a batch does not expire at once."""
-    for group in range(BATCH_TTL_GROUPS):
-        chunk = rows[group::BATCH_TTL_GROUPS]
-        if chunk:
-            target.set_many({full: value for _, full, value in chunk}, _seconds(chunk[0][0], timeout))
 
 
 def peek(key: KeyLike, default: Any = None, *, tags: Iterable[KeyLike] = (), cache: Any = None) -> Any:
     """What a ``cached_read`` of ``key`` would serve now, without loading or creating tokens."""
-    logical, names = key_namespaces(key, tags)
+    logical, names = _namespaces(key, tags)
     target = resolve_cache(cache)
+    physical = _current_physical(target, logical, names)
+    return default if physical is None else target.get(physical, default)
+
+
+def cached(
+    timeout: Any = DEFAULT_TIMEOUT,
+    *,
+    key: KeyLike | Callable[..., KeyLike] | None = None,
+    tags: Iterable[KeyLike] | Callable[..., Iterable[KeyLike]] = (),
+    cache: Any = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Cache a function's results through ``cached_read`` (namespaces, tokens, TTL policy and all).
+
+    ``key`` is a prefix (a built key or a tuple of parts; default
+    ``("fn", <module>, <qualname>)``) to which a digest of the arguments'
+    reprs is appended - so use arguments with stable reprs (ids, strings) -
+    or a callable taking the same arguments and returning the whole key: name
+    the key under a declared prefix (``("generation", gen_id, "summary")``)
+    and the model declarations invalidate it. ``tags``: namespaces, or a
+    callable of the arguments returning them. ``timeout`` and ``cache`` as in
+    ``cached_read``. ``wrapper.key_for(*args, **kwargs)`` is a call's logical
+    key; ``wrapper.invalidate(*args, **kwargs)`` deletes its result now.
+    """
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        prefix = as_key(key if isinstance(key, (str, tuple)) else (FUNCTION_DATA_TYPE, func.__module__, func.__qualname__))
+
+        def key_for(*args: Any, **kwargs: Any) -> str:
+            if callable(key):
+                return as_key(key(*args, **kwargs))
+            return prefix + SEPARATOR + _argument_digest(args, kwargs)
+
+        def tags_for(*args: Any, **kwargs: Any) -> Iterable[KeyLike]:
+            return tags(*args, **kwargs) if callable(tags) else tags
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return cached_read(
+                key_for(*args, **kwargs), lambda: func(*args, **kwargs), tags=tags_for(*args, **kwargs), timeout=timeout, cache=cache
+            )
+
+        def invalidate(*args: Any, **kwargs: Any) -> None:
+            logical, names = _namespaces(key_for(*args, **kwargs), tags_for(*args, **kwargs))
+            target = resolve_cache(cache)
+            physical = _current_physical(target, logical, names)
+            if physical is not None:
+                target.delete(physical)
+
+        wrapper.key_for = key_for  # type: ignore[attr-defined]
+        wrapper.invalidate = invalidate  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+# -- internals ------------------------------------------------------------------------------
+
+
+def _namespaces(key: KeyLike, tags: Iterable[KeyLike] = ()) -> tuple[str, tuple[str, ...]]:
+    """The logical key and the namespaces a read of it depends on."""
+    logical = key if type(key) is str else as_key(key)
+    names = levels.namespaces_of(logical)  # validates str keys (memoized)
+    if names[0] == TOKEN_KEY_TYPE:
+        raise ValueError(f"{TOKEN_KEY_TYPE!r} is the reserved data type of namespace tokens")
+    if tags:
+        if isinstance(tags, str):
+            tags = (tags,)
+        names = tuple(dict.fromkeys([*names, *(as_key(tag) for tag in tags)]))
+    return logical, names
+
+
+def _current_physical(target: Any, logical: str, names: tuple[str, ...]) -> str | None:
+    """The physical key under the current tokens; None when a token is missing (nothing can be stored)."""
     tokens = []
     for name in names:
         token = target.get(token_key(name))
         if token is None:
-            return default
+            return None
         tokens.append(token)
-    return target.get(stamp(logical, tokens), default)
+    return stamp(logical, tokens)
+
+
+def _seconds(logical: str, timeout: Any) -> float | None:
+    """``timeout`` as seconds to live (None: forever): DEFAULT_TIMEOUT asks the TTL policy."""
+    return ttl_for(logical) if timeout is DEFAULT_TIMEOUT else timeout
+
+
+def _store(target: Any, values: dict[str, Any], seconds: float | None) -> None:
+    if seconds is None or seconds > 0:
+        target.set_many(values, seconds)
+
+
+def _store_batch(target: Any, rows: list[tuple[str, str, Any]], timeout: Any) -> None:
+    """Store ``(logical, physical, value)`` rows, each with its own key's TTL, in few ``set_many`` calls.
+
+    Rows are grouped by their data type's TTL (an explicit ``timeout`` makes
+    one group); each group is stored in up to ``BATCH_TTL_GROUPS`` chunks,
+    each with its own jittered TTL, so a batch does not expire at once.
+    """
+    groups: dict[Any, list[tuple[str, str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(base_ttl(row[0]) if timeout is DEFAULT_TIMEOUT else None, []).append(row)
+    for group in groups.values():
+        for start in range(BATCH_TTL_GROUPS):
+            chunk = group[start::BATCH_TTL_GROUPS]
+            if chunk:
+                _store(target, {full: value for _, full, value in chunk}, _seconds(chunk[0][0], timeout))
+
+
+def _argument_digest(args: tuple, kwargs: dict) -> str:
+    material = repr((args, sorted(kwargs.items()))).encode()
+    return hashlib.blake2b(material, digest_size=12).hexdigest()
+
+
+__all__ = ["cached", "cached_read", "cached_read_many", "peek"]

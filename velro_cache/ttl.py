@@ -182,12 +182,17 @@ def adaptive_factor(reads: int, changes: int, current: TtlRules | None = None) -
 # -- the answer -------------------------------------------------------------------------------
 
 
-def ttl_for(key: str) -> float | None:
-    """Seconds to keep ``key``: its data type's TTL, adapted and jittered; None when no TTL applies."""
+def ttl_for(key: str) -> float:
+    """Seconds to keep ``key``, always a number (what ``DEFAULT_TIMEOUT`` means for cached reads).
+
+    The key's data type's TTL, adapted to its reads and changes and jittered;
+    ``VELRO_CACHE["DEFAULT_TTL"]`` as it is when no data type TTL applies.
+    Never None: None means "never expire" in every timeout argument.
+    """
     current = ttl_rules()
-    seconds = base_ttl(key)
+    seconds: float | None = base_ttl(key)
     if seconds is None:
-        return None
+        return float(current.default_ttl)
     if current.adaptive:
         seconds *= adaptive_factor(*sketch.counts(subject_of(key)), current)
     if current.jitter:

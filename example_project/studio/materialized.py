@@ -15,7 +15,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
-from velro_cache.db.loaders import read_view
+from velro_cache.db.reads import read_view
 from velro_cache.db.refresh import register_view
 
 from .models import (

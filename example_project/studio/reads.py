@@ -4,9 +4,11 @@ Every cached value is plain data (dicts, lists, strings, numbers; datetimes as I
 strings) so any serializer can store it, and every key's first segment names its
 data type, which is what the cache's statistics and TTL settings group by.
 
-Reads go through ``velro_cache.cached_read``: TTLs come from ``VELRO_CACHE["TTL"]``
-by data type, and ``studio/cache.py`` declares which model changes make which of
-these keys stale, so no view or command has to delete anything by hand.
+Keys are made by ``velro_cache.keys.build_key`` and reads go through
+``velro_cache.reads`` (``cached_read``, ``cached_read_many``): TTLs come from
+``VELRO_CACHE["TTL"]`` by data type, and ``studio/cache.py`` declares which
+model changes make which of these keys stale, so no view or command has to
+delete anything by hand.
 """
 
 from __future__ import annotations
@@ -18,17 +20,18 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import velro_cache
+from velro_cache.keys import build_key, data_type_segment
 from velro_cache.reads import cached_read, cached_read_many
 
 from .models import Generation, SystemConfig, TeamMembership
 
 
 def generation_key(generation_id: int) -> str:
-    return f"generation:{generation_id}:meta"
+    return build_key("generation", generation_id, "meta")
 
 
 def me_key(user_id: int) -> str:
-    return f"session:user:{user_id}:me"
+    return build_key("session", "user", user_id, "me")
 
 
 def token_digest(key: str) -> str:
@@ -37,15 +40,15 @@ def token_digest(key: str) -> str:
 
 
 def token_key(digest: str) -> str:
-    return f"session:token:{digest}"
+    return build_key("session", "token", digest)
 
 
 def memberships_key(user_id: int) -> str:
-    return f"team_membership:user:{user_id}"
+    return build_key("team_membership", "user", user_id)
 
 
 def system_config_key(key: str) -> str:
-    return velro_cache.build_key("system_config", key)
+    return build_key("system_config", key)
 
 
 class ReadStats:
@@ -72,7 +75,7 @@ class ReadStats:
 
     def record(self, key: str, hit: bool) -> None:
         counter = self.thread_counter()
-        counter[(key.split(":", 1)[0], hit)] += 1
+        counter[(data_type_segment(key), hit)] += 1
         counter["hits" if hit else "misses"] += 1
 
     def snapshot(self) -> dict[str, dict[str, int]]:
@@ -158,7 +161,7 @@ def generation_metas(generation_ids: Iterable[int]) -> dict[int, dict[str, Any] 
 
 def forget_generation(generation_id: int) -> None:
     """For writes the declarations cannot see (the demo's replay against a DummyCache)."""
-    velro_cache.invalidate(prefixes=[f"generation:{generation_id}"])
+    velro_cache.invalidate(prefixes=[("generation", generation_id)])
 
 
 def team_memberships(user_id: int) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 - ``policy``: ``ObjectPolicy``, ``RoleSource``, ``register`` (admin-style).
 - ``api``: ``authorize``, ``authorize_many``, ``role_for``, explicit bumps.
 - ``context``: the per-request context (versions read once per request).
-- ``decisions``: decision keys, the cached lookup, the one query on a miss.
+- ``decisions``: decision keys, the lookup through the cache, the one query on a miss.
 - ``versions``: the per-user and global version tokens.
 - ``invalidation``: model signals -> bumps on commit.
 - ``middleware`` / ``backends``: ``request.authz`` and ``user.has_perm(perm, obj)``.

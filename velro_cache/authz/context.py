@@ -24,9 +24,8 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
-from django.core.cache import caches
-
 from ..conf import settings
+from ..invalidation.retirement import resolve_cache
 from ..tiers.breaker import L2Unavailable
 from . import decisions, versions
 from .policy import ObjectPolicy, registry
@@ -46,8 +45,9 @@ class AuthorizationContext:
 
     @property
     def cache(self) -> Any:
-        if self._cache is None:
-            self._cache = caches[settings.CACHE_ALIAS]
+        """The cache passed (an alias or a cache), else ``VELRO_CACHE["CACHE_ALIAS"]``, resolved on first use."""
+        if self._cache is None or isinstance(self._cache, str):
+            self._cache = resolve_cache(self._cache)
         return self._cache
 
     @property
@@ -89,7 +89,7 @@ class AuthorizationContext:
         prefix = self._key_prefix()
         if prefix is _UNVALIDATED:
             return decisions.computed(policy, self.user_id, pks, action)
-        return decisions.cached(self.cache, prefix, policy, self.user_id, pks, action)
+        return decisions.from_cache_or_database(self.cache, prefix, policy, self.user_id, pks, action)
 
     def _key_prefix(self) -> Any:
         if self._stale:
@@ -120,10 +120,6 @@ def _is_authenticated(user: Any) -> bool:
 # this thread marks it stale.
 
 _current: ContextVar[Any] = ContextVar("velro_cache_authz_scope", default=None)
-
-
-def current_scope() -> Any:
-    return _current.get()
 
 
 def activate(scope: Any) -> Any:

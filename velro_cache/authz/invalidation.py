@@ -137,11 +137,7 @@ class UserWatcher:
 
 # -- wiring -------------------------------------------------------------------------------
 
-_watchers: list[Any] = []  # what is connected, for introspection and tests
-
-
 def _connect(model: Any, watcher: Any, uid: str) -> None:
-    _watchers.append(watcher)
     signals.post_init.connect(watcher.loaded, sender=model, weak=False, dispatch_uid=f"velro_authz:init:{uid}")
     signals.post_save.connect(watcher.saved, sender=model, weak=False, dispatch_uid=f"velro_authz:save:{uid}")
     if hasattr(watcher, "deleted"):

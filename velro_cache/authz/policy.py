@@ -171,10 +171,6 @@ class ObjectPolicy:
     def owner_attname(self) -> str | None:
         return self.model._meta.get_field(self.owner).attname if self.owner else None
 
-    def via_attnames(self) -> set[str]:
-        """Fields of the protected model that role sources join on (a change moves roles)."""
-        return {self.model._meta.get_field(source.via).attname for source in self.sources if source.via != "pk"}
-
     # -- the one query ------------------------------------------------------------------
     def roles_of(self, user_id: Any, pks: Iterable[Any], using: str | None = None) -> dict[Any, str | None]:
         """The user's role on each object, read from the database in one query."""

@@ -1,5 +1,10 @@
 """L3 read-through: cached reads whose loader reads a materialized view.
 
+Built on ``velro_cache.reads.cached_read``, like every cached read: the key is
+``build_key("view", <view name>, *parts)``, the cache is the configured
+alias (or the one passed), and namespace tokens, open transactions and the
+fill mechanism apply as to any other read.
+
 The view already answers "top 100 active users" from a few pages instead of
 scanning the live tables; caching its answer in L1/L2 removes even that query.
 Both layers are snapshots, so the cache entry lives exactly one refresh period
@@ -12,14 +17,14 @@ live tables::
     age <= TTL + view lag
 
 - TTL is the view's refresh period (``register_view(period=...)``, else
-  ``VELRO_CACHE["VIEW_REFRESH_PERIOD"]``) unless ``ttl`` is passed;
+  ``VELRO_CACHE["VIEW_REFRESH_PERIOD"]``) unless ``timeout`` is passed;
 - view lag is how far the view trails its sources: at most the period when the
   view is refreshed on a schedule, and ``VIEW_REFRESH_DEBOUNCE`` plus one
   refresh (plus a refresh already running) after writes that trigger it.
 
 So with the defaults (period 300 s, debounce 2 s, refresh on a schedule) a
 value is at most ~10 minutes old; a caller that needs fresher data passes a
-shorter ``ttl`` or reads the view directly. Writes that bypass signals
+shorter ``timeout`` or reads the view directly. Writes that bypass signals
 (``QuerySet.update``, ``bulk_create``) are only caught by the schedule.
 """
 
@@ -28,15 +33,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from django.core.cache import cache as default_cache
-from django.core.cache.backends.base import BaseCache
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
 from ..conf import settings as velro_settings
+from ..keys import build_key
+from ..reads import cached_read
 from .refresh import ViewRef, registry, view_name
 
 T = TypeVar("T")
-_MISSING = object()
-KEY_PREFIX = "view"
+KEY_DATA_TYPE = "view"
 
 
 def view_ttl(view: ViewRef) -> float:
@@ -46,37 +51,30 @@ def view_ttl(view: ViewRef) -> float:
 
 
 def view_key(view: ViewRef, *parts: Any) -> str:
-    """``view:<view name>:<parts...>``: the first segment groups these reads in the cache's stats."""
-    return ":".join([KEY_PREFIX, view_name(view), *(str(part) for part in parts)])
+    """``view:<view name>:<parts...>``, built by ``build_key``: the first part groups these reads in stats."""
+    return build_key(KEY_DATA_TYPE, view_name(view), *parts)
 
 
 def read_view(
     view: ViewRef,
-    key: str | tuple[Any, ...],
+    key: Any,
     loader: Callable[[], T],
     *,
-    cache: BaseCache | None = None,
-    ttl: float | None = None,
+    cache: Any = None,
+    timeout: Any = DEFAULT_TIMEOUT,
 ) -> T:
     """``loader()``'s result (a query of ``view``), cached for the view's refresh period.
 
-    Runs the loader once per key across this process's threads when the cache
-    offers ``get_or_load`` (TieredCache); on other caches it falls back to a
-    plain get-then-set. Return plain data from the loader (lists of dicts),
-    not querysets: they are what every tier can store.
+    ``key``: a tuple of parts, or one part (``"all"``); ``("a:b",)`` and
+    ``("a", "b")`` are different keys. ``timeout``: ``DEFAULT_TIMEOUT`` (the
+    default) is the view's refresh period, ``None`` never expires, a number
+    is seconds. ``cache``: an alias or a cache (default
+    ``VELRO_CACHE["CACHE_ALIAS"]``). Return plain data from the loader (lists
+    of dicts), not querysets: they are what every tier can store.
     """
-    target = cache if cache is not None else default_cache
-    full_key = view_key(view, *(key if isinstance(key, tuple) else (key,)))
-    timeout = view_ttl(view) if ttl is None else ttl
-    get_or_load = getattr(target, "get_or_load", None)
-    if get_or_load is not None:
-        return get_or_load(full_key, loader, timeout=timeout)
-    found = target.get(full_key, _MISSING)
-    if found is not _MISSING:
-        return found
-    value = loader()
-    target.set(full_key, value, timeout=timeout)
-    return value
+    parts = key if isinstance(key, tuple) else (key,)
+    seconds = view_ttl(view) if timeout is DEFAULT_TIMEOUT else timeout
+    return cached_read(view_key(view, *parts), loader, timeout=seconds, cache=cache)
 
 
 __all__ = ["read_view", "view_key", "view_ttl"]
