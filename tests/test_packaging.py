@@ -8,6 +8,7 @@ on the running interpreter: nothing is downloaded, so the test extra carries
 
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 import subprocess
@@ -58,6 +59,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert result.returncode == 0, (
         "building failed; the test extra needs build>=1.2 and setuptools>=77:\n" + result.stdout[-3000:] + result.stderr[-3000:]
@@ -94,6 +96,20 @@ def test_metadata_names_the_license_and_the_project_urls(built: Built, which: st
     urls = dict(entry.split(", ", 1) for entry in metadata.get_all("Project-URL"))
     assert urls == PYPROJECT["project"]["urls"]
     assert {"Homepage", "Documentation", "Source", "Issues"} <= set(urls)
+
+
+def test_every_export_is_typed_and_resolves() -> None:
+    """``__all__``, the lazy map and the type checker's imports name the same objects."""
+    import velro_cache
+
+    exports = set(velro_cache.__all__) - {"__version__"}
+    assert exports == set(velro_cache._LAZY)
+    source = (ROOT / "velro_cache" / "__init__.py").read_text()
+    checked = source.partition("if TYPE_CHECKING:")[2].partition("__all__")[0]
+    assert {name for name in exports if re.search(rf"\b{name}\b", checked)} == exports
+    for name in exports:
+        module = importlib.import_module(velro_cache._LAZY[name])
+        assert getattr(velro_cache, name) is getattr(module, name)
 
 
 def test_readme_links_work_on_the_package_page() -> None:
