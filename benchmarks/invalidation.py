@@ -119,7 +119,8 @@ def _configure(database: dict[str, Any], cache: dict[str, Any]) -> None:
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         ALLOWED_HOSTS=["localhost", "testserver"],
         INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "velro_cache", "studio"],
-        MIDDLEWARE=[],
+        # The views read request.authz, which this middleware sets (and nothing else here needs one).
+        MIDDLEWARE=["velro_cache.authz.middleware.AuthorizationMiddleware"],
         ROOT_URLCONF="benchmarks.invalidation",
         DATABASES={"default": database},
         CACHES={"default": cache},
