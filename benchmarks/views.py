@@ -297,12 +297,16 @@ def _warming_notes(rows: list[dict[str, Any]], nproc: int) -> list[str]:
     """The notes under the warming table, with this run's row count and core count."""
     recent = next(row["rows returned"] for row in rows if row["query"] == RECENT and row["source"] == LIVE)
     return [
-        "The live side pays for the window filter, the joins and the aggregation on every read; the view "
-        "paid for them once, at refresh (next table). Where the live table already has the index a query "
-        "needs, the view saves little: the most recent generations are an index scan of "
-        f"`studio_gen_recent` (-created_at) on both sides, and their time is mostly moving {recent:,} wide rows.",
-        "Client-side times include Django's cursor and row conversion, and the machine's noise (other "
-        f"processes share its {nproc} cores); server ms and rows scanned are the steadier comparison.",
+        (
+            "The live side pays for the window filter, the joins and the aggregation on every read; the view "
+            "paid for them once, at refresh (next table). Where the live table already has the index a query "
+            "needs, the view saves little: the most recent generations are an index scan of "
+            f"`studio_gen_recent` (-created_at) on both sides, and their time is mostly moving {recent:,} wide rows."
+        ),
+        (
+            "Client-side times include Django's cursor and row conversion, and the machine's noise (other "
+            f"processes share its {nproc} cores); server ms and rows scanned are the steadier comparison."
+        ),
     ]
 REFRESH_NOTES = [
     (
