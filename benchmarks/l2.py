@@ -245,7 +245,7 @@ def _get_table(report: Report, gets: dict, timed: int, promoted: int) -> None:
     notes = [
         f"TieredCache counted {promoted:,} L2 hits for {timed:,} gets (timed and warm-up): "
         + ("every one was an L2 hit." if promoted == timed else "**some were not L2 hits: the forcing did not work.**"),
-        "A TieredCache L2 hit includes decoding (msgpack, lz4 above 1 KiB, pickle for the object) and the promotion into L1.",
+        "A TieredCache L2 hit includes decoding (msgpack, lz4 from `COMPRESS_MIN_BYTES` on, pickle for the object) and the promotion into L1.",
     ]
     report.table("get of an L2 hit", columns, rows, notes)
 
@@ -269,7 +269,7 @@ def _batch_table(report: Report, batches: dict, single: dict[str, dict[str, list
     columns = ["operation", "value", "backend", *common.STAT_COLUMNS, RATIO_DR, RATIO_DJ, "one get µs", "× one get", f"≤ {GET_MANY_BUDGET:g}× one get"]
     notes = [
         "`one get µs`: the same backend's median L2-hit get of one of those keys, timed interleaved with its get_many.",
-        "TieredCache's get_many of L2 hits also promotes all 100 values into L1; set_many writes L1 too.",
+        f"TieredCache's get_many of L2 hits also promotes all {BATCH} values into L1; set_many writes L1 too.",
         "delete_many is timed on keys re-written (untimed) before each call.",
     ]
     report.table(f"Batches of {BATCH} keys", columns, rows, notes)

@@ -40,7 +40,7 @@ import redis
 
 from . import common
 from .common import Report
-from .resilience_worker import DJANGO, TIERED, Worker, caches_for, stampede
+from .resilience_worker import DJANGO, POLL, TIERED, Worker, caches_for, stampede
 
 FAULTY = "tiered-faulty"
 PREFIX = "bench-res"
@@ -53,6 +53,9 @@ DB_READ = 0.001  # what the loader of the read load costs: a fast indexed query
 STAMPEDE_LOAD = 0.1
 STAMPEDE_CALLERS = 100
 STAMPEDE_PROCESSES = 4
+WATCH_LIMIT = 2.0  # seconds a reader waits for a propagated write before counting it unseen
+SIGN_POLL = 0.005  # seconds between two looks at the recovery signs
+LOAD_SKEW = 1.0  # Zipf exponent of the read load's keys
 WRITE_SHARE = 0.02  # of the load's operations: deletes, as a model save invalidates
 
 FULL = {
@@ -112,7 +115,7 @@ def measure_propagation(workers: list[Worker], rounds: int) -> dict[str, Any]:
         unprimed += len(workers) - 1 - len(readers)
         value = f"round {index}"
         for reader in readers:
-            reader.send(op="watch", key=key, value=value, limit=2.0)
+            reader.send(op="watch", key=key, value=value, limit=WATCH_LIMIT)
         for reader in readers:
             reader.armed()
         started, ended = writer.call(op="set", key=key, value=value)
@@ -153,18 +156,18 @@ def report_propagation(report: Report, result: dict[str, Any], pubsub: list[floa
         f"p99 {p99:.2f} ms over {stats['n']} deliveries, {result['unseen']} never seen" if p99 is not None else "nothing measured",
     )
     rows = [
-        {"path": "TieredCache set() -> other process reads the new value", **stats, "not seen in 2 s": result["unseen"], f"p99 < {PROPAGATION_P99_MS:g} ms": mark},
+        {"path": "TieredCache set() -> other process reads the new value", **stats, f"not seen in {WATCH_LIMIT:g} s": result["unseen"], f"p99 < {PROPAGATION_P99_MS:g} ms": mark},
         {"path": "writer's set() call itself (SET + lease DEL + PUBLISH pipeline)", **ms_stats(result["writes"])},
         {"path": "plain redis-py PUBLISH -> subscriber receives (floor)", **ms_stats(pubsub)},
     ]
     notes = [
         f"{processes} worker processes on one Redis; each round one writes (rotating), the others hold the old value in L1",
-        "and poll `get()` every 0.2 ms until they read the new one. Delay = reader's first read of the new value",
+        f"and poll `get()` every {POLL * 1000:g} ms until they read the new one. Delay = reader's first read of the new value",
         "minus the moment the writer called `set()` (both CLOCK_MONOTONIC), so it includes the writer's own round trip.",
         f"Reader slots skipped because the value could not be held in L1 (L1 off): {result['unprimed']}.",
         "The floor row publishes from this process to the same number of subscriber processes.",
     ]
-    columns = ["path", "n", "p50 ms", "p99 ms", "max ms", "not seen in 2 s", f"p99 < {PROPAGATION_P99_MS:g} ms"]
+    columns = ["path", "n", "p50 ms", "p99 ms", "max ms", f"not seen in {WATCH_LIMIT:g} s", f"p99 < {PROPAGATION_P99_MS:g} ms"]
     report.table("1. Invalidation propagation between processes", columns, rows, notes + health)
 
 
@@ -175,7 +178,7 @@ def expected(key: str) -> str:
     return f"row for {key}"
 
 
-def zipf_keys(count: int, skew: float = 1.0) -> tuple[list[str], list[float]]:
+def zipf_keys(count: int, skew: float = LOAD_SKEW) -> tuple[list[str], list[float]]:
     """A skewed key space, as real traffic is: a few hot rows, a long tail."""
     keys = [f"row:{rank}" for rank in range(count)]
     cumulative, total = [], 0.0
@@ -279,7 +282,7 @@ class Recovery:
                 self.all_at = now
                 return
             index += 1
-            time.sleep(0.005)
+            time.sleep(SIGN_POLL)
 
 
 KILL, STOP, KILL_WORST = "SIGKILL", "SIGSTOP", "SIGKILL, back right after a failed probe"
@@ -406,7 +409,7 @@ def report_faults(report: Report, runs: list[dict[str, Any]], plan: dict[str, An
         )
     columns = ["fault", "window", "n", "errors", "wrong values", "hit rate %", "loader calls/s", "p50 ms", "p99 ms", "max ms", f"p99 < {LOAD_P99_MS:g} ms", "ops/s", "seconds"]
     notes = [
-        f"{plan['threads']} threads in one process, each: `get_or_load(key)` on a Zipf(1.0) key space of {plan['keys']} rows",
+        f"{plan['threads']} threads in one process, each: `get_or_load(key)` on a Zipf({LOAD_SKEW:g}) key space of {plan['keys']} rows",
         f"(loader sleeps {DB_READ * 1000:g} ms, like a fast query), {WRITE_SHARE:.0%} of operations `delete(key)` (an invalidation),",
         f"{plan['think'] * 1000:g} ms think time between operations. Keys pre-filled. Redis down for {plan['outage']} s, then",
         "started again on the same port (SIGKILL: empty, no persistence) or continued (SIGSTOP). The third run stays down",
@@ -427,7 +430,7 @@ def report_faults(report: Report, runs: list[dict[str, Any]], plan: dict[str, An
         ["fault", *(f"{sign} s" for sign in Recovery.SIGNS), "all at once s"],
         recovery_rows,
         [
-            "Polled every 5 ms from this process: `cache.stats()` for the breaker, L1 and the coherence subscription,",
+            f"Polled every {SIGN_POLL * 1000:g} ms from this process: `cache.stats()` for the breaker, L1 and the coherence subscription,",
             "and a `set()` of a fresh probe key followed by a plain EXISTS on the server. Blank = never within the cap.",
             *recovery_gaps(runs),
         ],
@@ -507,11 +510,15 @@ def report_stampedes(report: Report, results: dict[tuple[str, str], list], healt
             )
         rows.append(row)
     columns = ["backend", "callers", "rounds", "loader calls (max)", "loader calls (mean)", "wall ms (median)", "wall ms (max)", "errors", "1 loader call"]
+    waits = "; ".join(
+        f"{row['callers']}: {row['wall ms (median)'] - STAMPEDE_LOAD * 1000:.1f} ms" for row in rows if row["backend"] == STAMPEDE_BACKENDS[TIERED]
+    )
     notes = [
         f"Every caller misses the same cold key at the same instant; the loader sleeps {STAMPEDE_LOAD * 1000:g} ms.",
-        "Wall = from the common start instant to the last caller returning. Across processes, TieredCache waiters",
-        "poll Redis for the lease holder's value with a backoff (5 ms doubling to 50 ms), which is what they add over",
-        "the loader's time. A fresh key per round, after one unrecorded warm-up round (connection pools, subscriptions).",
+        "Wall = from the common start instant to the last caller returning. TieredCache waiters wait for the lease",
+        "holder's value (across processes by polling Redis with a doubling backoff); what waiting adds over the",
+        f"loader's time, median wall minus the loader's sleep: {waits}.",
+        "A fresh key per round, after one unrecorded warm-up round (connection pools, subscriptions).",
     ]
     report.table(f"3. {STAMPEDE_CALLERS} concurrent misses on one key", columns, rows, notes + health)
 
@@ -532,7 +539,7 @@ def _intro(plan: dict[str, Any]) -> list[str]:
         "loopback port (so it may kill it), never the shared one. Worker processes are `benchmarks.resilience_worker`.",
         "",
         f"Budgets (spec and issue 3): propagation p99 < {PROPAGATION_P99_MS:g} ms; Redis killed under load: zero errors,",
-        f"p99 < {LOAD_P99_MS:g} ms, back to L2 within {BACK_TO_L2_S:g} s of Redis returning; 100 concurrent misses: one loader call.",
+        f"p99 < {LOAD_P99_MS:g} ms, back to L2 within {BACK_TO_L2_S:g} s of Redis returning; {STAMPEDE_CALLERS} concurrent misses: one loader call.",
     ]
 
 

@@ -48,6 +48,7 @@ PG = {
     "PASSWORD": os.environ.get("VELRO_BENCH_PG_PASSWORD", ""),
 }
 
+RECENT = "500 most recent generations (48 h)"
 # name -> (view, the columns warming reads, ORDER BY ... LIMIT ...)
 QUERIES = {
     "top 100 active users (24 h)": (
@@ -55,7 +56,7 @@ QUERIES = {
         "user_id, username, activity, requests_24h, generations_24h",
         "ORDER BY activity DESC, user_id LIMIT 100",
     ),
-    "500 most recent generations (48 h)": (
+    RECENT: (
         "studio_recent_generations_48h",
         (
             "id, owner_id, team_id, prompt, status, model_name, media_url, thumbnail_url, media_type, "
@@ -292,18 +293,21 @@ def _data_set_rows() -> list[dict[str, Any]]:
 # -- the report ----------------------------------------------------------------------------------
 
 
-WARMING_NOTES = [
-    (
-        "The live side pays for the window filter, the joins and the aggregation on every read; the view "
-        "paid for them once, at refresh (next table). Where the live table already has the index a query "
-        "needs, the view saves little: the 500 most recent generations are an index scan of "
-        "`studio_gen_recent` (-created_at) on both sides, and their time is mostly moving 500 wide rows."
-    ),
-    (
-        "Client-side times include Django's cursor and row conversion, and the machine's noise (other "
-        "processes share its 2 cores); server ms and rows scanned are the steadier comparison."
-    ),
-]
+def _warming_notes(rows: list[dict[str, Any]], nproc: int) -> list[str]:
+    """The notes under the warming table, with this run's row count and core count."""
+    recent = next(row["rows returned"] for row in rows if row["query"] == RECENT and row["source"] == LIVE)
+    return [
+        (
+            "The live side pays for the window filter, the joins and the aggregation on every read; the view "
+            "paid for them once, at refresh (next table). Where the live table already has the index a query "
+            "needs, the view saves little: the most recent generations are an index scan of "
+            f"`studio_gen_recent` (-created_at) on both sides, and their time is mostly moving {recent:,} wide rows."
+        ),
+        (
+            "Client-side times include Django's cursor and row conversion, and the machine's noise (other "
+            f"processes share its {nproc} cores); server ms and rows scanned are the steadier comparison."
+        ),
+    ]
 REFRESH_NOTES = [
     (
         "A refresh runs off the request path (after writes, debounced, or on a schedule). REFRESH ... "
@@ -345,7 +349,8 @@ def run(args: argparse.Namespace) -> Report:
         f"plus {plan['accesses']:,} access-log rows and token use added by the benchmark."
     )
     report.table("Data set", ["table", "rows"], _data_set_rows(), [seeded_with])
-    report.table("Warming queries: view vs live tables", COLUMNS, _query_rows(plan["rounds"]), WARMING_NOTES)
+    query_rows = _query_rows(plan["rounds"])
+    report.table("Warming queries: view vs live tables", COLUMNS, query_rows, _warming_notes(query_rows, report.machine["nproc"]))
     report.table("What the views cost: one concurrent refresh each", ["view", "rows", "refresh ms", "concurrently"],
                  refresh_rows, REFRESH_NOTES)
     report.table("And the cache in front of a view (L3 read-through)", ["read", "median µs", "p99 µs"],

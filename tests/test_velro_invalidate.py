@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 
 import pytest
 from django.core.management import call_command
@@ -90,3 +91,37 @@ def test_by_tag_and_key(own_cache):
 def test_mistakes_are_clear_errors(args, message):
     with pytest.raises(CommandError, match=message):
         run(*args)
+
+
+def test_an_unknown_cache_alias_is_a_clear_error_naming_the_known_ones(settings):
+    with pytest.raises(CommandError, match=r"Unknown cache alias 'nosuch'; CACHES defines: .*'default'") as raised:
+        run("--cache", "nosuch", "--key", "system_config:banner")
+    assert all(repr(alias) in str(raised.value) for alias in settings.CACHES)
+
+
+@pytest.fixture
+def l1_only_cache(settings):
+    """An alias with no LOCATION: a TieredCache whose data lives in this process only."""
+    from django.core.cache import caches
+
+    settings.CACHES = {
+        **settings.CACHES,
+        "l1_only": {"BACKEND": "velro_cache.backends.TieredCache", "KEY_PREFIX": f"l1-{uuid.uuid4().hex[:8]}"},
+    }
+    yield caches["l1_only"]
+    caches["l1_only"].clear()
+
+
+def test_an_l1_only_cache_warns_that_other_processes_are_not_reached(l1_only_cache):
+    l1_only_cache.set("system_config:banner", "old")
+    out, err = run("--cache", "l1_only", "--key", "system_config:banner")
+    assert "Retired 1 namespace:\n  system_config:banner\n" in out
+    assert "Deleted 1 plain key:\n  system_config:banner\n" in out
+    assert "'l1_only' has no L2" in err and "other processes' L1 are not reached without L2" in err
+    assert l1_only_cache.get("system_config:banner") is None  # this process's own L1 was retired
+
+
+def test_a_cache_with_l2_gives_no_process_warning(own_cache):
+    own_cache.set("system_config:banner", "old")
+    _, err = run("--key", "system_config:banner")
+    assert err == ""

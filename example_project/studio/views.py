@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
@@ -44,11 +45,16 @@ MAX_PROMPT_LENGTH = 4000
 
 
 def authz(request: HttpRequest) -> RequestAuthorization:
-    """``request.authz`` from AuthorizationMiddleware; built here when a configuration
-    (a benchmark's minimal settings) runs the views without it."""
-    if not hasattr(request, "authz"):
-        request.authz = RequestAuthorization(request)
-    return request.authz
+    """``request.authz``, which AuthorizationMiddleware sets. Every check goes through
+    it, so settings without the middleware are a setup error to name, not one to
+    paper over by building a context here."""
+    try:
+        return request.authz
+    except AttributeError:
+        raise ImproperlyConfigured(
+            "The studio views check access through request.authz: add "
+            "velro_cache.authz.middleware.AuthorizationMiddleware to MIDDLEWARE."
+        ) from None
 
 
 def _ref(meta: dict[str, Any]) -> ObjectRef:

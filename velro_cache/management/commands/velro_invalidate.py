@@ -16,8 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings as django_settings
+from django.core.cache import BaseCache, caches
+from django.core.cache.backends.locmem import LocMemCache
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from velro_cache.backends import TieredCache
+from velro_cache.conf import settings
 from velro_cache.invalidation import Retirement, invalidate, registry
 from velro_cache.namespaces import levels
 
@@ -38,6 +43,8 @@ class Command(BaseCommand):
         targets = self._targets(options)
         if not (targets or options["prefix"] or options["tag"] or options["key"] or options["data_types"]):
             raise CommandError("Say what to invalidate: --model [--pk], --prefix, --tag, --key or --data-type.")
+        alias = options["cache"] or settings.CACHE_ALIAS
+        cache = self._cache(alias)
         try:
             retired = invalidate(
                 *targets,
@@ -45,11 +52,26 @@ class Command(BaseCommand):
                 tags=options["tag"],
                 keys=options["key"],
                 data_types=options["data_types"],
-                cache=options["cache"],
+                cache=cache,
             )
         except (TypeError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         self._report(retired, options["prefix"])
+        if _process_local(cache):
+            self.stderr.write(
+                self.style.WARNING(
+                    f"Warning: cache {alias!r} has no L2 (no LOCATION), so only this command's own process was "
+                    "affected: other processes' L1 are not reached without L2 and keep serving their copies "
+                    "until they expire."
+                )
+            )
+
+    def _cache(self, alias: str) -> BaseCache:
+        """The cache the alias names; an unknown alias is the user's mistake, not a traceback."""
+        if alias not in django_settings.CACHES:
+            known = ", ".join(repr(name) for name in sorted(django_settings.CACHES))
+            raise CommandError(f"Unknown cache alias {alias!r}; CACHES defines: {known}.")
+        return caches[alias]
 
     def _targets(self, options: dict[str, Any]) -> list[Any]:
         label = options["model"]
@@ -87,3 +109,10 @@ class Command(BaseCommand):
                     "carry its token. Declared levels: "
                     + ", ".join(sorted(str(p) for p in levels.patterns()))
                 )
+
+
+def _process_local(cache: BaseCache) -> bool:
+    """Whether the cache's data lives in this process only, so retiring it here reaches no other process."""
+    if isinstance(cache, TieredCache):
+        return not cache.options.redis_urls
+    return isinstance(cache, LocMemCache)
