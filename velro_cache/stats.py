@@ -14,8 +14,9 @@ import threading
 from bisect import bisect_left
 from typing import Any
 
+from .keys import data_type_segment
+
 TIERS = ("l1", "l2")
-OUTCOMES = ("hits", "misses")
 MAX_DATA_TYPES = 64
 OTHER_TYPE = "other"
 L1_SAMPLE = 64  # power of two: sampled with a bit mask
@@ -36,9 +37,13 @@ def _read(counter: itertools.count) -> int:
     return int(repr(counter)[6:-1])
 
 
-def data_type_of(key: Any) -> str:
-    """The key's first segment: ``gen`` for ``gen:456:meta``."""
-    return str(key).partition(":")[0] or OTHER_TYPE
+def stats_group_of(key: Any) -> str:
+    """The row of the statistics a key counts in: its first segment (``gen`` for ``gen:456:meta``).
+
+    Not the TTL data type (``ttl`` maps segments to configured names): the
+    statistics show the keys as they are, configured or not.
+    """
+    return data_type_segment(str(key)) or OTHER_TYPE
 
 
 class DataTypeCounters:
@@ -121,7 +126,7 @@ class CacheStats:
             return self._types.setdefault(name, DataTypeCounters(name))
 
     def for_key(self, key: Any) -> DataTypeCounters:
-        return self.for_type(data_type_of(key))
+        return self.for_type(stats_group_of(key))
 
     def snapshot(self) -> dict[str, Any]:
         by_type = {name: counters.snapshot() for name, counters in list(self._types.items())}
