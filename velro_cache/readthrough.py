@@ -33,7 +33,8 @@ from typing import Any
 from django.core.cache import caches
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
-from .tiers.breaker import CLOSED, L2Unavailable
+from .exceptions import L2Unavailable
+from .tiers.breaker import CLOSED
 from .tiers.memory import MISSING
 
 # Waiting for another process's fill: a short first look, then every 20 ms.

@@ -27,7 +27,7 @@ from typing import Any
 from django.core.cache import caches
 
 from ..conf import settings
-from ..tiers.breaker import L2Unavailable
+from ..exceptions import L2Unavailable
 from . import decisions, versions
 from .policy import ObjectPolicy, registry
 

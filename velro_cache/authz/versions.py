@@ -17,10 +17,10 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
+from ..exceptions import L2Unavailable
 from ..invalidation.retirement import Retirement
 from ..invalidation.transactions import dirty_namespaces, schedule, settle
 from ..keys import build_key
-from ..tiers.breaker import L2Unavailable
 
 PREFIX = build_key("authz", "ver")
 GLOBAL_KEY = build_key("authz", "ver", "global")

@@ -43,7 +43,7 @@ from django.db import models
 from ..keys import SEPARATOR, normalize_part
 from ..namespaces import Pattern, levels
 from .retirement import Retirement
-from ..exceptions import AlreadyRegistered, NotRegistered  # noqa: F401 (re-exported)
+from ..exceptions import AlreadyRegistered, NotRegistered
 
 KEY, PREFIX, TAG = "key", "prefix", "tag"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
