@@ -177,3 +177,12 @@ def test_keys_of_a_declared_key_template_are_also_deleted_as_plain_keys(own_cach
     assert own_cache.get("system_config:banner") is None
 
 
+
+
+def test_invalidating_a_model_without_declarations_raises_not_registered():
+    from django.contrib.auth.models import Permission
+
+    assert Permission not in registry.models()
+    with pytest.raises(NotRegistered, match="has no cache declarations"):
+        velro_cache.invalidate(Permission)
+    assert issubclass(NotRegistered, LookupError)  # what callers caught before

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, models
 
+from ..exceptions import NotRegistered
 from ..keys import KeyLike, as_key
 from ..ttl import policy
 from .declarations import registry
@@ -58,7 +59,7 @@ def _sum(retirements: Iterable[Retirement]) -> Retirement:
 
 
 def _unregistered(model: type) -> None:
-    raise LookupError(f"{model._meta.label} has no cache declarations: register one with velro_cache.register")
+    raise NotRegistered(f"{model._meta.label} has no cache declarations: register one with velro_cache.register")
 
 
 def _database_of(targets: tuple[Any, ...]) -> str:

@@ -36,9 +36,6 @@ class Retirement:
         self.keys |= other.keys
         return self
 
-    def __or__(self, other: Retirement) -> Retirement:
-        return Retirement(self.namespaces | other.namespaces, self.keys | other.keys)
-
 
 def resolve_cache(cache: Any = None) -> Any:
     """A cache given as None (the configured alias), an alias, or an instance."""
