@@ -2,9 +2,9 @@
 
 Counters are ``itertools.count`` objects: ``next()`` on one is a single C call
 and atomic under the GIL, so concurrent threads never lose an increment and the
-hit path takes no lock. Latency is sampled (every L2 call, one in
-``L1_SAMPLE`` L1 calls) into fixed log-spaced buckets, the shape Prometheus
-histograms want.
+hit path takes no lock. Read latency is sampled (every L2 read, one in
+``L1_SAMPLE`` L1 reads; writes are not timed) into fixed log-spaced buckets,
+the shape Prometheus histograms want.
 """
 
 from __future__ import annotations
