@@ -49,10 +49,9 @@ def stats_group_of(key: Any) -> str:
 class DataTypeCounters:
     """Hits and misses of one data type, one counter per tier and outcome."""
 
-    __slots__ = ("name", "l1_hits", "l2_hits", "misses", "corrupt")
+    __slots__ = ("l1_hits", "l2_hits", "misses", "corrupt")
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self) -> None:
         self.l1_hits = itertools.count()
         self.l2_hits = itertools.count()
         self.misses = itertools.count()
@@ -123,7 +122,7 @@ class CacheStats:
         with self._types_lock:
             if name not in self._types and len(self._types) >= MAX_DATA_TYPES:
                 name = OTHER_TYPE
-            return self._types.setdefault(name, DataTypeCounters(name))
+            return self._types.setdefault(name, DataTypeCounters())
 
     def for_key(self, key: Any) -> DataTypeCounters:
         return self.for_type(stats_group_of(key))
