@@ -19,7 +19,7 @@ from velro_cache.authz import decisions, versions
 from velro_cache.authz.policy import ObjectPolicy
 from velro_cache.keys import parse_key
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)  # grants and revokes retire on a real commit
 
 ACTIONS = ("read", "media", "write", "delete", "share")
 ALLOWED = {

@@ -19,7 +19,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from tests.concurrency import run_together
 from tests.test_coherence import eventually
-from velro_cache.serializers import UnserializableValue
+from velro_cache.exceptions import UnserializableValue
 
 pytestmark = pytest.mark.django_db(databases=[])
 
@@ -455,7 +455,7 @@ def test_get_or_load_caches_none(cache):
 
 
 def test_fetch_authoritative_reads_l2_not_l1_and_says_when_it_cannot(own_redis, tiered_on):
-    from velro_cache.tiers.breaker import L2Unavailable
+    from velro_cache.exceptions import L2Unavailable
 
     url = own_redis.url()
     writer, reader = tiered_on(url), tiered_on(url)

@@ -1,5 +1,5 @@
 """The declaration API: templates, registration, what a change retires, namespace levels,
-loading from settings, and how it behaves inside Django's TestCase transaction."""
+loading from settings, and when a write retires (on commit, also under Django's TestCase)."""
 
 from __future__ import annotations
 
@@ -98,10 +98,11 @@ def test_importing_velro_cache_does_not_import_the_orm():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
-# -- inside Django's TestCase transaction (pytest-django's django_db) -----------------------------
+# -- when a write retires: on commit, also in tests ---------------------------------------------
 
 
-def test_a_write_outside_any_atomic_of_ours_retires_at_once(django_assert_num_queries):
+@pytest.mark.django_db(transaction=True)
+def test_a_write_outside_any_atomic_retires_at_once(django_assert_num_queries):
     generation = baker.make(Generation, prompt="first")
     assert generation_meta(generation.pk)["prompt"] == "first"
     generation.prompt = "second"
@@ -112,7 +113,8 @@ def test_a_write_outside_any_atomic_of_ours_retires_at_once(django_assert_num_qu
         assert generation_meta(generation.pk)["prompt"] == "second"
 
 
-def test_a_block_left_inside_the_test_transaction_counts_as_committed(django_assert_num_queries):
+@pytest.mark.django_db(transaction=True)
+def test_a_committed_block_retires_on_commit_and_reads_its_own_writes_before(django_assert_num_queries):
     generation = baker.make(Generation, prompt="first")
     assert generation_meta(generation.pk)["prompt"] == "first"
     with transaction.atomic():
@@ -126,7 +128,8 @@ def test_a_block_left_inside_the_test_transaction_counts_as_committed(django_ass
         assert generation_meta(generation.pk)["prompt"] == "second"
 
 
-def test_a_rolled_back_block_inside_the_test_transaction_retires_nothing(django_assert_num_queries):
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_block_retires_nothing(django_assert_num_queries):
     generation = baker.make(Generation, prompt="first")
     assert generation_meta(generation.pk)["prompt"] == "first"
     with suppress(ZeroDivisionError), transaction.atomic():
@@ -137,12 +140,35 @@ def test_a_rolled_back_block_inside_the_test_transaction_retires_nothing(django_
         assert generation_meta(generation.pk)["prompt"] == "first"
 
 
+def test_under_a_test_case_transaction_retirements_wait_for_its_on_commit_callbacks(
+    django_capture_on_commit_callbacks, django_assert_num_queries
+):
+    """TestCase never commits: nothing is retired by velro-cache's own guess; Django's public hook runs them."""
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        generation = baker.make(Generation, prompt="first")
+    assert callbacks
+    assert generation_meta(generation.pk)["prompt"] == "first"
+    with django_capture_on_commit_callbacks(execute=False) as held:
+        generation.prompt = "second"
+        generation.save()
+        with django_assert_num_queries(1):
+            assert generation_meta(generation.pk)["prompt"] == "second"  # dirty until the callbacks run
+    assert held
+    for callback in held:
+        callback()
+    with django_assert_num_queries(1):
+        assert generation_meta(generation.pk)["prompt"] == "second"
+    with django_assert_num_queries(0):
+        assert generation_meta(generation.pk)["prompt"] == "second"
+
+
 def test_the_checks_accept_the_example_declarations():
     assert all(declaration.problems() == [] for declaration in registry.declarations())
     assert {Generation, TeamMembership, Team, User} <= set(registry.models())
     assert all(issubclass(model, models.Model) for model in registry.models())
 
 
+@pytest.mark.django_db(transaction=True)
 def test_keys_of_a_declared_key_template_are_also_deleted_as_plain_keys(own_cache):
     from studio.models import SystemConfig
 
@@ -151,3 +177,12 @@ def test_keys_of_a_declared_key_template_are_also_deleted_as_plain_keys(own_cach
     assert own_cache.get("system_config:banner") is None
 
 
+
+
+def test_invalidating_a_model_without_declarations_raises_not_registered():
+    from django.contrib.auth.models import Permission
+
+    assert Permission not in registry.models()
+    with pytest.raises(NotRegistered, match="has no cache declarations"):
+        velro_cache.invalidate(Permission)
+    assert issubclass(NotRegistered, LookupError)  # what callers caught before

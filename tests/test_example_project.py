@@ -287,6 +287,7 @@ def test_me_requires_token(client):
 # -- the cache is really used ------------------------------------------------------------
 
 
+@pytest.mark.django_db(transaction=True)  # data written under a test transaction is dirty: never cached
 def test_repeated_reads_are_served_without_queries(
     client, generation, team, django_assert_num_queries
 ):
@@ -301,6 +302,7 @@ def test_repeated_reads_are_served_without_queries(
         assert client.get("/api/me/", headers=headers).status_code == 200
 
 
+@pytest.mark.django_db(transaction=True)  # data written under a test transaction is dirty: never cached
 def test_cache_keys_are_grouped_by_data_type(client, generation, team):
     viewer = member(team, Role.VIEWER)
     headers = auth(viewer)

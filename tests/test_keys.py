@@ -17,7 +17,6 @@ from velro_cache.keys import (
     MAX_RAW_LENGTH,
     as_key,
     build_key,
-    is_prefix,
     normalize_part,
     parse_key,
 )
@@ -90,12 +89,6 @@ def test_as_key_takes_parts_or_a_built_key():
     assert as_key(("gen", 5, "meta")) == as_key("gen:5:meta") == "gen:5:meta"
     with pytest.raises(ValueError):
         as_key("gen:5 6")
-
-
-def test_prefix_is_by_whole_parts():
-    assert is_prefix("auth:user:1", "auth:user:1:role")
-    assert is_prefix("auth:user:1", "auth:user:1")
-    assert not is_prefix("auth:user:1", "auth:user:12")
 
 
 # -- properties ---------------------------------------------------------------------------------

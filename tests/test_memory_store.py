@@ -29,16 +29,16 @@ class FakeClock:
         self.now += seconds
 
 
-def read_through(store: MemoryStore, key: str, weight: int = 1, priority: int = 0) -> bool:
+def read_through(store: MemoryStore, key: str, weight: int = 1) -> bool:
     """Get, and on a miss set: how the backend fills L1. Returns True on a hit."""
     if store.get(key) is MISSING:
-        store.set(key, f"value-{key}", weight, None, priority)
+        store.set(key, f"value-{key}", weight, None)
         return False
     return True
 
 
 def held_regions(store: MemoryStore) -> int:
-    return sum(store.policy_stats()["regions"].values())
+    return sum(store.eviction_stats()["regions"].values())
 
 
 # -- the byte budget ----------------------------------------------------------------
@@ -46,8 +46,8 @@ def held_regions(store: MemoryStore) -> int:
 KEYS = st.sampled_from([f"k{i}" for i in range(40)])
 OPS = st.lists(
     st.one_of(
-        st.tuples(st.just("set"), KEYS, st.integers(1, 120), st.one_of(st.none(), st.integers(1, 30)), st.integers(-1, 1)),
-        st.tuples(st.just("add"), KEYS, st.integers(1, 120), st.one_of(st.none(), st.integers(1, 30)), st.integers(-1, 1)),
+        st.tuples(st.just("set"), KEYS, st.integers(1, 120), st.one_of(st.none(), st.integers(1, 30))),
+        st.tuples(st.just("add"), KEYS, st.integers(1, 120), st.one_of(st.none(), st.integers(1, 30))),
         st.tuples(st.just("get"), KEYS),
         st.tuples(st.just("delete"), KEYS),
         st.tuples(st.just("touch"), KEYS, st.one_of(st.none(), st.integers(1, 30))),
@@ -68,12 +68,12 @@ def test_budget_and_values_hold_under_random_operations(ops: list[tuple], max_by
     for op in ops:
         name = op[0]
         if name in ("set", "add"):
-            _, key, weight, ttl, priority = op
+            _, key, weight, ttl = op
             serial += 1
             payload = f"{key}#{serial}"
             expires_at = None if ttl is None else clock.now + ttl
             was_live = key in store
-            stored = getattr(store, name)(key, payload, weight, expires_at, priority)
+            stored = getattr(store, name)(key, payload, weight, expires_at)
             if weight > max_bytes // 2:
                 assert stored is False
             if name == "add" and was_live:
@@ -200,8 +200,8 @@ def test_contains_does_not_count_as_a_use() -> None:
     for _ in range(1000):
         assert "k" in store
     store.maintenance()
-    assert store.policy_stats()["reads_buffered"] == 0
-    assert store._policy.sketch.frequency("k") <= 1
+    assert store.eviction_stats()["reads_buffered"] == 0
+    assert store._eviction.sketch.frequency("k") <= 1
 
 
 def test_clear_empties_the_store() -> None:
@@ -256,35 +256,6 @@ def test_a_frequently_read_set_survives_scans_that_flush_lru() -> None:
     assert all(key in store for key in hot)
 
 
-def test_high_priority_entries_outlast_pressure_that_evicts_normal_ones() -> None:
-    store = MemoryStore(200)
-    vip = [f"vip{i}" for i in range(20)]
-    for key in vip:
-        store.set(key, key, 1, None, priority=1)
-    normal = [f"n{i}" for i in range(100)]
-    for key in normal:
-        store.set(key, key, 1, None)
-    for round_ in range(10):  # newcomers that are read often enough to be admitted
-        for i in range(300):
-            read_through(store, f"new{round_}-{i % 150}")
-    store.maintenance()
-    assert all(key in store for key in vip)
-    assert sum(key in store for key in normal) < len(normal) // 2
-
-
-def test_low_priority_entries_are_evicted_first() -> None:
-    store = MemoryStore(100)
-    for i in range(10):
-        store.set(f"low{i}", i, 1, None, priority=-1)
-    for i in range(90):
-        store.set(f"n{i}", i, 1, None)
-    for i in range(10):
-        store.set(f"late{i}", i, 1, None)
-    assert not any(f"low{i}" in store for i in range(10))
-    assert sum(f"n{i}" in store for i in range(90)) == 90
-    assert store.evictions == 10
-
-
 def test_on_evict_reports_size_evictions() -> None:
     events: list[tuple[str, str]] = []
     store = MemoryStore(50, on_evict=lambda key, reason: events.append((key, reason)))
@@ -329,19 +300,19 @@ def test_the_window_grows_for_recency_and_shrinks_for_frequency() -> None:
     rng = random.Random(7)
     capacity = 2000
     store = MemoryStore(capacity)
-    initial = store.policy_stats()["window_max"]
+    initial = store.eviction_stats()["window_max"]
 
     for key in _recency_trace(rng, 120_000, "r"):
         read_through(store, key)
     store.maintenance()
-    grown = store.policy_stats()["window_max"]
+    grown = store.eviction_stats()["window_max"]
     assert grown > 5 * initial
 
     hot_keys = [f"z{i}" for i in range(20_000)]
     for key in _zipf(rng, hot_keys, 0.9, 150_000):
         read_through(store, key)
     store.maintenance()
-    stats = store.policy_stats()
+    stats = store.eviction_stats()
     assert stats["window_max"] < grown / 2
     assert stats["tuner_decisions"] > 0
 
@@ -367,7 +338,7 @@ def test_threads_sharing_a_store_keep_the_invariants() -> None:
                     value = store.get(key)
                     assert value is MISSING or value == f"value-{key}"
                 elif roll < 0.9:
-                    store.set(key, f"value-{key}", _weight_of(key), None, rng.choice((-1, 0, 0, 1)))
+                    store.set(key, f"value-{key}", _weight_of(key), None)
                 elif roll < 0.97:
                     store.delete(key)
                 else:

@@ -7,7 +7,8 @@ import decimal
 
 from hypothesis import given, settings, strategies as st
 
-from velro_cache.serializers import INT64_MAX, MSGPACK, MSGPACK_LZ4, PICKLE, CorruptEntry, Serializer
+from velro_cache.exceptions import CorruptEntry
+from velro_cache.serializers import INT64_MAX, MSGPACK, MSGPACK_LZ4, PICKLE, Serializer
 
 SERIALIZER = Serializer(signing_key=b"k" * 32)
 

@@ -130,7 +130,7 @@ def test_configured_bounds_hold():
         assert all(100 * 0.8 * 0.9 <= ttl_for(f"{cold}:x") <= 100 * 0.8 * 1.1 for _ in range(200))
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the invalidation is applied on a real commit
 def test_an_invalidation_counts_as_a_change():
     name = subject()
     with ttl_settings(TTL_JITTER=0):

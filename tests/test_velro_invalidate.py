@@ -13,7 +13,7 @@ from model_bakery import baker
 from studio.models import Generation, Team
 from studio.reads import generation_meta
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)  # the command retires on a real commit
 
 
 @pytest.fixture(autouse=True)

@@ -37,12 +37,13 @@ from django.conf import settings as django_settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, CacheKeyWarning, memcache_key_warnings
 from django.core.exceptions import ImproperlyConfigured
 
+from .exceptions import CorruptEntry, L2Unavailable, NotPlannable, UnserializableValue
 from .options import TieredOptions, parse_options
 from . import fill
-from .serializers import OBJECT, CorruptEntry, Serializer, UnserializableValue, derive_signing_key, pack_expiry
+from .serializers import OBJECT, Serializer, derive_signing_key, pack_expiry
 from .stats import L1_SAMPLE, DataTypeCounters
-from .tiers.breaker import CLOSED, L2Unavailable
-from .tiers.copying import NotPlannable, Reader, plan_copy
+from .tiers.breaker import CLOSED
+from .tiers.copying import Reader, plan_copy
 from .tiers.memory import MISSING
 from .tiers.process import ProcessState, state_for
 

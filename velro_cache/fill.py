@@ -38,7 +38,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
 from .options import TieredOptions
 from .stats import DataTypeCounters
-from .tiers.breaker import L2Unavailable
+from .exceptions import L2Unavailable
 from .tiers.memory import MISSING
 
 # Waiting for another process's fill: a short first look, then every 20 ms.

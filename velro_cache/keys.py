@@ -103,13 +103,8 @@ def as_key(key: KeyLike) -> str:
 
 
 def data_type_segment(key: str) -> str:
-    """The first part of a key: what statistics and the TTL policy group it by."""
+    """The first part of a key: what statistics and the TTL rules group it by."""
     return key.partition(SEPARATOR)[0]
-
-
-def is_prefix(prefix: str, key: str) -> bool:
-    """Whether ``prefix`` is ``key`` or a whole-part prefix of it (``a:b`` of ``a:b:c``, not of ``a:bc``)."""
-    return key == prefix or key.startswith(prefix + SEPARATOR)
 
 
 def digest(data: bytes) -> str:

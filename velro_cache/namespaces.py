@@ -53,7 +53,7 @@ def current_tokens(cache: Any, namespaces: Sequence[str]) -> list[str]:
     """The namespaces' tokens, creating missing ones (``add`` so concurrent creators agree)."""
     tokens = []
     for namespace in namespaces:
-        key = TOKEN_KEY_TYPE + SEPARATOR + namespace
+        key = token_key(namespace)
         token = cache.get(key)
         if token is None:
             token = _create_token(cache, key)

@@ -27,14 +27,15 @@ import hmac
 import pickle
 import struct
 import uuid
-from decimal import Decimal
 from collections.abc import Callable
+from decimal import Decimal
 from functools import partial
 from typing import Any, NamedTuple
 
 import lz4.block
 import msgpack
-from .exceptions import CorruptEntry, UnserializableValue  # noqa: F401 (re-exported)
+
+from .exceptions import CorruptEntry, UnserializableValue
 
 # Codecs of a body. OBJECT is L1-only: an immutable value held as itself.
 OBJECT, MSGPACK, MSGPACK_LZ4, PICKLE, PICKLE_LZ4 = range(5)
@@ -55,10 +56,6 @@ _DELTA = struct.Struct(">f")
 HEADER_BYTES = 1 + _EXPIRY.size + _DELTA.size
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-# Values of these exact types are immutable, so L1 may hand out the object
-# itself instead of a decoded copy.
-IMMUTABLE_TYPES = frozenset({str, bytes, int, float, bool, type(None)})
 
 # msgpack extension type codes.
 _EXT_TUPLE, _EXT_SET, _EXT_FROZENSET = 1, 2, 3
@@ -154,14 +151,13 @@ class Serializer:
         self.compress_min_bytes = compress_min_bytes
 
     # -- bodies (shared by L1 and the wire) ---------------------------------
-    def encode(self, value: Any, compress_min_bytes: int | None = None) -> tuple[int, bytes]:
+    def encode(self, value: Any) -> tuple[int, bytes]:
         """Return ``(codec, body)`` for any storable value."""
-        threshold = self.compress_min_bytes if compress_min_bytes is None else compress_min_bytes
         try:
             codec, body = MSGPACK, _pack_plain(value)
         except (_NotPlain, ValueError, OverflowError):
             codec, body = PICKLE, self._pickle(value)
-        if len(body) >= threshold:
+        if len(body) >= self.compress_min_bytes:
             packed = lz4.block.compress(body)
             if len(packed) < len(body):
                 return codec + 1, packed

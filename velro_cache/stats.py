@@ -2,9 +2,9 @@
 
 Counters are ``itertools.count`` objects: ``next()`` on one is a single C call
 and atomic under the GIL, so concurrent threads never lose an increment and the
-hit path takes no lock. Latency is sampled (every L2 call, one in
-``L1_SAMPLE`` L1 calls) into fixed log-spaced buckets, the shape Prometheus
-histograms want.
+hit path takes no lock. Read latency is sampled (every L2 read, one in
+``L1_SAMPLE`` L1 reads; writes are not timed) into fixed log-spaced buckets,
+the shape Prometheus histograms want.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import threading
 from bisect import bisect_left
 from typing import Any
 
+from .keys import data_type_segment
+
 TIERS = ("l1", "l2")
-OUTCOMES = ("hits", "misses")
 MAX_DATA_TYPES = 64
 OTHER_TYPE = "other"
 L1_SAMPLE = 64  # power of two: sampled with a bit mask
@@ -36,18 +37,21 @@ def _read(counter: itertools.count) -> int:
     return int(repr(counter)[6:-1])
 
 
-def data_type_of(key: Any) -> str:
-    """The key's first segment: ``gen`` for ``gen:456:meta``."""
-    return str(key).partition(":")[0] or OTHER_TYPE
+def stats_group_of(key: Any) -> str:
+    """The row of the statistics a key counts in: its first segment (``gen`` for ``gen:456:meta``).
+
+    Not the TTL data type (``ttl`` maps segments to configured names): the
+    statistics show the keys as they are, configured or not.
+    """
+    return data_type_segment(str(key)) or OTHER_TYPE
 
 
 class DataTypeCounters:
     """Hits and misses of one data type, one counter per tier and outcome."""
 
-    __slots__ = ("name", "l1_hits", "l2_hits", "misses", "corrupt")
+    __slots__ = ("l1_hits", "l2_hits", "misses", "corrupt")
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self) -> None:
         self.l1_hits = itertools.count()
         self.l2_hits = itertools.count()
         self.misses = itertools.count()
@@ -118,10 +122,10 @@ class CacheStats:
         with self._types_lock:
             if name not in self._types and len(self._types) >= MAX_DATA_TYPES:
                 name = OTHER_TYPE
-            return self._types.setdefault(name, DataTypeCounters(name))
+            return self._types.setdefault(name, DataTypeCounters())
 
     def for_key(self, key: Any) -> DataTypeCounters:
-        return self.for_type(data_type_of(key))
+        return self.for_type(stats_group_of(key))
 
     def snapshot(self) -> dict[str, Any]:
         by_type = {name: counters.snapshot() for name, counters in list(self._types.items())}

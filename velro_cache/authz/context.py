@@ -25,8 +25,8 @@ from contextvars import ContextVar
 from typing import Any
 
 from ..conf import settings
+from ..exceptions import L2Unavailable
 from ..invalidation.retirement import resolve_cache
-from ..tiers.breaker import L2Unavailable
 from . import decisions, versions
 from .policy import ObjectPolicy, registry
 

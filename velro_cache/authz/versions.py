@@ -17,10 +17,10 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
+from ..exceptions import L2Unavailable
 from ..invalidation.retirement import Retirement
-from ..invalidation.transactions import dirty_namespaces, schedule, settle
+from ..invalidation.transactions import dirty_namespaces, schedule
 from ..keys import build_key
-from ..tiers.breaker import L2Unavailable
 
 PREFIX = build_key("authz", "ver")
 GLOBAL_KEY = build_key("authz", "ver", "global")
@@ -45,7 +45,6 @@ def read_tokens(cache: Any, user_id: Any) -> tuple[str, str]:
     fetch = getattr(cache, "fetch_authoritative", None)
     if fetch is None:
         raise L2Unavailable(f"{type(cache).__name__} cannot read authoritatively")
-    settle()  # bumps whose block has been left under a test case's transaction run now, as on commit
     keys = [user_key(user_id), GLOBAL_KEY]
     found = fetch(keys)
     if not _complete(found, keys):

@@ -16,10 +16,11 @@ import importlib
 from importlib.util import find_spec
 
 from ..conf import settings
+from ..exceptions import AlreadyRegistered, NotRegistered
 from . import signals  # noqa: F401  (wires receivers to registrations)
 from .api import invalidate
 from .bulk import InvalidatingManager, InvalidatingQuerySet, InvalidatingQuerySetMixin, invalidating
-from .declarations import AlreadyRegistered, ModelCache, NotRegistered, register, registry
+from .declarations import ModelCache, register, registry
 from .retirement import Retirement
 from .transactions import dirty_namespaces
 

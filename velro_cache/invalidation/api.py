@@ -7,10 +7,11 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, models
 
+from ..exceptions import NotRegistered
 from ..keys import KeyLike, as_key
 from ..ttl import ttl_rules
 from .declarations import registry
-from .retirement import Retirement
+from .retirement import Retirement, combined
 from .signals import LOADED
 from .transactions import schedule
 
@@ -37,28 +38,21 @@ def retirement_for(target: Any) -> Retirement:
         # Values at load time count too: an instance changed in memory and
         # written by raw SQL must retire what depended on its old values.
         remembered = target.__dict__.get(LOADED)
-        return _sum(d.retirement(target, remembered) for d in declarations)
+        return combined(d.retirement(target, remembered) for d in declarations)
     if isinstance(target, type) and issubclass(target, models.Model):
         declarations = registry.declarations_for(target)
         if not declarations:
             _unregistered(target)
-        return _sum(d.coarse_retirement() for d in declarations)
+        return combined(d.coarse_retirement() for d in declarations)
     if isinstance(target, models.Manager):
         target = target.all()
     if isinstance(target, (models.QuerySet, list, tuple, set)):
-        return _sum(retirement_for(item) for item in target)
+        return combined(retirement_for(item) for item in target)
     raise TypeError(f"cannot invalidate a {type(target).__name__}: pass instances, models, querysets or keyword namespaces")
 
 
-def _sum(retirements: Iterable[Retirement]) -> Retirement:
-    total = Retirement()
-    for retirement in retirements:
-        total |= retirement
-    return total
-
-
 def _unregistered(model: type) -> None:
-    raise LookupError(f"{model._meta.label} has no cache declarations: register one with velro_cache.register")
+    raise NotRegistered(f"{model._meta.label} has no cache declarations: register one with velro_cache.register")
 
 
 def _database_of(targets: tuple[Any, ...]) -> str:
@@ -90,7 +84,7 @@ def invalidate(
     ``using`` is the database whose transaction decides (default: the
     targets' own, else ``default``). Returns what is (or will be) retired.
     """
-    retirement = _sum(retirement_for(target) for target in targets)
+    retirement = combined(retirement_for(target) for target in targets)
     retirement.namespaces |= _as_namespaces(prefixes) | _as_namespaces(tags)
     key_names = _as_namespaces(keys)
     retirement.namespaces |= key_names

@@ -30,7 +30,7 @@ from typing import Any
 from django.db import connections, models, transaction
 
 from .declarations import ModelCache, registry
-from .retirement import Retirement
+from .retirement import Retirement, combined
 from .transactions import schedule
 
 # Django's bulk_update calls update() per batch; our bulk_update already
@@ -39,11 +39,7 @@ _inside_bulk = ContextVar("velro_cache_inside_bulk", default=False)
 
 
 def _retirement(declarations: Sequence[ModelCache], objs: Iterable[models.Model]) -> Retirement:
-    result = Retirement()
-    for obj in objs:
-        for declaration in declarations:
-            result |= declaration.retirement(obj)
-    return result
+    return combined(declaration.retirement(obj) for obj in objs for declaration in declarations)
 
 
 class InvalidatingQuerySetMixin:

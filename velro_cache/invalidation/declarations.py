@@ -40,10 +40,10 @@ from typing import Any
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 
+from ..exceptions import AlreadyRegistered, NotRegistered
 from ..keys import SEPARATOR, normalize_part
 from ..namespaces import Pattern, levels
 from .retirement import Retirement
-from ..exceptions import AlreadyRegistered, NotRegistered  # noqa: F401 (re-exported)
 
 KEY, PREFIX, TAG = "key", "prefix", "tag"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")

@@ -8,6 +8,7 @@ computed when a model changes and applied when the change commits.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +37,13 @@ class Retirement:
         self.keys |= other.keys
         return self
 
-    def __or__(self, other: Retirement) -> Retirement:
-        return Retirement(self.namespaces | other.namespaces, self.keys | other.keys)
+
+def combined(retirements: Iterable[Retirement]) -> Retirement:
+    """One retirement for many: a change that reaches several declarations or instances."""
+    total = Retirement()
+    for retirement in retirements:
+        total |= retirement
+    return total
 
 
 def resolve_cache(cache: Any = None) -> Any:

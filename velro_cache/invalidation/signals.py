@@ -20,7 +20,7 @@ from django.db import models
 from django.db.models import signals
 
 from .declarations import ModelCache, registry
-from .retirement import Retirement
+from .retirement import Retirement, combined
 from .transactions import schedule
 
 LOADED = "_velro_cache_loaded"  # values at load time, for changed foreign keys
@@ -36,10 +36,7 @@ def _remember(declarations: tuple[ModelCache, ...], instance: models.Model) -> d
 
 
 def _retirement(declarations: tuple[ModelCache, ...], instance: models.Model, remembered: dict | None = None) -> Retirement:
-    result = Retirement()
-    for declaration in declarations:
-        result |= declaration.retirement(instance, remembered)
-    return result
+    return combined(declaration.retirement(instance, remembered) for declaration in declarations)
 
 
 def _loaded(sender: type, instance: models.Model, **kwargs: Any) -> None:

@@ -12,12 +12,11 @@ uncommitted one). The dirty set is exactly the namespaces of this thread's
 callbacks that are still waiting in their connection's ``run_on_commit``:
 rolled back means gone from that list, committed means run.
 
-Tests: Django's ``TestCase`` (and pytest-django's ``django_db``) wraps each
-test in a transaction that never commits. A write made with only those
-test-case atomics open behaves as under autocommit in production: it is
-retired at once. A callback whose own atomic block has been left (only
-test-case atomics remain) is run at the next read or write, as the commit of
-that block would have done.
+Under Django's ``TestCase`` (and pytest-django's ``django_db``) each test runs
+inside a transaction that never commits, so retirements wait, as in
+production, for a commit that never comes: such tests use
+``TestCase.captureOnCommitCallbacks(execute=True)`` or a transactional test
+case (pytest-django's ``transaction=True``).
 """
 
 from __future__ import annotations
@@ -64,19 +63,14 @@ def _pending() -> list[PendingRetirement]:
     return pending
 
 
-def _only_test_atomics(connection: Any) -> bool:
-    blocks = connection.atomic_blocks
-    return bool(blocks) and all(getattr(block, "_from_testcase", False) for block in blocks)
-
-
 def schedule(retirement: Retirement, using: str, cache: Any = None) -> None:
     """Retire after the current transaction on ``using`` commits (at once outside one)."""
     if not retirement:
         return
     connection = connections[using]
-    if not connection.in_atomic_block or _only_test_atomics(connection):
-        settle()
-        if not connection.in_atomic_block and connection.connection is not None and not connection.autocommit:
+    if not connection.in_atomic_block:
+        _still_waiting()
+        if connection.connection is not None and not connection.autocommit:
             connection.on_commit(lambda: None)  # Django's own error for manual transactions
         apply(retirement, cache)
         return
@@ -94,19 +88,12 @@ def schedule(retirement: Retirement, using: str, cache: Any = None) -> None:
     pending.append(queued)
 
 
-def settle() -> list[PendingRetirement]:
-    """Forget finished callbacks, run those only a test case's transaction still holds; return the rest."""
+def _still_waiting() -> list[PendingRetirement]:
+    """Forget finished callbacks (committed or rolled back); return those still waiting."""
     pending = getattr(_local, "pending", None)
     if not pending:
         return []
-    waiting = []
-    for queued in pending:
-        if not queued.waiting():
-            continue
-        if _only_test_atomics(connections[queued.using]):
-            queued()
-            continue
-        waiting.append(queued)
+    waiting = [queued for queued in pending if queued.waiting()]
     _local.pending = waiting
     return waiting
 
@@ -116,6 +103,6 @@ def dirty_namespaces() -> frozenset[str]:
     if not getattr(_local, "pending", None):
         return _EMPTY
     names: set[str] = set()
-    for queued in settle():
+    for queued in _still_waiting():
         names |= queued.retirement.namespaces
     return frozenset(names)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from ..exceptions import L2Unavailable  # noqa: F401 (re-exported)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 

@@ -193,9 +193,6 @@ class ClusterRedisTier(RedisTier):
             self._announce_quietly(message)
             raise
 
-    def publish(self, message: bytes) -> None:
-        self._announce_anywhere(message)
-
     # -- announcing -----------------------------------------------------------------------
     def _write_then_announce(self, write: Callable[[], Any], keys: Sequence[str], message: bytes) -> Any:
         """Run a write, then publish its message; on failure still tell the other processes.

@@ -146,7 +146,6 @@ class CoherenceListener:
         self._on_tick = on_tick
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
         self.connected = False
         # Not ready until a subscription is confirmed: before that, messages
         # may have been missed, so L1 must stay off.
@@ -164,10 +163,6 @@ class CoherenceListener:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
-
-    def alive_in_this_process(self) -> bool:
-        """False in a forked child: threads do not survive fork."""
-        return self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()
 
     # -- the thread ---------------------------------------------------------------------
     def _run(self) -> None:

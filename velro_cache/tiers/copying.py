@@ -30,7 +30,8 @@ import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
-from ..exceptions import NotPlannable  # noqa: F401 (re-exported)
+
+from ..exceptions import NotPlannable
 
 Reader = Callable[[Any], Any] | None
 

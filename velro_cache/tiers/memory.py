@@ -2,13 +2,13 @@
 
 A hit must cost well under a microsecond, so :meth:`MemoryStore.get` takes no
 lock: one dict lookup, an expiry check, and an append of the key to a read
-buffer. The eviction policy (:mod:`velro_cache.tiers.policy`) learns about those
+buffer. The eviction (:mod:`velro_cache.tiers.eviction`) learns about those
 reads in batches, when some thread finds the buffer long enough and the lock
 free (``acquire(blocking=False)``); if the lock stays busy the buffer is simply
 reset and those accesses are lost, which only blurs the frequency estimates
 (Caffeine does the same). Everything that changes what is stored (set, add,
 touch, delete, clear) takes :attr:`MemoryStore.lock`, applies the buffered reads
-first so the policy sees events in order, and evicts before returning, so the
+first so the eviction sees events in order, and evicts before returning, so the
 weighted size never exceeds ``max_bytes`` once a write has returned.
 
 This relies on the GIL making single dict and list operations atomic
@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .policy import REGION_NAMES, Entry, WTinyLfuPolicy
+from .eviction import REGION_NAMES, Entry, WTinyLfuEviction
 
 __all__ = ["MISSING", "MemoryStore"]
 
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 MISSING: Any = object()
 """Returned by :meth:`MemoryStore.get` for an absent or expired key (``None`` is a valid payload)."""
 
-READ_BATCH = 256  # reads buffered before a thread tries to hand them to the policy (<1 % of gets pay the drain)
+READ_BATCH = 256  # reads buffered before a thread tries to hand them to the eviction (<1 % of gets pay the drain)
 READ_BUFFER_LIMIT = 4096  # beyond this (lock busy), buffered reads are dropped
 
 EvictionListener = Callable[[str, str], None]
@@ -107,7 +107,7 @@ class MemoryStore:
         self._on_evict = on_evict
         self._data: dict[Any, Entry] = {}
         self._reads: list[Any] = []
-        self._policy = WTinyLfuPolicy(self.max_bytes)
+        self._eviction = WTinyLfuEviction(self.max_bytes)
         self._expiry = _ExpiryQueue()
         self._notes: list[tuple[Any, str]] = []
 
@@ -152,7 +152,7 @@ class MemoryStore:
         return entry.expires_at is not None and entry.expires_at <= now
 
     def _drain_if_idle(self) -> None:
-        """Hand buffered reads to the policy unless another thread holds the lock."""
+        """Hand buffered reads to the eviction unless another thread holds the lock."""
         if not self.lock.acquire(blocking=False):
             if len(self._reads) > READ_BUFFER_LIMIT:
                 self.reads_dropped += len(self._reads)
@@ -161,7 +161,7 @@ class MemoryStore:
         try:
             self._drain_reads()
             self._sweep_expired()
-            self._policy.climb()
+            self._eviction.climb()
             notes = self._take_notes()
         finally:
             self.lock.release()
@@ -181,21 +181,21 @@ class MemoryStore:
 
     # -- writes (under the lock) ------------------------------------------------
 
-    def set(self, key: str, payload: object, weight: int, expires_at: float | None, priority: int = 0) -> bool:
+    def set(self, key: str, payload: object, weight: int, expires_at: float | None) -> bool:
         """Store ``payload``; False (and the old value dropped) if it is too heavy for L1."""
         with self.lock:
-            stored = self._set_locked(key, payload, weight, expires_at, priority)
+            stored = self._set_locked(key, payload, weight, expires_at)
             notes = self._take_notes()
         self._notify(notes)
         return stored
 
-    def add(self, key: str, payload: object, weight: int, expires_at: float | None, priority: int = 0) -> bool:
+    def add(self, key: str, payload: object, weight: int, expires_at: float | None) -> bool:
         """Store only if ``key`` is absent or expired, atomically with respect to other writers."""
         with self.lock:
             current = self._data.get(key)
             if current is not None and not self._expired(current, self._clock()):
                 return False
-            stored = self._set_locked(key, payload, weight, expires_at, priority)
+            stored = self._set_locked(key, payload, weight, expires_at)
             notes = self._take_notes()
         self._notify(notes)
         return stored
@@ -225,7 +225,7 @@ class MemoryStore:
             entry = self._data.pop(key, None)
             if entry is None:
                 return False
-            self._policy.on_remove(entry)
+            self._eviction.on_remove(entry)
             live = not self._expired(entry, self._clock())
         return live
 
@@ -234,7 +234,7 @@ class MemoryStore:
         with self.lock:
             self._data = {}
             self._reads = []
-            self._policy.clear()
+            self._eviction.clear()
             self._expiry.clear()
 
     def maintenance(self) -> None:
@@ -244,31 +244,31 @@ class MemoryStore:
             self._sweep_expired()
             self._expiry.compact(self._data)
             self._evict()
-            self._policy.climb()
+            self._eviction.climb()
             notes = self._take_notes()
         self._notify(notes)
 
-    def _set_locked(self, key: Any, payload: object, weight: int, expires_at: float | None, priority: int) -> bool:
+    def _set_locked(self, key: Any, payload: object, weight: int, expires_at: float | None) -> bool:
         weight = max(1, int(weight))
         self._drain_reads()
         old = self._data.get(key)
         if weight > self.max_entry_bytes:
             if old is not None:
                 del self._data[key]
-                self._policy.on_remove(old)
+                self._eviction.on_remove(old)
             return False
-        entry = Entry(key, payload, weight, expires_at, int(priority))
+        entry = Entry(key, payload, weight, expires_at)
         self._data[key] = entry
         if old is None:
-            self._policy.on_add(entry)
+            self._eviction.on_add(entry)
         else:
-            self._policy.on_replace(old, entry)
+            self._eviction.on_replace(old, entry)
         if expires_at is not None:
             self._expiry.push(entry)
             self._expiry.compact(self._data)
         self._sweep_expired()
         self._evict()
-        self._policy.climb()
+        self._eviction.climb()
         return True
 
     def _drain_reads(self) -> None:
@@ -276,11 +276,11 @@ class MemoryStore:
         if not reads:
             return
         self._reads = []
-        self._policy.on_reads(reads, self._data)
+        self._eviction.on_reads(reads, self._data)
 
     def _evict(self) -> None:
         data = self._data
-        for entry in self._policy.evict():
+        for entry in self._eviction.evict():
             del data[entry.key]
             self.evictions += 1
             if self._on_evict is not None:
@@ -300,7 +300,7 @@ class MemoryStore:
 
     def _remove_expired(self, entry: Entry) -> None:
         del self._data[entry.key]
-        self._policy.on_remove(entry)
+        self._eviction.on_remove(entry)
         self.expirations += 1
         if self._on_evict is not None:
             self._notes.append((entry.key, "expired"))
@@ -336,7 +336,7 @@ class MemoryStore:
     @property
     def weighted_size(self) -> int:
         """Sum of the weights of the entries held (expired ones still count until swept)."""
-        return self._policy.weighted_size
+        return self._eviction.weighted_size
 
     def keys(self) -> list[str]:
         """Snapshot of the live keys."""
@@ -344,10 +344,10 @@ class MemoryStore:
             now = self._clock()
             return [key for key, entry in self._data.items() if not self._expired(entry, now)]
 
-    def policy_stats(self) -> dict[str, Any]:
+    def eviction_stats(self) -> dict[str, Any]:
         """Region sizes, sketch and hill-climber state, counters: for dashboards and tests."""
         with self.lock:
-            stats = self._policy.stats()
+            stats = self._eviction.stats()
             stats.update(
                 max_bytes=self.max_bytes,
                 max_entry_bytes=self.max_entry_bytes,
@@ -355,6 +355,6 @@ class MemoryStore:
                 expirations=self.expirations,
                 reads_dropped=self.reads_dropped,
                 reads_buffered=len(self._reads),
-                regions={name: len(region) for name, region in zip(REGION_NAMES, self._policy.regions)},
+                regions={name: len(region) for name, region in zip(REGION_NAMES, self._eviction.regions)},
             )
         return stats

@@ -151,7 +151,6 @@ class ProcessState:
     def _start_process_parts(self, *, wait_for_channel: bool = False) -> None:
         """The parts that must be new in every process (also after a fork)."""
         options = self.options
-        self.pid = os.getpid()
         self.origin = new_origin()
         self.flights = KeyLocks()
         self.writes = WriteLog()
@@ -223,11 +222,8 @@ class ProcessState:
         The note voids older fills of these keys; the ticket, taken after it,
         lets ``settle_write`` see any change made by others after this point.
         """
-        with self.store.lock:
-            self.writes.note(keys)
-            for key in keys:
-                self.store.delete(key)
-                self.loaded.pop(key, None)
+        with self.store.lock:  # reentrant: forget_local takes it too
+            self.forget_local(keys)
             return self.writes.ticket()
 
     def settle_write(self, key: str, payload: object | None, weight: int, expires_at: float | None, ticket: int) -> None:

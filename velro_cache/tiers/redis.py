@@ -192,9 +192,6 @@ class RedisTier:
         pipe.publish(self.channel, message)
         pipe.execute()
 
-    def set(self, key: str, data: bytes | int, seconds: float | None, message: bytes) -> None:
-        self.set_many([(key, data)], seconds, message)
-
     def add(self, key: str, data: bytes | int, seconds: float | None) -> bool:
         """SET NX. No announcement: no process can hold a key L2 does not have."""
         pipe = self.client.pipeline(transaction=False)
@@ -209,9 +206,6 @@ class RedisTier:
         pipe.delete(*(lease_key(key) for key in keys))
         pipe.publish(self.channel, message)
         return pipe.execute()[0]
-
-    def delete(self, key: str, message: bytes) -> bool:
-        return bool(self.delete_many([key], message))
 
     def delete_if_equal(self, key: str, data: bytes) -> bool:
         return bool(self._delete_if_equal(keys=[key], args=[data]))
@@ -278,6 +272,3 @@ class RedisTier:
 
     def release_lease(self, key: str, token: str) -> None:
         self._release_lease(keys=[lease_key(key)], args=[token])
-
-    def publish(self, message: bytes) -> None:
-        self.client.publish(self.channel, message)

@@ -1,4 +1,4 @@
-"""Adaptive W-TinyLFU eviction policy for a byte-weighted cache (after Caffeine).
+"""Adaptive W-TinyLFU admission and eviction for a byte-weighted cache (after Caffeine).
 
 Plain LRU loses its working set to every scan and to every burst of one-hit
 wonders; plain LFU cannot follow a workload whose hot set moves. W-TinyLFU keeps
@@ -20,11 +20,6 @@ sample length, against LRU's 66.5). Here the direction comes instead from
 hash-sampled subset of the keys (SHARDS-style spatial sampling), so every window
 size is measured on the *same* requests and the climber heads for the best one.
 
-Priority hints sit on top of that: a positive priority puts an entry in a *high*
-segment that shares the protected quota, skips admission and is the last place
-victims are taken from; a negative priority puts it in a *low* LRU segment whose
-entries are always the first victims.
-
 Simplification versus Caffeine, documented because it only matters for mixed
 weights: once the entries that just left the window have all been judged, further
 victims are taken from the head of probation without a duel, instead of duelling
@@ -41,10 +36,10 @@ from typing import Any
 
 from .sketch import FrequencySketch
 
-__all__ = ["Entry", "WTinyLfuPolicy", "WindowTuner", "WINDOW", "PROBATION", "PROTECTED", "HIGH", "LOW"]
+__all__ = ["Entry", "WTinyLfuEviction", "WindowTuner", "WINDOW", "PROBATION", "PROTECTED"]
 
-WINDOW, PROBATION, PROTECTED, HIGH, LOW = range(5)
-REGION_NAMES = ("window", "probation", "protected", "high", "low")
+WINDOW, PROBATION, PROTECTED = range(3)
+REGION_NAMES = ("window", "probation", "protected")
 
 PERCENT_MAIN = 0.99  # the window starts at 1 % of the budget, as in Caffeine
 PERCENT_MAIN_PROTECTED = 0.80
@@ -60,19 +55,14 @@ _SAMPLE_MUL = 0xD6E8FEB86659FD93  # differs from the sketch's multiplier: sampli
 class Entry:
     """One cached value and its bookkeeping; the store's dict maps keys to these."""
 
-    __slots__ = ("key", "payload", "weight", "expires_at", "priority", "region")
+    __slots__ = ("key", "payload", "weight", "expires_at", "region")
 
-    def __init__(self, key: Any, payload: object, weight: int, expires_at: float | None, priority: int) -> None:
+    def __init__(self, key: Any, payload: object, weight: int, expires_at: float | None) -> None:
         self.key = key
         self.payload = payload
         self.weight = weight
         self.expires_at = expires_at
-        self.priority = priority
         self.region = WINDOW
-
-
-def _tier(priority: int) -> int:
-    return HIGH if priority > 0 else LOW if priority < 0 else WINDOW
 
 
 def _first(region: OrderedDict[Any, Entry]) -> Entry:
@@ -80,9 +70,9 @@ def _first(region: OrderedDict[Any, Entry]) -> Entry:
 
 
 class _Segments:
-    """Window + SLRU main + priority segments with TinyLFU admission; no adaptation.
+    """Window + SLRU main with TinyLFU admission; no adaptation.
 
-    Shared by the real policy and by the shadow caches of :class:`WindowTuner`,
+    Shared by the real eviction and by the shadow caches of :class:`WindowTuner`,
     so the shadows behave exactly like the cache they stand in for.
     """
 
@@ -90,13 +80,11 @@ class _Segments:
         self.maximum = maximum
         self.window_max = max(1, int(window_fraction * maximum))
         self.protected_max = int(PERCENT_MAIN_PROTECTED * (maximum - self.window_max))
-        self.regions: tuple[OrderedDict[Any, Entry], ...] = tuple(OrderedDict() for _ in range(5))
-        self.window, self.probation, self.protected, self.high, self.low = self.regions
+        self.regions: tuple[OrderedDict[Any, Entry], ...] = tuple(OrderedDict() for _ in REGION_NAMES)
+        self.window, self.probation, self.protected = self.regions
         self.weighted_size = 0
         self.window_size = 0
         self.protected_size = 0
-        self.high_size = 0
-        self.low_size = 0
         self.entries = 0
         self.sketch = sketch
         self._randbits = random.Random(seed).getrandbits
@@ -108,10 +96,6 @@ class _Segments:
             self.window_size += delta
         elif region == PROTECTED:
             self.protected_size += delta
-        elif region == HIGH:
-            self.high_size += delta
-        elif region == LOW:
-            self.low_size += delta
 
     def _place(self, entry: Entry, region: int) -> None:
         entry.region = region
@@ -125,7 +109,7 @@ class _Segments:
     def _insert(self, entry: Entry) -> None:
         self.weighted_size += entry.weight
         self.entries += 1
-        self._place(entry, _tier(entry.priority))
+        self._place(entry, WINDOW)
 
     def _reorder(self, entry: Entry) -> None:
         """Recency within the entry's region; a re-use in probation earns protection."""
@@ -136,11 +120,11 @@ class _Segments:
 
     def _promote(self, entry: Entry) -> None:
         """Protected overflow is demoted later, during maintenance (as Caffeine)."""
-        if entry.weight > self.protected_max and entry.priority <= 0:
+        if entry.weight > self.protected_max:
             self.probation.move_to_end(entry.key)
             return
         del self.probation[entry.key]
-        self._place(entry, HIGH if entry.priority > 0 else PROTECTED)
+        self._place(entry, PROTECTED)
 
     def on_remove(self, entry: Entry) -> None:
         self._unlink(entry)
@@ -150,8 +134,7 @@ class _Segments:
     def clear(self) -> None:
         for region in self.regions:
             region.clear()
-        self.weighted_size = self.window_size = self.protected_size = 0
-        self.high_size = self.low_size = self.entries = 0
+        self.weighted_size = self.window_size = self.protected_size = self.entries = 0
 
     # -- eviction -------------------------------------------------------------
 
@@ -160,7 +143,6 @@ class _Segments:
         candidates = self._evict_from_window()
         evicted: list[Entry] = []
         if self.weighted_size > self.maximum:
-            self._evict_low(evicted)
             self._evict_from_main(candidates, evicted)
         return evicted
 
@@ -177,13 +159,8 @@ class _Segments:
             candidates.append(entry)
         return candidates
 
-    def _evict_low(self, evicted: list[Entry]) -> None:
-        low = self.low
-        while self.weighted_size > self.maximum and low:
-            self._drop(_first(low), evicted)
-
     def _next_victim(self) -> Entry | None:
-        for region in (self.probation, self.protected, self.window, self.high):
+        for region in (self.probation, self.protected, self.window):
             if region:
                 return _first(region)
         return None
@@ -232,14 +209,12 @@ class _Segments:
     # -- resizing the window ------------------------------------------------------
 
     def _demote_from_protected(self) -> None:
-        """Protected (and high) overflow goes back to probation's tail, LRU first."""
+        """Protected overflow goes back to probation's tail, LRU first."""
+        protected = self.protected
         for _ in range(QUEUE_TRANSFER_THRESHOLD):
-            if self.protected_size + self.high_size <= self.protected_max:
+            if self.protected_size <= self.protected_max or not protected:
                 return
-            source = self.protected if self.protected else self.high
-            if not source:
-                return
-            entry = _first(source)
+            entry = _first(protected)
             self._unlink(entry)
             self._place(entry, PROBATION)
 
@@ -310,7 +285,7 @@ class _ShadowCache(_Segments):
             self._reorder(entry)
             self._demote_from_protected()
             return
-        entry = Entry(key, None, weight, None, 0)
+        entry = Entry(key, None, weight, None)
         self.index[key] = entry
         self._insert(entry)
         index = self.index
@@ -377,8 +352,8 @@ class WindowTuner:
         }
 
 
-class WTinyLfuPolicy(_Segments):
-    """The L1's policy: frequency recording, priorities and the adaptive window."""
+class WTinyLfuEviction(_Segments):
+    """What the L1 keeps and what it evicts: frequency recording and the adaptive window."""
 
     def __init__(self, maximum: int, *, seed: int = 0x5EED, adaptive: bool = True) -> None:
         super().__init__(maximum, FrequencySketch(), 1 - PERCENT_MAIN, seed)
@@ -405,7 +380,7 @@ class WTinyLfuPolicy(_Segments):
     # -- events from the store --------------------------------------------
 
     def on_add(self, entry: Entry) -> None:
-        """A new key enters by its priority (window, high or low)."""
+        """A new key enters the window."""
         self.sketch.increment(entry.key)
         self._insert(entry)
         tuner = self.tuner
@@ -446,13 +421,9 @@ class WTinyLfuPolicy(_Segments):
     def on_replace(self, old: Entry, new: Entry) -> None:
         """A new value for a held key keeps its place and history and counts as a use."""
         self.weighted_size += new.weight - old.weight
-        if _tier(old.priority) == _tier(new.priority):
-            new.region = old.region
-            self.regions[old.region][old.key] = new
-            self._add_size(old.region, new.weight - old.weight)
-        else:
-            self._unlink(old)
-            self._place(new, _tier(new.priority))
+        new.region = old.region
+        self.regions[old.region][old.key] = new
+        self._add_size(old.region, new.weight - old.weight)
         self.on_access(new)
         self._on_growth()
 
@@ -491,9 +462,7 @@ class WTinyLfuPolicy(_Segments):
             "window_target": self.target_window,
             "protected_max": self.protected_max,
             "protected_size": self.protected_size,
-            "probation_size": self.weighted_size - self.window_size - self.protected_size - self.high_size - self.low_size,
-            "high_size": self.high_size,
-            "low_size": self.low_size,
+            "probation_size": self.weighted_size - self.window_size - self.protected_size,
             "sketch_capacity": self.sketch.capacity,
             "sketch_sample_size": self.sketch.sample_size,
             "sketch_resets": self.sketch.resets,
