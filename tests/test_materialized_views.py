@@ -10,6 +10,7 @@ the exact point, never by timing.
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import re
@@ -18,6 +19,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -44,19 +46,19 @@ from studio.models import (
 
 from velro_cache.checks import check_view_settings, materialized_view_model_problems
 from velro_cache.db import refresh as view_refresh
+from velro_cache.db import refreshlog, schedule, writes
 from velro_cache.db import sql as view_sql
 from velro_cache.db.loaders import read_view, view_key, view_ttl
-from velro_cache.db.models import MaterializedView, ReadOnlyViewError
+from velro_cache.db.models import MaterializedView
 from velro_cache.db.operations import (
     CreateMaterializedView,
     DropMaterializedView,
     RefreshMaterializedView,
 )
-from velro_cache.db.refresh import (
-    RefreshFailed,
-    refresh_view,
-    wait_for_background_refreshes,
-)
+from velro_cache.db.refresh import refresh_view
+from velro_cache.db.registry import views_fed_by
+from velro_cache.db.schedule import wait_for_background_refreshes
+from velro_cache.exceptions import ReadOnlyViewError, RefreshFailed, UnsupportedDatabase
 from velro_cache.models import ViewRefresh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,11 +81,11 @@ def quiet_refresh_worker() -> Iterator[None]:
     """Each test starts and ends with the refresh worker idle, and refresh-on-write
     is off unless the test turns it on (its own override_settings wins), so no
     background refresh lands in the middle of a test that does not expect one."""
-    view_refresh.debouncer.run_now()
+    schedule.debouncer.run_now()
     assert wait_for_background_refreshes(WAIT)
     with override_settings(VELRO_CACHE={"VIEW_REFRESH_ON_WRITE": False}):
         yield
-    view_refresh.debouncer.run_now()
+    schedule.debouncer.run_now()
     assert wait_for_background_refreshes(WAIT)
 
 
@@ -242,7 +244,7 @@ def test_other_databases_get_a_clear_error_at_migrate_time():
         DropMaterializedView("v_demo"),
         RefreshMaterializedView("v_demo", concurrently=True),
     ):
-        with pytest.raises(view_sql.UnsupportedDatabase, match="PostgreSQL .* SQLite .* not on 'mysql'"):
+        with pytest.raises(UnsupportedDatabase, match="PostgreSQL .* SQLite .* not on 'mysql'"):
             operation.database_forwards("studio", editor, None, None)
 
 
@@ -375,8 +377,8 @@ def test_every_refresh_is_recorded_with_when_how_long_and_rows():
     assert record.view == "studio_recent_generations_48h" and record.database == "default"
     assert record.trigger == "manual" and record.rows == 4 and record.error == ""
     assert before <= record.started_at <= record.finished_at and record.duration_ms >= 0
-    assert view_refresh.last_refresh(RecentGeneration).pk == record.pk
-    assert view_refresh.staleness(RecentGeneration) >= timedelta(0)
+    assert refreshlog.last_refresh(RecentGeneration).pk == record.pk
+    assert refreshlog.staleness(RecentGeneration) >= timedelta(0)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -394,7 +396,7 @@ def test_a_failed_refresh_is_recorded_with_its_error_and_keeps_the_old_rows():
         assert failed.value.result.error
         [record] = refresh_log("velro_test_keyed")
         assert record.error == failed.value.result.error and record.rows is None
-        assert not record.succeeded and view_refresh.last_refresh("velro_test_keyed") is None
+        assert not record.succeeded and refreshlog.last_refresh("velro_test_keyed") is None
         assert count_rows("velro_test_keyed") == 2
     finally:
         run_operation(create, backwards=True)
@@ -502,14 +504,14 @@ WRITE_KEY = ("write", "default", "studio_recent_generations_48h")
 @override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 3600})
 def test_a_burst_of_committed_writes_is_refreshed_once_after_commit_off_the_request_path():
     owner = baker.make(User, is_active=True)
-    view_refresh.debouncer.run_now()
+    schedule.debouncer.run_now()
     assert wait_for_background_refreshes(WAIT)
     ViewRefresh.objects.all().delete()
     for _ in range(20):  # twenty transactions, each committing one write
         make_generations(1, owner=owner)
-    assert WRITE_KEY in view_refresh.debouncer.pending()  # scheduled, not run by the writer
+    assert WRITE_KEY in schedule.debouncer.pending()  # scheduled, not run by the writer
     assert not refresh_log("studio_recent_generations_48h")
-    view_refresh.debouncer.run_now()  # the debounce window ends
+    schedule.debouncer.run_now()  # the debounce window ends
     assert wait_for_background_refreshes(WAIT)
     [record] = refresh_log("studio_recent_generations_48h")
     assert record.trigger == "write" and record.rows == 20 and record.concurrently
@@ -522,14 +524,14 @@ def test_a_burst_of_committed_writes_is_refreshed_once_after_commit_off_the_requ
 @override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 3600})
 def test_a_rolled_back_transaction_refreshes_nothing():
     owner = baker.make(User, is_active=True)
-    view_refresh.debouncer.run_now()
+    schedule.debouncer.run_now()
     assert wait_for_background_refreshes(WAIT)
     ViewRefresh.objects.all().delete()
     with pytest.raises(RuntimeError), transaction.atomic():
         make_generations(5, owner=owner)
         raise RuntimeError("roll back")
-    assert not view_refresh.debouncer.pending()
-    view_refresh.debouncer.run_now()
+    assert not schedule.debouncer.pending()
+    schedule.debouncer.run_now()
     assert wait_for_background_refreshes(WAIT)
     assert not ViewRefresh.objects.exists()
 
@@ -539,8 +541,8 @@ def test_a_rolled_back_transaction_refreshes_nothing():
 def test_writes_in_one_transaction_schedule_only_when_it_commits():
     with transaction.atomic():
         make_generations(3)
-        assert WRITE_KEY not in view_refresh.debouncer.pending()
-    assert WRITE_KEY in view_refresh.debouncer.pending()
+        assert WRITE_KEY not in schedule.debouncer.pending()
+    assert WRITE_KEY in schedule.debouncer.pending()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -556,24 +558,24 @@ def test_the_background_worker_refreshes_by_itself_when_the_window_ends():
 @override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 3600})
 def test_bulk_writes_refresh_the_views_they_feed_through_refresh_after_write():
     owner = baker.make(User, is_active=True)
-    view_refresh.debouncer.run_now()
+    schedule.debouncer.run_now()
     assert wait_for_background_refreshes(WAIT)
     with transaction.atomic():
         Generation.objects.bulk_create([Generation(owner=owner, prompt="bulk") for _ in range(3)])
-        assert not view_refresh.debouncer.pending()  # bulk_create sends no signal
-        view_refresh.refresh_after_write(Generation)
-        assert not view_refresh.debouncer.pending()  # and nothing before the commit
-    assert view_refresh.debouncer.pending() == {
+        assert not schedule.debouncer.pending()  # bulk_create sends no signal
+        writes.refresh_after_write(Generation)
+        assert not schedule.debouncer.pending()  # and nothing before the commit
+    assert schedule.debouncer.pending() == {
         ("write", "default", "studio_recent_generations_48h"), ("write", "default", "studio_active_users_24h")
     }
-    assert {spec.name for spec in view_refresh.views_fed_by(TeamMembership)} == {"studio_active_memberships"}
+    assert {spec.name for spec in views_fed_by(TeamMembership)} == {"studio_active_memberships"}
 
 
 @pytest.mark.django_db(transaction=True)
 @override_settings(VELRO_CACHE={"VIEW_REFRESH_ON_WRITE": False})
 def test_refresh_on_write_can_be_switched_off():
     make_generations(2)
-    assert WRITE_KEY not in view_refresh.debouncer.pending()
+    assert WRITE_KEY not in schedule.debouncer.pending()
 
 
 @pytest.mark.django_db
@@ -582,7 +584,7 @@ def test_the_schedule_refreshes_stale_views_only():
     assert {r.view for r in first if r.ok} == set(VIEWS)
     second = view_refresh.refresh_stale_views()
     assert all(r.skipped and "refreshed" in r.note for r in second)
-    assert view_refresh.schedule_tick() == 30.0  # half the shortest period (recent generations: 60 s)
+    assert schedule.schedule_tick() == 30.0  # half the shortest period (recent generations: 60 s)
 
 
 # -- the model base ----------------------------------------------------------------------------------
@@ -729,6 +731,42 @@ def test_refresh_views_command_reports_failures_and_exits_nonzero():
             cursor.execute(f"DROP {'MATERIALIZED VIEW' if IS_PG else 'TABLE'} studio_recent_generations_48h")
         call_command("velro_refresh_views", "studio_recent_generations_48h", stdout=io.StringIO(), stderr=io.StringIO())
     # The test's transaction rolls the DROP back.
+
+
+# -- the package layout ------------------------------------------------------------------------------
+
+
+def _imports_of(path: Path, package: set[str]) -> set[str]:
+    """The sibling modules ``path`` imports, at module level or inside a function;
+    imports under ``if TYPE_CHECKING:`` are left out (they never run)."""
+    tree = ast.parse(path.read_text())
+    type_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+        for inner in ast.walk(node)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module.split(".")[0]] if node.module else [alias.name for alias in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("velro_cache.db."):
+            found.add(node.module.split(".")[2])
+    return found & package
+
+
+def test_the_view_package_has_no_import_cycle_not_even_through_a_function_level_import():
+    folder = Path(ROOT, "velro_cache", "db")
+    package = {path.stem for path in folder.glob("*.py")} - {"__init__"}
+    graph = {module: _imports_of(folder / f"{module}.py", package) for module in package}
+    assert graph["models"] >= {"refresh"} and "models" not in graph["registry"]
+    ordered: list[str] = []
+    while len(ordered) < len(graph):  # peel off modules whose imports are all placed: fails on a cycle
+        ready = sorted(m for m, deps in graph.items() if m not in ordered and deps <= set(ordered))
+        assert ready, f"import cycle among {sorted(set(graph) - set(ordered))}: {graph}"
+        ordered.extend(ready)
 
 
 # -- settings checks ----------------------------------------------------------------------------------

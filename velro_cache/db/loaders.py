@@ -32,7 +32,7 @@ from django.core.cache import cache as default_cache
 from django.core.cache.backends.base import BaseCache
 
 from ..conf import settings as velro_settings
-from .refresh import ViewRef, registry, view_name
+from .registry import ViewRef, registry, view_name
 
 T = TypeVar("T")
 _MISSING = object()

@@ -14,14 +14,9 @@ from typing import Any
 from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from velro_cache.db.refresh import (
-    RefreshResult,
-    all_views,
-    last_refresh,
-    refresh_stale_views,
-    refresh_views,
-    registry,
-)
+from velro_cache.db.refresh import RefreshResult, refresh_stale_views, refresh_views
+from velro_cache.db.refreshlog import last_refresh
+from velro_cache.db.registry import all_views, registry
 
 
 class Command(BaseCommand):
