@@ -1,11 +1,13 @@
 """Materialized views (L3): migrations, refresh, locks, debounced refresh, the refresh log.
 
 The same tests run on PostgreSQL (the suite's database) and on SQLite against
-the emulation: ``test_sqlite_leg`` re-runs this module with
-``tests.settings_sqlite`` in a subprocess. Where a check is PostgreSQL
-specific (pg_matviews, advisory locks) the SQLite run asserts the emulation's
-equivalent instead. Races are shown by holding a lock or a transaction open at
-the exact point, never by timing.
+the emulation: ``make test-sqlite`` (which ``make test`` runs after the main
+suite) runs this module again with ``--ds tests.settings_sqlite``. Where a
+check is PostgreSQL specific (pg_matviews, advisory locks) the SQLite leg
+asserts the emulation's equivalent instead; each of those tests is collected
+only in its own leg, so neither leg reports the other's as skipped. Races are
+shown by holding a lock or a transaction open at the exact point, never by
+timing.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TypeVar
 
 import pytest
 from django.contrib.auth.models import User
@@ -63,9 +66,26 @@ from velro_cache.models import ViewRefresh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IS_PG = connection.vendor == "postgresql"
-IS_SQLITE = connection.vendor == "sqlite"
-pg_only = pytest.mark.skipif(not IS_PG, reason="PostgreSQL specific (the SQLite run has its own equivalent)")
-sqlite_only = pytest.mark.skipif(not IS_SQLITE, reason="SQLite emulation specific")
+Test = TypeVar("Test", bound=Callable[..., object])
+
+
+def collected_on(vendor: str) -> Callable[[Test], Test]:
+    """Collect the test only in the leg whose database is ``vendor``.
+
+    Such a test is not skipped in the other leg, it is not there at all
+    (``__test__ = False`` keeps pytest from collecting it): a skip in every
+    run of a leg would only hide a test that the other leg runs.
+    """
+
+    def collect_if_this_leg(test: Test) -> Test:
+        test.__test__ = connection.vendor == vendor  # type: ignore[attr-defined]
+        return test
+
+    return collect_if_this_leg
+
+
+pg_only = collected_on("postgresql")  # the SQLite leg asserts the emulation's equivalent instead
+sqlite_only = collected_on("sqlite")
 
 VIEWS = {
     "studio_active_users_24h": ("user_id", [("activity", "user_id")]),
@@ -804,30 +824,10 @@ def test_a_managed_view_model_and_a_database_without_views_are_reported():
     assert materialized_view_model_problems([RecentGeneration], {"default": "sqlite"}) == []
 
 
-# -- the SQLite leg ------------------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(not IS_PG, reason="this is the leg that starts the SQLite run")
-def test_sqlite_leg(tmp_path):
-    """The whole module again, on SQLite against the emulation, in its own process
-    (Django's database settings cannot change inside one)."""
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    env["VELRO_TEST_SQLITE_DIR"] = str(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/test_materialized_views.py", "--ds", "tests.settings_sqlite",
-         "-q", "-p", "no:cacheprovider"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False,
-    )
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    passed = int(re.search(r"(\d+) passed", summary).group(1))
-    assert passed >= 30 and "failed" not in summary and "error" not in summary, summary
-
-
 # -- the benchmark -------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not IS_PG, reason="the benchmark measures PostgreSQL's materialized views")
+@pg_only  # the benchmark measures PostgreSQL's materialized views
 def test_views_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
     import json
 
