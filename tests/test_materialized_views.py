@@ -59,9 +59,10 @@ from velro_cache.db.operations import (
     RefreshMaterializedView,
 )
 from velro_cache.db.refresh import refresh_view
-from velro_cache.db.registry import views_fed_by
+from velro_cache.db.registry import registry, views_fed_by
 from velro_cache.db.schedule import wait_for_background_refreshes
 from velro_cache.exceptions import ReadOnlyViewError, RefreshFailed, UnsupportedDatabase
+from velro_cache.management.commands import velro_refresh_views
 from velro_cache.models import ViewRefresh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -751,6 +752,56 @@ def test_refresh_views_command_reports_failures_and_exits_nonzero():
             cursor.execute(f"DROP {'MATERIALIZED VIEW' if IS_PG else 'TABLE'} studio_recent_generations_48h")
         call_command("velro_refresh_views", "studio_recent_generations_48h", stdout=io.StringIO(), stderr=io.StringIO())
     # The test's transaction rolls the DROP back.
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["nope"], r"Unknown view 'nope'; known views: studio_active_memberships, "),
+        (["studio.Nope"], r"Unknown model 'studio.Nope'"),
+        (["studio.Team"], r"studio.Team reads no materialized view"),
+        (["--database", "nosuch"], r"Unknown database 'nosuch'; configured: default"),
+        (["--database", "nosuch", "--list"], r"Unknown database 'nosuch'"),
+    ],
+)
+def test_refresh_views_command_refuses_what_it_does_not_know_before_refreshing(arguments, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("velro_refresh_views", *arguments, stdout=io.StringIO())
+    assert not ViewRefresh.objects.exists()
+
+
+@pytest.mark.django_db
+def test_refresh_views_command_says_so_when_there_are_no_views(monkeypatch):
+    monkeypatch.setattr(velro_refresh_views, "all_views", list)  # a project with no views
+    for arguments in (["--list"], [], ["--stale"]):
+        out = io.StringIO()
+        call_command("velro_refresh_views", *arguments, stdout=out)
+        assert out.getvalue().strip() == velro_refresh_views.NO_VIEWS
+    assert not ViewRefresh.objects.exists()
+
+
+@pytest.mark.django_db
+def test_refresh_views_command_stale_refreshes_only_the_named_views():
+    out = io.StringIO()
+    call_command("velro_refresh_views", "studio_active_memberships", "--stale", stdout=out)
+    assert "Refreshed 1 view(s), skipped 0, failed 0" in out.getvalue()
+    assert list(ViewRefresh.objects.values_list("view", flat=True)) == ["studio_active_memberships"]
+
+
+@pytest.mark.django_db
+def test_refresh_views_command_stale_needs_a_registered_period():
+    spec = registry.get("studio_active_memberships")
+    registry.unregister(spec.name)
+    try:
+        listing = io.StringIO()
+        call_command("velro_refresh_views", "--list", stdout=listing)  # still known: its model reads the view
+        assert "studio_active_memberships: never refreshed (not registered)" in listing.getvalue()
+        with pytest.raises(CommandError, match="--stale needs a refresh period, and studio_active_memberships"):
+            call_command("velro_refresh_views", "studio_active_memberships", "--stale", stdout=io.StringIO())
+    finally:
+        registry.register(spec.model, refresh_on=spec.sources, period=spec.period, debounce=spec.debounce)
+    assert not ViewRefresh.objects.exists()
 
 
 # -- the package layout ------------------------------------------------------------------------------
