@@ -593,6 +593,22 @@ def test_bulk_writes_refresh_the_views_they_feed_through_refresh_after_write():
 
 
 @pytest.mark.django_db(transaction=True)
+@override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 3600})
+@isolate_apps("studio")
+def test_a_write_through_a_proxy_of_a_source_refreshes_its_views():
+    class ProxyGeneration(Generation):
+        class Meta:
+            app_label = "studio"
+            proxy = True
+
+    owner = baker.make(User, is_active=True)
+    schedule.debouncer.run_now()
+    assert wait_for_background_refreshes(WAIT)
+    ProxyGeneration.objects.create(owner=owner, prompt="through a proxy")  # post_save's sender is the proxy
+    assert WRITE_KEY in schedule.debouncer.pending()
+
+
+@pytest.mark.django_db(transaction=True)
 @override_settings(VELRO_CACHE={"VIEW_REFRESH_ON_WRITE": False})
 def test_refresh_on_write_can_be_switched_off():
     make_generations(2)
