@@ -117,4 +117,14 @@ def all_views() -> list[str]:
     return sorted(names)
 
 
-__all__ = ["ViewRef", "ViewRegistry", "ViewSpec", "all_views", "database_for", "register_view", "registry", "view_name", "views_fed_by"]
+__all__ = [
+    "ViewRef",
+    "ViewRegistry",
+    "ViewSpec",
+    "all_views",
+    "database_for",
+    "register_view",
+    "registry",
+    "view_name",
+    "views_fed_by",
+]

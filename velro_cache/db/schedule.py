@@ -5,13 +5,14 @@ refresh of one view after writes (``writes`` queues them) and the schedule's
 tick, which refreshes the registered views older than their period and
 queues the next tick. With ``VELRO_CACHE["VIEW_REFRESH_SCHEDULE"]`` on, the
 first request a web process serves starts the schedule; a management command
-serves no request, so it never starts the thread (cron runs
-``velro_refresh_views --stale`` instead).
+serves no request, so it never runs the schedule (cron runs
+``velro_refresh_views --stale`` instead). The thread itself starts on the
+first job, so a process that neither writes a source nor serves a request
+never starts it.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.core.signals import request_started
@@ -23,12 +24,11 @@ from .refresh import refresh_stale_views, refresh_view
 from .registry import registry
 from .worker import Debouncer
 
-log = logging.getLogger(__name__)
-
 WRITE, SCHEDULE = "write", "schedule"  # the kinds of job; a job's key is (kind, database, view)
 
 
 def _background_job(key: tuple[str, str, str]) -> None:
+    """Run one job; a failure is already recorded, and the schedule always queues its next tick."""
     kind, database, view = key
     try:
         if kind == WRITE:
