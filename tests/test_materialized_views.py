@@ -845,15 +845,48 @@ def _imports_of(path: Path, package: set[str]) -> set[str]:
 
 
 def test_the_view_package_has_no_import_cycle_not_even_through_a_function_level_import():
+    """Each module imports only those listed before it in ``velro_cache.db``'s docstring,
+    which is therefore both an order that has no cycle and a true map of the package."""
+    import velro_cache.db
+
     folder = Path(ROOT, "velro_cache", "db")
     package = {path.stem for path in folder.glob("*.py")} - {"__init__"}
-    graph = {module: _imports_of(folder / f"{module}.py", package) for module in package}
-    assert graph["models"] >= {"refresh"} and "models" not in graph["registry"]
-    ordered: list[str] = []
-    while len(ordered) < len(graph):  # peel off modules whose imports are all placed: fails on a cycle
-        ready = sorted(m for m, deps in graph.items() if m not in ordered and deps <= set(ordered))
-        assert ready, f"import cycle among {sorted(set(graph) - set(ordered))}: {graph}"
-        ordered.extend(ready)
+    documented = re.findall(r"^- ``(\w+)``:", velro_cache.db.__doc__, flags=re.MULTILINE)
+    assert sorted(documented) == sorted(package)
+    for position, module in enumerate(documented):
+        imports = _imports_of(folder / f"{module}.py", package)
+        assert imports <= set(documented[:position]), f"{module} imports {sorted(imports - set(documented[:position]))}"
+    assert "refresh" in _imports_of(folder / "models.py", package)  # the one direction between the two
+
+
+def test_the_app_wires_refresh_after_writes_and_the_schedule_without_being_imported_by_the_project():
+    """``django.setup()`` alone connects the write receivers and the first-request hook:
+    a project that only calls ``register_view`` gets both."""
+    script = """
+import django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "velro_cache"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    VELRO_CACHE={"VIEW_REFRESH_SCHEDULE": True, "VIEW_REFRESH_DEBOUNCE": 3600},
+)
+django.setup()
+from django.contrib.auth.models import User
+from django.core.signals import request_started
+from django.db.models.signals import post_save
+from velro_cache.db.registry import register_view
+
+register_view("some_view", refresh_on=[User])
+post_save.send(sender=User, instance=None, created=True, using="default")
+request_started.send(sender=None)
+from velro_cache.db.schedule import debouncer  # imported only now by this script
+
+print(sorted(debouncer.pending() | {key for key in [("schedule", "default", "")] if debouncer.is_scheduled(key)}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[('schedule', 'default', ''), ('write', 'default', 'some_view')]"
 
 
 # -- settings checks ----------------------------------------------------------------------------------
