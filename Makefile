@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-matrix bench services django-suite clean
+.PHONY: demo test test-sqlite test-matrix bench services django-suite clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ services:
 django-suite: $(STAMP)
 	$(PY) scripts/fetch_django_tests.py
 
-## make test: install what is missing, make sure PostgreSQL and Redis answer, run the whole suite.
+## make test: install what is missing, make sure PostgreSQL and Redis answer, run the whole suite, then the SQLite leg.
 test: $(STAMP) services django-suite
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-sqlite
+
+## make test-sqlite: the materialized-view tests again on SQLite, against the emulation (tests/settings_sqlite.py).
+test-sqlite: $(STAMP)
+	$(PY) -m pytest tests/test_materialized_views.py --ds tests.settings_sqlite
 
 ## make test-matrix: the Django 6.0 leg on python3.12 and python3.13 (own venvs).
 test-matrix: services

@@ -1,5 +1,7 @@
 """The test settings on SQLite: the leg that proves the materialized-view emulation.
 
+``make test-sqlite`` runs tests/test_materialized_views.py with these settings
+(``--ds tests.settings_sqlite``); ``make test`` runs it after the main suite.
 Everything but the database comes from tests.settings. The test database is a
 file, not SQLite's shared in-memory database: the refresh tests read from one
 connection while another rewrites the view, and only a file in WAL mode lets a

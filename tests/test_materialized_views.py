@@ -1,24 +1,29 @@
 """Materialized views (L3): migrations, refresh, locks, debounced refresh, the refresh log.
 
 The same tests run on PostgreSQL (the suite's database) and on SQLite against
-the emulation: ``test_sqlite_leg`` re-runs this module with
-``tests.settings_sqlite`` in a subprocess. Where a check is PostgreSQL
-specific (pg_matviews, advisory locks) the SQLite run asserts the emulation's
-equivalent instead. Races are shown by holding a lock or a transaction open at
-the exact point, never by timing.
+the emulation: ``make test-sqlite`` (which ``make test`` runs after the main
+suite) runs this module again with ``--ds tests.settings_sqlite``. Where a
+check is PostgreSQL specific (pg_matviews, advisory locks) the SQLite leg
+asserts the emulation's equivalent instead; each of those tests is collected
+only in its own leg, so neither leg reports the other's as skipped. Races are
+shown by holding a lock or a transaction open at the exact point, never by
+timing.
 """
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
+from typing import TypeVar
 
 import pytest
 from django.contrib.auth.models import User
@@ -44,26 +49,44 @@ from studio.models import (
 
 from velro_cache.checks import check_view_settings, materialized_view_model_problems
 from velro_cache.db import refresh as view_refresh
+from velro_cache.db import refreshlog, schedule, writes
 from velro_cache.db import sql as view_sql
 from velro_cache.db.reads import read_view, view_key, view_ttl
-from velro_cache.db.models import MaterializedView, ReadOnlyViewError
+from velro_cache.db.models import MaterializedView
 from velro_cache.db.operations import (
     CreateMaterializedView,
     DropMaterializedView,
     RefreshMaterializedView,
 )
-from velro_cache.db.refresh import (
-    RefreshFailed,
-    refresh_view,
-    wait_for_background_refreshes,
-)
+from velro_cache.db.refresh import refresh_view
+from velro_cache.db.registry import registry, views_fed_by
+from velro_cache.db.schedule import wait_for_background_refreshes
+from velro_cache.exceptions import ReadOnlyViewError, RefreshFailed, UnsupportedDatabase
+from velro_cache.management.commands import velro_refresh_views
 from velro_cache.models import ViewRefresh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IS_PG = connection.vendor == "postgresql"
-IS_SQLITE = connection.vendor == "sqlite"
-pg_only = pytest.mark.skipif(not IS_PG, reason="PostgreSQL specific (the SQLite run has its own equivalent)")
-sqlite_only = pytest.mark.skipif(not IS_SQLITE, reason="SQLite emulation specific")
+Test = TypeVar("Test", bound=Callable[..., object])
+
+
+def collected_on(vendor: str) -> Callable[[Test], Test]:
+    """Collect the test only in the leg whose database is ``vendor``.
+
+    Such a test is not skipped in the other leg, it is not there at all
+    (``__test__ = False`` keeps pytest from collecting it): a skip in every
+    run of a leg would only hide a test that the other leg runs.
+    """
+
+    def collect_if_this_leg(test: Test) -> Test:
+        test.__test__ = connection.vendor == vendor  # type: ignore[attr-defined]
+        return test
+
+    return collect_if_this_leg
+
+
+pg_only = collected_on("postgresql")  # the SQLite leg asserts the emulation's equivalent instead
+sqlite_only = collected_on("sqlite")
 
 VIEWS = {
     "studio_active_users_24h": ("user_id", [("activity", "user_id")]),
@@ -79,11 +102,11 @@ def quiet_refresh_worker() -> Iterator[None]:
     """Each test starts and ends with the refresh worker idle, and refresh-on-write
     is off unless the test turns it on (its own override_settings wins), so no
     background refresh lands in the middle of a test that does not expect one."""
-    view_refresh.debouncer.run_now()
+    schedule.debouncer.run_now()
     assert wait_for_background_refreshes(WAIT)
     with override_settings(VELRO_CACHE={"VIEW_REFRESH_ON_WRITE": False}):
         yield
-    view_refresh.debouncer.run_now()
+    schedule.debouncer.run_now()
     assert wait_for_background_refreshes(WAIT)
 
 
@@ -242,7 +265,7 @@ def test_other_databases_get_a_clear_error_at_migrate_time():
         DropMaterializedView("v_demo"),
         RefreshMaterializedView("v_demo", concurrently=True),
     ):
-        with pytest.raises(view_sql.UnsupportedDatabase, match="PostgreSQL .* SQLite .* not on 'mysql'"):
+        with pytest.raises(UnsupportedDatabase, match="PostgreSQL .* SQLite .* not on 'mysql'"):
             operation.database_forwards("studio", editor, None, None)
 
 
@@ -375,8 +398,8 @@ def test_every_refresh_is_recorded_with_when_how_long_and_rows():
     assert record.view == "studio_recent_generations_48h" and record.database == "default"
     assert record.trigger == "manual" and record.rows == 4 and record.error == ""
     assert before <= record.started_at <= record.finished_at and record.duration_ms >= 0
-    assert view_refresh.last_refresh(RecentGeneration).pk == record.pk
-    assert view_refresh.staleness(RecentGeneration) >= timedelta(0)
+    assert refreshlog.last_refresh(RecentGeneration).pk == record.pk
+    assert refreshlog.staleness(RecentGeneration) >= timedelta(0)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -394,7 +417,7 @@ def test_a_failed_refresh_is_recorded_with_its_error_and_keeps_the_old_rows():
         assert failed.value.result.error
         [record] = refresh_log("velro_test_keyed")
         assert record.error == failed.value.result.error and record.rows is None
-        assert not record.succeeded and view_refresh.last_refresh("velro_test_keyed") is None
+        assert not record.succeeded and refreshlog.last_refresh("velro_test_keyed") is None
         assert count_rows("velro_test_keyed") == 2
     finally:
         run_operation(create, backwards=True)
@@ -502,14 +525,14 @@ WRITE_KEY = ("write", "default", "studio_recent_generations_48h")
 @override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 3600})
 def test_a_burst_of_committed_writes_is_refreshed_once_after_commit_off_the_request_path():
     owner = baker.make(User, is_active=True)
-    view_refresh.debouncer.run_now()
+    schedule.debouncer.run_now()
     assert wait_for_background_refreshes(WAIT)
     ViewRefresh.objects.all().delete()
     for _ in range(20):  # twenty transactions, each committing one write
         make_generations(1, owner=owner)
-    assert WRITE_KEY in view_refresh.debouncer.pending()  # scheduled, not run by the writer
+    assert WRITE_KEY in schedule.debouncer.pending()  # scheduled, not run by the writer
     assert not refresh_log("studio_recent_generations_48h")
-    view_refresh.debouncer.run_now()  # the debounce window ends
+    schedule.debouncer.run_now()  # the debounce window ends
     assert wait_for_background_refreshes(WAIT)
     [record] = refresh_log("studio_recent_generations_48h")
     assert record.trigger == "write" and record.rows == 20 and record.concurrently
@@ -522,14 +545,14 @@ def test_a_burst_of_committed_writes_is_refreshed_once_after_commit_off_the_requ
 @override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 3600})
 def test_a_rolled_back_transaction_refreshes_nothing():
     owner = baker.make(User, is_active=True)
-    view_refresh.debouncer.run_now()
+    schedule.debouncer.run_now()
     assert wait_for_background_refreshes(WAIT)
     ViewRefresh.objects.all().delete()
     with pytest.raises(RuntimeError), transaction.atomic():
         make_generations(5, owner=owner)
         raise RuntimeError("roll back")
-    assert not view_refresh.debouncer.pending()
-    view_refresh.debouncer.run_now()
+    assert not schedule.debouncer.pending()
+    schedule.debouncer.run_now()
     assert wait_for_background_refreshes(WAIT)
     assert not ViewRefresh.objects.exists()
 
@@ -539,8 +562,8 @@ def test_a_rolled_back_transaction_refreshes_nothing():
 def test_writes_in_one_transaction_schedule_only_when_it_commits():
     with transaction.atomic():
         make_generations(3)
-        assert WRITE_KEY not in view_refresh.debouncer.pending()
-    assert WRITE_KEY in view_refresh.debouncer.pending()
+        assert WRITE_KEY not in schedule.debouncer.pending()
+    assert WRITE_KEY in schedule.debouncer.pending()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -556,24 +579,40 @@ def test_the_background_worker_refreshes_by_itself_when_the_window_ends():
 @override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 3600})
 def test_bulk_writes_refresh_the_views_they_feed_through_refresh_after_write():
     owner = baker.make(User, is_active=True)
-    view_refresh.debouncer.run_now()
+    schedule.debouncer.run_now()
     assert wait_for_background_refreshes(WAIT)
     with transaction.atomic():
         Generation.objects.bulk_create([Generation(owner=owner, prompt="bulk") for _ in range(3)])
-        assert not view_refresh.debouncer.pending()  # bulk_create sends no signal
-        view_refresh.refresh_after_write(Generation)
-        assert not view_refresh.debouncer.pending()  # and nothing before the commit
-    assert view_refresh.debouncer.pending() == {
+        assert not schedule.debouncer.pending()  # bulk_create sends no signal
+        writes.refresh_after_write(Generation)
+        assert not schedule.debouncer.pending()  # and nothing before the commit
+    assert schedule.debouncer.pending() == {
         ("write", "default", "studio_recent_generations_48h"), ("write", "default", "studio_active_users_24h")
     }
-    assert {spec.name for spec in view_refresh.views_fed_by(TeamMembership)} == {"studio_active_memberships"}
+    assert {spec.name for spec in views_fed_by(TeamMembership)} == {"studio_active_memberships"}
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(VELRO_CACHE={"VIEW_REFRESH_DEBOUNCE": 3600})
+@isolate_apps("studio")
+def test_a_write_through_a_proxy_of_a_source_refreshes_its_views():
+    class ProxyGeneration(Generation):
+        class Meta:
+            app_label = "studio"
+            proxy = True
+
+    owner = baker.make(User, is_active=True)
+    schedule.debouncer.run_now()
+    assert wait_for_background_refreshes(WAIT)
+    ProxyGeneration.objects.create(owner=owner, prompt="through a proxy")  # post_save's sender is the proxy
+    assert WRITE_KEY in schedule.debouncer.pending()
 
 
 @pytest.mark.django_db(transaction=True)
 @override_settings(VELRO_CACHE={"VIEW_REFRESH_ON_WRITE": False})
 def test_refresh_on_write_can_be_switched_off():
     make_generations(2)
-    assert WRITE_KEY not in view_refresh.debouncer.pending()
+    assert WRITE_KEY not in schedule.debouncer.pending()
 
 
 @pytest.mark.django_db
@@ -582,7 +621,7 @@ def test_the_schedule_refreshes_stale_views_only():
     assert {r.view for r in first if r.ok} == set(VIEWS)
     second = view_refresh.refresh_stale_views()
     assert all(r.skipped and "refreshed" in r.note for r in second)
-    assert view_refresh.schedule_tick() == 30.0  # half the shortest period (recent generations: 60 s)
+    assert schedule.schedule_tick() == 30.0  # half the shortest period (recent generations: 60 s)
 
 
 # -- the model base ----------------------------------------------------------------------------------
@@ -733,6 +772,125 @@ def test_refresh_views_command_reports_failures_and_exits_nonzero():
     # The test's transaction rolls the DROP back.
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["nope"], r"Unknown view 'nope'; known views: studio_active_memberships, "),
+        (["studio.Nope"], r"Unknown model 'studio.Nope'"),
+        (["studio.Team"], r"studio.Team reads no materialized view"),
+        (["--database", "nosuch"], r"Unknown database 'nosuch'; configured: default"),
+        (["--database", "nosuch", "--list"], r"Unknown database 'nosuch'"),
+    ],
+)
+def test_refresh_views_command_refuses_what_it_does_not_know_before_refreshing(arguments, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("velro_refresh_views", *arguments, stdout=io.StringIO())
+    assert not ViewRefresh.objects.exists()
+
+
+@pytest.mark.django_db
+def test_refresh_views_command_says_so_when_there_are_no_views(monkeypatch):
+    monkeypatch.setattr(velro_refresh_views, "all_views", list)  # a project with no views
+    for arguments in (["--list"], [], ["--stale"]):
+        out = io.StringIO()
+        call_command("velro_refresh_views", *arguments, stdout=out)
+        assert out.getvalue().strip() == velro_refresh_views.NO_VIEWS
+    assert not ViewRefresh.objects.exists()
+
+
+@pytest.mark.django_db
+def test_refresh_views_command_stale_refreshes_only_the_named_views():
+    out = io.StringIO()
+    call_command("velro_refresh_views", "studio_active_memberships", "--stale", stdout=out)
+    assert "Refreshed 1 view(s), skipped 0, failed 0" in out.getvalue()
+    assert list(ViewRefresh.objects.values_list("view", flat=True)) == ["studio_active_memberships"]
+
+
+@pytest.mark.django_db
+def test_refresh_views_command_stale_needs_a_registered_period():
+    spec = registry.get("studio_active_memberships")
+    registry.unregister(spec.name)
+    try:
+        listing = io.StringIO()
+        call_command("velro_refresh_views", "--list", stdout=listing)  # still known: its model reads the view
+        assert "studio_active_memberships: never refreshed (not registered)" in listing.getvalue()
+        with pytest.raises(CommandError, match="--stale needs a refresh period, and studio_active_memberships"):
+            call_command("velro_refresh_views", "studio_active_memberships", "--stale", stdout=io.StringIO())
+    finally:
+        registry.register(spec.model, refresh_on=spec.sources, period=spec.period, debounce=spec.debounce)
+    assert not ViewRefresh.objects.exists()
+
+
+# -- the package layout ------------------------------------------------------------------------------
+
+
+def _imports_of(path: Path, package: set[str]) -> set[str]:
+    """The sibling modules ``path`` imports, at module level or inside a function;
+    imports under ``if TYPE_CHECKING:`` are left out (they never run)."""
+    tree = ast.parse(path.read_text())
+    type_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+        for inner in ast.walk(node)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module.split(".")[0]] if node.module else [alias.name for alias in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("velro_cache.db."):
+            found.add(node.module.split(".")[2])
+    return found & package
+
+
+def test_the_view_package_has_no_import_cycle_not_even_through_a_function_level_import():
+    """Each module imports only those listed before it in ``velro_cache.db``'s docstring,
+    which is therefore both an order that has no cycle and a true map of the package."""
+    import velro_cache.db
+
+    folder = Path(ROOT, "velro_cache", "db")
+    package = {path.stem for path in folder.glob("*.py")} - {"__init__"}
+    documented = re.findall(r"^- ``(\w+)``:", velro_cache.db.__doc__, flags=re.MULTILINE)
+    assert sorted(documented) == sorted(package)
+    for position, module in enumerate(documented):
+        imports = _imports_of(folder / f"{module}.py", package)
+        assert imports <= set(documented[:position]), f"{module} imports {sorted(imports - set(documented[:position]))}"
+    assert "refresh" in _imports_of(folder / "models.py", package)  # the one direction between the two
+
+
+def test_the_app_wires_refresh_after_writes_and_the_schedule_without_being_imported_by_the_project():
+    """``django.setup()`` alone connects the write receivers and the first-request hook:
+    a project that only calls ``register_view`` gets both."""
+    script = """
+import django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "velro_cache"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    VELRO_CACHE={"VIEW_REFRESH_SCHEDULE": True, "VIEW_REFRESH_DEBOUNCE": 3600},
+)
+django.setup()
+from django.contrib.auth.models import User
+from django.core.signals import request_started
+from django.db.models.signals import post_save
+from velro_cache.db.registry import register_view
+
+register_view("some_view", refresh_on=[User])
+post_save.send(sender=User, instance=None, created=True, using="default")
+request_started.send(sender=None)
+from velro_cache.db.schedule import debouncer  # imported only now by this script
+
+print(sorted(debouncer.pending() | {key for key in [("schedule", "default", "")] if debouncer.is_scheduled(key)}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[('schedule', 'default', ''), ('write', 'default', 'some_view')]"
+
+
 # -- settings checks ----------------------------------------------------------------------------------
 
 
@@ -768,30 +926,10 @@ def test_a_managed_view_model_and_a_database_without_views_are_reported():
     assert materialized_view_model_problems([RecentGeneration], {"default": "sqlite"}) == []
 
 
-# -- the SQLite leg ------------------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(not IS_PG, reason="this is the leg that starts the SQLite run")
-def test_sqlite_leg(tmp_path):
-    """The whole module again, on SQLite against the emulation, in its own process
-    (Django's database settings cannot change inside one)."""
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    env["VELRO_TEST_SQLITE_DIR"] = str(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/test_materialized_views.py", "--ds", "tests.settings_sqlite",
-         "-q", "-p", "no:cacheprovider"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False,
-    )
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    passed = int(re.search(r"(\d+) passed", summary).group(1))
-    assert passed >= 30 and "failed" not in summary and "error" not in summary, summary
-
-
 # -- the benchmark -------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not IS_PG, reason="the benchmark measures PostgreSQL's materialized views")
+@pg_only  # the benchmark measures PostgreSQL's materialized views
 def test_views_benchmark_quick_run_writes_a_well_formed_report(tmp_path):
     import json
 

@@ -10,6 +10,7 @@ class VelroCacheConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the checks)
+        from .db import schedule, writes  # noqa: F401  (connect the view refreshes after writes and on a schedule)
         from .invalidation import load_declarations
 
         load_declarations()  # the modules VELRO_CACHE["INVALIDATION"] names

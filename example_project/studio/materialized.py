@@ -6,7 +6,7 @@ are how stale each view may get when nothing triggers it (and the TTL of its
 cached reads): recent generations move fastest, memberships slowest.
 
 Bulk writes send no signals: code that bulk-writes sources (the seed command)
-calls ``velro_cache.db.refresh.refresh_views`` or ``refresh_after_commit``.
+calls ``velro_cache.db.refresh.refresh_views`` or ``velro_cache.db.writes.refresh_after_commit``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from velro_cache.db.reads import read_view
-from velro_cache.db.refresh import register_view
+from velro_cache.db.registry import register_view
 
 from .models import (
     ActiveMembership,

@@ -11,15 +11,13 @@ path is refused here: ``save``, ``delete``, and on the queryset ``create``,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from django.db import models
 from django.db.models.base import ModelBase
-from django.db.utils import NotSupportedError
-from ..exceptions import ReadOnlyViewError  # noqa: F401 (re-exported)
 
-if TYPE_CHECKING:
-    from .refresh import RefreshResult
+from ..exceptions import ReadOnlyViewError
+from .refresh import RefreshResult, refresh_view
 
 
 def _refuse(model: type[models.Model], operation: str) -> NoReturn:
@@ -90,6 +88,9 @@ class MaterializedView(models.Model, metaclass=MaterializedViewBase):
     """Subclass it with ``Meta.db_table`` naming a view created by CreateMaterializedView."""
 
     objects = MaterializedViewManager()
+    # How ``db.registry.all_views`` finds the models over views without importing
+    # this module (it imports the refresh engine, which imports the registry).
+    reads_materialized_view = True
 
     class Meta:
         abstract = True
@@ -120,6 +121,4 @@ class MaterializedView(models.Model, metaclass=MaterializedViewBase):
         ``concurrently=None`` picks CONCURRENTLY whenever the view allows it;
         the result says which was used and, if plainly, why.
         """
-        from .refresh import refresh_view
-
         return refresh_view(cls, using=using, concurrently=concurrently, wait=wait)

@@ -38,7 +38,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from ..conf import settings as velro_settings
 from ..keys import build_key
 from ..reads import cached_read
-from .refresh import ViewRef, registry, view_name
+from .registry import ViewRef, registry, view_name
 
 T = TypeVar("T")
 KEY_DATA_TYPE = "view"

@@ -1,20 +1,15 @@
-"""Refreshing materialized views: now, after relevant writes (debounced), and on a schedule.
+"""The refresh engine: refresh a view now, in this thread, one refresh of a view at a time.
 
-Three rules shape everything here:
+Never two refreshes of one view at once. Inside a process a lock per view
+orders threads; across processes a PostgreSQL advisory lock (held for the
+refresh's transaction) does, so a second caller either waits its turn or,
+with ``wait=False``, skips and says so. PostgreSQL would serialize two
+REFRESHes by itself, but only by queueing connections blindly; the advisory
+lock lets a caller choose to skip and lets the schedule avoid duplicate work.
 
-- Never two refreshes of one view at once. Inside a process a lock per view
-  orders threads; across processes a PostgreSQL advisory lock (held for the
-  refresh's transaction) does, so a second caller either waits its turn or,
-  with ``wait=False``, skips and says so. PostgreSQL would serialize two
-  REFRESHes by itself, but only by queueing connections blindly; the advisory
-  lock lets a caller choose to skip and lets the schedule avoid duplicate work.
-- A write never pays for a refresh. A write to a declared source schedules
-  one with ``transaction.on_commit`` (a rolled-back transaction schedules
-  nothing) into a background thread that runs one refresh per burst
-  (``velro_cache.db.worker.Debouncer``).
-- Every refresh leaves a ``ViewRefresh`` row (when, how long, rows, whether
-  concurrent and why not, the error), written in the refresh's transaction, so
-  a view's staleness is known to every process and to the dashboard.
+Every refresh leaves a row in the refresh log (``refreshlog``), written in
+the refresh's transaction. When refreshes run (after writes, on a schedule)
+is decided elsewhere (``writes``, ``schedule``); this module only runs them.
 """
 
 from __future__ import annotations
@@ -28,30 +23,17 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
-from django.apps import apps
-from django.core.signals import request_started
-from django.db import (
-    DEFAULT_DB_ALIAS,
-    DatabaseError,
-    connections,
-    models,
-    router,
-    transaction,
-)
-from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
-from ..conf import settings as velro_settings
+from ..exceptions import RefreshFailed, ViewNotFound
+from . import refreshlog
 from . import sql as view_sql
-from .worker import Debouncer
-from ..exceptions import RefreshFailed, ViewNotFound  # noqa: F401 (re-exported)
+from .registry import ViewRef, all_views, database_for, registry, view_name
 
 log = logging.getLogger(__name__)
-
-ViewRef = str | type[models.Model]
 
 
 @dataclass
@@ -82,20 +64,6 @@ class RefreshResult:
         how = "concurrently" if self.concurrently else "plainly"
         mode = f"{how} ({self.note})" if self.note else how
         return f"{self.view}: {self.rows} rows in {self.duration_ms:.1f} ms, {mode}"
-
-
-# -- naming ------------------------------------------------------------------------------
-
-
-def view_name(view: ViewRef) -> str:
-    return view if isinstance(view, str) else view._meta.db_table
-
-
-def _database_for(view: ViewRef, using: str | None) -> str:
-    if using:
-        return using
-    model = view if not isinstance(view, str) else registry.model_of(view)
-    return router.db_for_write(model) if model is not None else DEFAULT_DB_ALIAS
 
 
 # -- locks ---------------------------------------------------------------------------------
@@ -179,7 +147,8 @@ def _run(connection: Any, result: RefreshResult, concurrently: bool | None) -> N
 
 
 def _is_fresh(database: str, view: str, max_age: timedelta) -> timedelta | None:
-    last = last_refresh(view, using=database)
+    """The age of the view's last successful refresh if it is younger than ``max_age``."""
+    last = refreshlog.last_refresh(view, using=database)
     if last is not None and last.age < max_age:
         return last.age
     return None
@@ -204,7 +173,7 @@ def refresh_view(
     both refresh). Raises ``RefreshFailed`` after recording a failure.
     """
     name = view_name(view)
-    result = RefreshResult(view=name, database=_database_for(view, using), trigger=trigger)
+    result = RefreshResult(view=name, database=database_for(view, using), trigger=trigger)
     lock = _process_locks.get(result.database, name)
     if not lock.acquire(blocking=wait):
         return _skipped(result, "another refresh of this view is running in this process")
@@ -252,7 +221,7 @@ def _refresh_locked(
             if age is not None:
                 return _skipped(result, f"refreshed {age.total_seconds():.0f} s ago")
         _run(connection, result, concurrently)
-        _record(result)
+        refreshlog.record(result)
     if result.error:
         log.error("refresh of %s failed: %s", result.view, result.error)
         raise RefreshFailed(result)
@@ -263,43 +232,6 @@ def _refresh_locked(
 def _skipped(result: RefreshResult, why: str) -> RefreshResult:
     result.skipped, result.note = True, why
     return result
-
-
-def _record(result: RefreshResult) -> None:
-    """Write the log row; a missing log table costs a warning, never the refresh."""
-    from ..models import ViewRefresh
-
-    try:
-        with transaction.atomic(using=result.database):
-            row = ViewRefresh.objects.using(result.database).create(
-                view=result.view,
-                database=result.database,
-                trigger=result.trigger,
-                started_at=result.started_at,
-                finished_at=timezone.now(),
-                duration_ms=result.duration_ms,
-                rows=result.rows,
-                concurrently=result.concurrently,
-                note=result.note[:255],
-                error=result.error,
-            )
-            _prune(result.database, result.view)
-        result.record_id = row.pk
-    except DatabaseError as exc:
-        log.warning(
-            "could not record the refresh of %s in %r (are velro_cache's migrations applied there?): %s",
-            result.view, result.database, exc,
-        )
-
-
-def _prune(database: str, view: str) -> None:
-    from ..models import ViewRefresh
-
-    keep = velro_settings.VIEW_REFRESH_LOG_KEEP
-    rows = ViewRefresh.objects.using(database).for_view(view, database).order_by("-started_at")
-    old = list(rows.values_list("pk", flat=True)[keep : keep + 100])
-    if old:
-        ViewRefresh.objects.using(database).filter(pk__in=old).delete()
 
 
 def refresh_views(
@@ -316,182 +248,20 @@ def refresh_views(
     return results
 
 
-# -- staleness ----------------------------------------------------------------------------------
-
-
-def last_refresh(view: ViewRef, using: str | None = None) -> Any:
-    """The latest successful ``ViewRefresh`` of the view, or None."""
-    from ..models import ViewRefresh
-
-    database = _database_for(view, using)
-    return ViewRefresh.objects.using(database).last_success(view_name(view), database)
-
-
-def staleness(view: ViewRef, using: str | None = None) -> timedelta | None:
-    """How old the view's data may be: time since its last successful refresh started."""
-    last = last_refresh(view, using)
-    return last.age if last is not None else None
-
-
-# -- declaring which writes refresh which view ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ViewSpec:
-    name: str
-    model: type[models.Model] | None
-    sources: tuple[type[models.Model], ...]
-    period: float | None
-    debounce: float | None
-
-    @property
-    def refresh_period(self) -> float:
-        return float(self.period if self.period is not None else velro_settings.VIEW_REFRESH_PERIOD)
-
-    @property
-    def refresh_debounce(self) -> float:
-        return float(self.debounce if self.debounce is not None else velro_settings.VIEW_REFRESH_DEBOUNCE)
-
-
-class ViewRegistry:
-    """Which views exist, how often they refresh, and which models' writes refresh them."""
-
-    def __init__(self) -> None:
-        self._specs: dict[str, ViewSpec] = {}
-
-    def register(
-        self,
-        view: ViewRef,
-        *,
-        refresh_on: Iterable[type[models.Model] | str] = (),
-        period: float | None = None,
-        debounce: float | None = None,
-    ) -> ViewSpec:
-        """Declare a view; saves, deletes and m2m changes of ``refresh_on`` models
-        refresh it after commit, debounced. Registering again replaces the declaration."""
-        name = view_name(view)
-        sources = tuple(apps.get_model(source) if isinstance(source, str) else source for source in refresh_on)
-        spec = ViewSpec(name, None if isinstance(view, str) else view, sources, period, debounce)
-        self.unregister(name)
-        self._specs[name] = spec
-        for source in sources:
-            self._connect(spec, source)
-        return spec
-
-    def unregister(self, view: ViewRef) -> None:
-        spec = self._specs.pop(view_name(view), None)
-        if spec is None:
-            return
-        for source in spec.sources:
-            for signal, uid in self._signals(spec, source):
-                signal.disconnect(sender=source, dispatch_uid=uid)
-
-    def get(self, view: ViewRef) -> ViewSpec | None:
-        return self._specs.get(view_name(view))
-
-    def model_of(self, view: str) -> type[models.Model] | None:
-        spec = self._specs.get(view)
-        return spec.model if spec is not None else None
-
-    def __iter__(self) -> Any:
-        return iter(list(self._specs.values()))
-
-    @staticmethod
-    def _signals(spec: ViewSpec, source: type[models.Model]) -> list[tuple[Any, str]]:
-        label = source._meta.label_lower
-        return [(signal, f"velro_cache.views:{spec.name}:{label}:{kind}") for signal, kind in (
-            (post_save, "save"), (post_delete, "delete"), (m2m_changed, "m2m"))]
-
-    def _connect(self, spec: ViewSpec, source: type[models.Model]) -> None:
-        handler = partial(_source_written, spec.name)
-        for signal, uid in self._signals(spec, source):
-            signal.connect(handler, sender=source, weak=False, dispatch_uid=uid)
-
-
-registry = ViewRegistry()
-register_view = registry.register
-
-
-def all_views() -> list[str]:
-    """Registered views plus every concrete MaterializedView model, sorted by name."""
-    from .models import MaterializedView
-
-    names = {spec.name for spec in registry}
-    names.update(
-        model._meta.db_table
-        for model in apps.get_models()
-        if issubclass(model, MaterializedView) and not model._meta.abstract
-    )
-    return sorted(names)
-
-
-_M2M_WRITES = {"post_add", "post_remove", "post_clear"}
-
-
-def _source_written(view: str, sender: Any, using: str | None = None, action: str | None = None, **kwargs: Any) -> None:
-    if action is not None and action not in _M2M_WRITES:
-        return
-    refresh_after_commit(view, using=using)
-
-
-def refresh_after_commit(view: ViewRef, using: str | None = None) -> None:
-    """Schedule a debounced background refresh when the current transaction commits.
-
-    For writes that send no signals (``QuerySet.update``, ``bulk_create``, raw
-    SQL): call this next to them. Outside a transaction it schedules at once;
-    after a rollback it schedules nothing.
-    """
-    if not velro_settings.VIEW_REFRESH_ON_WRITE:
-        return
-    name = view_name(view)
-    database = _database_for(view, using)
-    spec = registry.get(name)
-    delay = spec.refresh_debounce if spec is not None else float(velro_settings.VIEW_REFRESH_DEBOUNCE)
-    transaction.on_commit(partial(debouncer.schedule, ("write", database, name), delay), using=database)
-
-
-def views_fed_by(model: type[models.Model]) -> list[ViewSpec]:
-    """The registered views that declare ``model`` (or the concrete model behind a proxy) a source."""
-    concrete = model._meta.concrete_model
-    return [spec for spec in registry if any(source._meta.concrete_model is concrete for source in spec.sources)]
-
-
-def refresh_after_write(model: type[models.Model], using: str | None = None) -> None:
-    """Schedule refreshes of every view fed by ``model``: the hook for bulk writes
-    (``QuerySet.update``, ``bulk_create``), which send no signals."""
-    for spec in views_fed_by(model):
-        refresh_after_commit(spec.name, using=using)
-
-
-# -- the background worker: debounced write refreshes and the schedule ------------------------------
-
-
-def _background_job(key: tuple[str, str, str]) -> None:
-    kind, database, view = key
-    try:
-        if kind == "write":
-            refresh_view(view, using=database, trigger="write")
-        else:
-            refresh_stale_views(using=database, trigger="schedule")
-    except RefreshFailed:
-        pass  # recorded and logged by refresh_view
-    finally:
-        connections[database].close()  # this thread's connection; never hold one between jobs
-        if kind == "schedule":  # even after an error: the schedule must outlive a database outage
-            debouncer.schedule(key, schedule_tick())
-
-
-debouncer = Debouncer(_background_job, name="velro-view-refresh")
-
-
-def refresh_stale_views(using: str | None = None, trigger: str = "schedule") -> list[RefreshResult]:
-    """Refresh every registered view whose last successful refresh is older than its period.
+def refresh_stale_views(
+    views: Iterable[ViewRef] | None = None, *, using: str | None = None, trigger: str = "schedule"
+) -> list[RefreshResult]:
+    """Refresh every registered view (or those of ``views`` that are registered) whose
+    last successful refresh is older than its period.
 
     Safe to run from every worker process and from cron at once: each view is
     skipped when another process holds its lock or refreshed it meanwhile.
     """
+    wanted = None if views is None else {view_name(view) for view in views}
     results = []
     for spec in registry:
+        if wanted is not None and spec.name not in wanted:
+            continue
         period = timedelta(seconds=spec.refresh_period)
         try:
             results.append(refresh_view(spec.name, using=using, wait=False, trigger=trigger, if_older_than=period))
@@ -500,50 +270,4 @@ def refresh_stale_views(using: str | None = None, trigger: str = "schedule") -> 
     return results
 
 
-def schedule_tick() -> float:
-    """How often the scheduler looks for stale views: half the shortest period, at least 1 s."""
-    periods = [spec.refresh_period for spec in registry] or [float(velro_settings.VIEW_REFRESH_PERIOD)]
-    return max(1.0, min(periods) / 2)
-
-
-def start_schedule(using: str = DEFAULT_DB_ALIAS) -> None:
-    """Start refreshing stale views periodically in this process's background thread."""
-    key = ("schedule", using, "")
-    if not debouncer.is_scheduled(key):
-        debouncer.schedule(key, 0.0)
-
-
-def _start_schedule_on_first_request(**kwargs: Any) -> None:
-    if velro_settings.VIEW_REFRESH_SCHEDULE:
-        start_schedule()
-
-
-# Web processes only: a management command never starts the schedule thread.
-request_started.connect(_start_schedule_on_first_request, dispatch_uid="velro_cache.views.schedule")
-
-
-def wait_for_background_refreshes(timeout: float | None = None) -> bool:
-    """Block until no write-triggered refresh is pending or running (tests, shutdown)."""
-    return debouncer.wait_idle(timeout, ignore=lambda key: key[0] == "schedule")
-
-
-__all__ = [
-    "RefreshFailed",
-    "RefreshResult",
-    "ViewNotFound",
-    "ViewRegistry",
-    "ViewSpec",
-    "all_views",
-    "last_refresh",
-    "refresh_after_commit",
-    "refresh_after_write",
-    "refresh_stale_views",
-    "refresh_view",
-    "refresh_views",
-    "register_view",
-    "registry",
-    "staleness",
-    "start_schedule",
-    "views_fed_by",
-    "wait_for_background_refreshes",
-]
+__all__ = ["RefreshResult", "advisory_lock_key", "refresh_stale_views", "refresh_view", "refresh_views"]

@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.utils import NotSupportedError
-from ..exceptions import UnsupportedDatabase  # noqa: F401 (re-exported)
+from ..exceptions import UnsupportedDatabase
 
 POSTGRESQL, SQLITE = "postgresql", "sqlite"
 SUPPORTED_VENDORS = (POSTGRESQL, SQLITE)

@@ -51,6 +51,7 @@ class Debouncer:
             self._cond.notify_all()
 
     def pending(self) -> set[Hashable]:
+        """The keys waiting for their deadline (what a test or the dashboard looks at)."""
         with self._cond:
             return set(self._due)
 
@@ -64,10 +65,6 @@ class Debouncer:
             for key in self._due:
                 self._due[key] = 0.0
             self._cond.notify_all()
-
-    def cancel(self, key: Hashable) -> None:
-        with self._cond:
-            self._due.pop(key, None)
 
     def wait_idle(self, timeout: float | None = None, ignore: Callable[[Hashable], bool] | None = None) -> bool:
         """Block until nothing is pending or running (``ignore`` excludes keys, e.g. a

@@ -3,6 +3,10 @@
 For cron: ``velro_refresh_views --stale`` refreshes only registered views
 older than their period and skips any another process is refreshing, so it
 can run every minute from several hosts.
+
+Every mistake on the command line (an unknown view, model or database, a
+model that reads no view, ``--stale`` on an unregistered view) is a
+``CommandError`` naming what is known, before anything is refreshed.
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ from typing import Any
 
 from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
 
-from velro_cache.db.refresh import (
-    RefreshResult,
-    all_views,
-    last_refresh,
-    refresh_stale_views,
-    refresh_views,
-    registry,
+from velro_cache.db.refresh import RefreshResult, refresh_stale_views, refresh_views
+from velro_cache.db.refreshlog import last_refresh
+from velro_cache.db.registry import all_views, registry
+
+NO_VIEWS = (
+    "No materialized views are known: none is registered (velro_cache.db.registry.register_view) "
+    "and no installed model subclasses velro_cache.db.models.MaterializedView."
 )
 
 
@@ -36,17 +41,24 @@ class Command(BaseCommand):
         parser.add_argument("--list", action="store_true", help="list views with their last refresh; refresh nothing")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        names = [self._resolve(view) for view in options["views"]] or all_views()
+        database = self._check_database(options["database"])
+        known = all_views()
+        named = [self._resolve(view, known) for view in options["views"]]
+        names = named or known
+        if not names:
+            self.stdout.write(self.style.WARNING(NO_VIEWS))
+            return
         if options["list"]:
-            self._list(names, options["database"])
+            self._list(names, database)
             return
         started = time.perf_counter()
         if options["stale"]:
-            results = [r for r in refresh_stale_views(using=options["database"], trigger="command") if r.view in names]
+            stale_among = self._registered(named) if named else None  # None: every registered view
+            results = refresh_stale_views(stale_among, using=database, trigger="command")
         else:
             results = refresh_views(
                 names,
-                using=options["database"],
+                using=database,
                 concurrently=False if options["plain"] else None,
                 wait=not options["no_wait"],
                 trigger="command",
@@ -55,16 +67,37 @@ class Command(BaseCommand):
             self._print(result)
         self._summary(results, time.perf_counter() - started)
 
-    def _resolve(self, view: str) -> str:
-        if "." in view:
-            try:
-                return apps.get_model(view)._meta.db_table
-            except (LookupError, ValueError) as exc:
-                raise CommandError(f"Unknown model {view!r}: {exc}") from exc
-        known = all_views()
-        if view not in known:
-            raise CommandError(f"Unknown view {view!r}; known views: {', '.join(known) or 'none'}.")
-        return view
+    @staticmethod
+    def _check_database(database: str | None) -> str | None:
+        if database is not None and database not in connections:
+            raise CommandError(f"Unknown database {database!r}; configured: {', '.join(connections)}.")
+        return database
+
+    @staticmethod
+    def _resolve(view: str, known: list[str]) -> str:
+        """A view name, or the view a model label (``app.Model``) reads."""
+        if "." not in view:
+            if view not in known:
+                raise CommandError(f"Unknown view {view!r}; known views: {', '.join(known) or 'none'}.")
+            return view
+        try:
+            name = apps.get_model(view)._meta.db_table
+        except (LookupError, ValueError) as exc:
+            raise CommandError(f"Unknown model {view!r}: {exc}") from exc
+        if name not in known:
+            raise CommandError(f"{view} reads no materialized view: it neither subclasses MaterializedView nor is registered.")
+        return name
+
+    @staticmethod
+    def _registered(names: list[str]) -> list[str]:
+        """``--stale`` needs a view's period, which only a registration gives."""
+        unregistered = [name for name in names if registry.get(name) is None]
+        if unregistered:
+            raise CommandError(
+                f"--stale needs a refresh period, and {', '.join(unregistered)} declares none: "
+                f"register it (register_view(..., period=...)) or refresh it without --stale."
+            )
+        return names
 
     def _print(self, result: RefreshResult) -> None:
         if result.error:
@@ -87,7 +120,7 @@ class Command(BaseCommand):
         for name in names:
             spec = registry.get(name)
             period = f"period {spec.refresh_period:.0f} s" if spec else "not registered"
-            last = last_refresh(name, using=database or None)
+            last = last_refresh(name, using=database)
             if last is None:
                 self.stdout.write(f"{name}: never refreshed ({period})")
                 continue
@@ -96,5 +129,3 @@ class Command(BaseCommand):
                 f"{name}: {last.rows} rows, refreshed {age} ago in {last.duration_ms:.1f} ms "
                 f"({'concurrently' if last.concurrently else 'plainly'}, {period})"
             )
-
-
