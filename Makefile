@@ -6,12 +6,12 @@ PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-sqlite test-matrix bench services django-suite clean
+.PHONY: demo test test-sqlite lint test-matrix bench services django-suite clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -e ".[test,postgres,prometheus,bench]"
+	$(PIP) install -e ".[test,postgres,prometheus,bench,lint]"
 	touch $(STAMP)
 
 services:
@@ -21,9 +21,14 @@ django-suite: $(STAMP)
 	$(PY) scripts/fetch_django_tests.py
 
 ## make test: install what is missing, make sure PostgreSQL and Redis answer, run the whole suite, then the SQLite leg.
-test: $(STAMP) services django-suite
+test: $(STAMP) services django-suite lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) test-sqlite
+
+## make lint: ruff and mypy over velro_cache/ (settings in pyproject.toml); make test runs it first.
+lint: $(STAMP)
+	$(PY) -m ruff check velro_cache
+	$(PY) -m mypy
 
 ## make test-sqlite: the materialized-view tests again on SQLite, against the emulation (tests/settings_sqlite.py).
 test-sqlite: $(STAMP)
