@@ -1,20 +1,21 @@
 """A separate OS process with its own TieredCache, driven over stdin/stdout.
 
 Run as ``python -m tests.cache_worker REDIS_URL KEY_PREFIX``; each input line
-is a JSON command, each output line the JSON result. This is how the tests
-get real worker processes (own L1, own coherence listener) on one Redis.
+is a JSON command, each output line the JSON result (``tests.support`` holds
+the protocol). This is how the tests get real worker processes (own L1, own
+coherence listener) on one Redis.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import WorkerProcess, serve_commands
+
 SECRET_KEY = "velro-cache-tests"  # the same as tests.settings, so pickle MACs agree
 
 
@@ -62,6 +63,11 @@ def _handle(cache, command: dict):
     if op == "stats":
         stats = cache.stats()
         return {"l1": stats["l1"], "coherence": stats["l2"]["coherence"], "breaker": stats["l2"]["breaker"]["state"]}
+    if op == "raise":  # for the test that a worker's exception reaches its test
+        raise RuntimeError(command.get("message", "raised on request"))
+    if op == "exit":  # for the test that a worker's death reaches its test
+        print(command.get("message", "exiting on request"), file=sys.stderr, flush=True)
+        os._exit(command.get("status", 3))
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -70,54 +76,24 @@ def main() -> None:
     _setup(url, prefix)
     from django.core.cache import cache
 
-    print(json.dumps({"ready": os.getpid()}), flush=True)
-    for line in sys.stdin:
-        command = json.loads(line)
-        try:
-            print(json.dumps({"result": _handle(cache, command)}), flush=True)
-        except Exception as exc:  # report, keep serving
-            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+    serve_commands(lambda command: _handle(cache, command), ready=os.getpid())
 
 
-class Worker:
-    """The test-side handle of one worker process."""
+class Worker(WorkerProcess):
+    """The test-side handle of one worker process, ready once constructed."""
 
     def __init__(self, url: str, prefix: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.cache_worker", url, prefix],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=str(ROOT),
-            env=env,
-        )
-        self.pid = json.loads(self.process.stdout.readline())["ready"]
-
-    def send(self, **command) -> None:
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
-
-    def receive(self):
-        reply = json.loads(self.process.stdout.readline())
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
-        return reply["result"]
-
-    def call(self, **command):
-        self.send(**command)
-        return self.receive()
-
-    def stop(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=10)
+        super().__init__("tests.cache_worker", url, prefix)
+        self.pid = self.wait_ready()
 
 
-def load_together(urls: list[str], prefix: str, log: Path) -> tuple[list, int]:
+def load_together(urls: list[str], prefix: str, log: Path) -> tuple[list[Any], int]:
     """One worker process per URL asks for the same cold key at once.
 
     Returns what each got and how many times the loader ran (it appends a line
-    to ``log`` per run), for the "one loader across processes" property.
+    to ``log`` per run), for the "one loader across processes" property. The
+    loader's sleep models a slow database read: every worker has sent its
+    request before the first loader returns.
     """
     workers = [Worker(url, prefix) for url in urls]
     try:

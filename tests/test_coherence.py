@@ -1,32 +1,27 @@
-"""Cross-process L1 coherence: real worker processes on one real Redis."""
+"""Cross-process L1 coherence: real worker processes on one real Redis, and on a Redis Cluster."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
 from tests.cache_worker import Worker
+from tests.support import eventually
 
 pytestmark = pytest.mark.django_db(databases=[])
 
 
-def eventually(check, limit: float = 5.0):
-    """Poll a condition; the bound is generous because pub/sub is asynchronous."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.005)
-    return check()
-
-
-@pytest.fixture
-def workers(private_redis):
+@pytest.fixture(params=["redis", "cluster"])
+def workers(request, private_redis):
+    """Three worker processes; on the cluster each subscribes through another node (the first URL)."""
     prefix = f"coh-{uuid.uuid4().hex[:8]}"
-    started = [Worker(private_redis.url(3), prefix) for _ in range(3)]
+    if request.param == "redis":
+        locations = [private_redis.url(3)] * 3
+    else:
+        urls = request.getfixturevalue("redis_cluster").urls
+        locations = [",".join(urls[n:] + urls[:n]) for n in range(3)]
+    started = [Worker(location, prefix) for location in locations]
     yield started
     for worker in started:
         worker.stop()
@@ -46,6 +41,11 @@ def test_a_write_in_one_process_reaches_every_other_l1(workers):
     writer.call(op="delete", key="generation:1:meta")
     for reader in readers:
         assert eventually(lambda: reader.call(op="get", key="generation:1:meta", default="gone") == "gone")
+    for round_number in range(5):  # every write, not only the first, reaches every L1
+        writer.call(op="set", key="generation:1:meta", value=f"v{round_number}")
+        for reader in readers:
+            assert reader.call(op="wait_until", key="generation:1:meta", value=f"v{round_number}", limit=5) is not None
+            assert reader.call(op="get", key="generation:1:meta") == f"v{round_number}"
 
 
 def test_a_process_ignores_its_own_echo_but_not_another_write_to_the_same_key(workers):
