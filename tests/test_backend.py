@@ -9,6 +9,7 @@ import decimal
 import enum
 import os
 import pickle
+import threading
 import time
 import uuid
 import zoneinfo
@@ -18,7 +19,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.safestring import SafeString, mark_safe
 
-from tests.support import Arrivals, behind, eventually, run_together, spread_keys
+from tests.support import Arrivals, Background, behind, eventually, run_together, spread_keys
 from velro_cache.serializers import UnserializableValue
 
 pytestmark = pytest.mark.django_db(databases=[])
@@ -455,6 +456,38 @@ def test_stats_lose_no_count_under_threads(make_cache):
 
     run_together(4, read)
     assert cache.stats()["by_type"]["hot"]["l1_hits"] == 20000
+
+
+def test_a_forked_child_does_not_inherit_held_stats_locks(private_redis, tiered_on):
+    cache = tiered_on(private_redis.url(7))
+    lock = cache._state.stats.latency["l2"]._lock
+    held, done = threading.Event(), threading.Event()
+
+    def parent_request_thread():  # a request thread of the parent, inside observe(), at the moment of fork
+        with lock:
+            held.set()
+            assert done.wait(10)
+
+    thread = Background(parent_request_thread)
+    assert held.wait(5)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one L2 read, bounded by a watchdog thread
+        try:
+            worker = threading.Thread(target=lambda: cache.get("fork-probe"), daemon=True)
+            worker.start()
+            worker.join(3)
+            os.write(write_end, b"hung" if worker.is_alive() else b"ok")
+        finally:
+            os._exit(0)
+    done.set()
+    thread.join()
+    os.close(write_end)
+    outcome = os.read(read_end, 16)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert outcome == b"ok"
+
 
 
 def test_close_keeps_the_l1(cache):

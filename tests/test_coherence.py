@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
 
 from tests.cache_worker import Worker
-from tests.support import eventually
+from tests.support import Background, eventually
 
 pytestmark = pytest.mark.django_db(databases=[])
 
@@ -72,3 +73,51 @@ def test_separate_l1s_in_one_process_stay_coherent_too(private_redis, tiered_on)
     assert eventually(lambda: b.get("x") == {"n": 2})
     a.clear()
     assert eventually(lambda: b.get("x") is None)
+
+
+# -- a write racing another process's write to the same key ------------------------------------------
+# The interleaving is forced at the exact point by wrapping ``_l2_call`` on one
+# cache *instance* with Event waits; Redis itself is never mocked.
+
+
+def pause_after_l2(cache, method_name: str):
+    """After the named RedisTier call returns (Redis has applied it), block until released."""
+    reached, release = threading.Event(), threading.Event()
+    original = cache._l2_call
+
+    def hooked(method, *args):
+        result = original(method, *args)
+        if getattr(method, "__name__", "") == method_name and not reached.is_set():
+            reached.set()
+            assert release.wait(10)
+        return result
+
+    cache._l2_call = hooked
+    return reached, release
+
+
+def race_other_process_write(url, tiered_on, write):
+    """Process A writes k=mine; just after Redis took it, process B sets k=theirs and A hears it."""
+    a, b = tiered_on(url), tiered_on(url)
+    key = f"race-{uuid.uuid4().hex[:8]}"
+    method = "add" if write == "add" else "set_many"
+    reached, release = pause_after_l2(a, method)
+    thread = Background(lambda: getattr(a, write)(key, "mine", 60))
+    assert reached.wait(5)
+    heard = a._state.listener.messages_applied
+    b.set(key, "theirs", 60)  # later in Redis than A's write
+    assert eventually(lambda: a._state.listener.messages_applied > heard)  # A's listener applied B's drop
+    release.set()
+    thread.join()
+    assert b.get(key) == "theirs"
+    return a, key
+
+
+def test_set_does_not_keep_a_value_another_process_overwrote(private_redis, tiered_on):
+    a, key = race_other_process_write(private_redis.url(7), tiered_on, "set")
+    assert a.get(key) == "theirs"  # A serves "mine" from L1 until TTL/MAX_AGE
+
+
+def test_add_does_not_keep_a_value_another_process_overwrote(private_redis, tiered_on):
+    a, key = race_other_process_write(private_redis.url(7), tiered_on, "add")
+    assert a.get(key) == "theirs"

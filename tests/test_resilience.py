@@ -114,6 +114,44 @@ def test_lost_channel_turns_l1_off_until_it_is_back(own_redis, tiered_on):
     assert cache.get("k") == "v"  # from L2 again
 
 
+def test_a_replayed_invalidation_is_not_undone_by_the_read_that_triggered_it(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url())
+    admin = own_redis.client()
+    cache.set("k", "v0", 60)
+    admin.config_set("maxmemory", 1)  # Redis refuses writes (OOM): a failed write, remembered as pending
+    try:
+        cache.set("k", "v1", 60)
+        assert len(cache._state.pending) == 1
+        cache.get("k")  # first successful call: replays the pending delete of k
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert not cache._state.pending
+    assert admin.exists("fault:1:k") == 0  # L2 dropped k: the invalidation was delivered
+    assert cache.get("k") is None  # but L1 holds "v0" (L1 outlives L2, a value this process overwrote)
+
+
+def test_breaker_recovers_after_a_probe_refused_by_redis(own_redis, tiered_on):
+    """A half-open probe that Redis answers with an error (OOM) ends the probe.
+
+    Were it recorded as neither success nor failure, the breaker would stay
+    half-open for ever, with L1 and L2 off.
+    """
+    cache = tiered_on(own_redis.url())
+    admin = own_redis.client()
+    breaker = cache._state.breaker
+    admin.config_set("maxmemory", 1)
+    try:
+        breaker.force_open()  # as replay_pending does when Redis fails again
+        time.sleep(breaker.reset_timeout + 0.05)
+        cache.set("k", "v", 60)  # the probe; Redis refuses it (OOM) but answered
+        assert breaker.state == CLOSED
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert eventually(lambda: (cache.get("x"), breaker.state)[1] == CLOSED, limit=6)
+    cache.set("k", "v", 60)
+    assert cache.get("k") == "v"
+
+
 # -- the breaker itself -------------------------------------------------------------
 
 
