@@ -44,22 +44,26 @@ def make_cache():
 
     Instances built with different L1 budgets have separate L1 stores, which is
     how one test process plays several worker processes against one real L2.
-    ``like=cache`` builds another "process" on that cache's L2 and key prefix;
-    ``mode`` picks the L2 (single Redis by default, or none with ``l2=False``).
+    ``mode`` picks the L2 (single Redis by default, none with ``l2=False``);
+    ``location`` names another one (a test's own server or cluster);
+    ``like=cache`` builds another "process" on that cache's L2 and key prefix.
     """
     from velro_cache.backends import TieredCache
+    from velro_cache.tiers.process import discard
 
     prefix = f"t{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    built: list[TieredCache] = []
-    modes: dict[int, str] = {}
+    built: list[tuple[TieredCache, bool]] = []
+    locations: dict[int, str | list[str] | None] = {}
 
     def build(
         *,
         l2: bool = True,
         mode: str = L1_REDIS,
+        location: str | list[str] | None = None,
         like: TieredCache | None = None,
         max_bytes: int | None = None,
         options: dict | None = None,
+        clear_after: bool = True,
         **params,
     ) -> TieredCache:
         opts = {"L1": {"MAX_BYTES": max_bytes or next(_l1_sizes)}}
@@ -69,21 +73,20 @@ def make_cache():
             else:
                 opts[name] = value
         if like is not None:
-            mode = modes[id(like)]
+            location = locations[id(like)]
             params.setdefault("KEY_PREFIX", like.key_prefix)
-        elif not l2:
-            mode = L1_ONLY
+        elif location is None:
+            location = l2_location(mode if l2 else L1_ONLY)
         params.setdefault("KEY_PREFIX", prefix)
-        cache = TieredCache(l2_location(mode), {"OPTIONS": opts, **params})
-        built.append(cache)
-        modes[id(cache)] = mode
+        cache = TieredCache(location, {"OPTIONS": opts, **params})
+        built.append((cache, clear_after))
+        locations[id(cache)] = location
         return cache
 
     yield build
-    from velro_cache.tiers.process import discard
-
-    for cache in built:
-        cache.clear()
+    for cache, clear_after in built:
+        if clear_after:
+            cache.clear()
         discard(cache._state)
 
 
@@ -129,23 +132,18 @@ def own_redis(tmp_path):
 
 
 @pytest.fixture
-def tiered_on():
-    """Build TieredCaches on a given Redis URL; each call is a separate "process" (own L1 and listener)."""
-    from velro_cache.backends import TieredCache
-    from velro_cache.tiers.process import discard
+def tiered_on(make_cache):
+    """``make_cache`` on a Redis of the test's own (``own_redis``, a cluster): a separate "process" per call.
 
-    built = []
-    sizes = itertools.count(32 * 1024 * 1024)
+    Its key prefix defaults to "fault", so a test can read ``fault:1:<key>``
+    behind the cache; nothing is cleared afterwards, as the server may be dead.
+    """
 
     def build(url: str | list[str], *, prefix: str = "fault", **options):
         """``url`` is one Redis URL, or a cluster's startup node URLs."""
-        cache = TieredCache(url, {"KEY_PREFIX": prefix, "OPTIONS": {"L1": {"MAX_BYTES": next(sizes)}, **options}})
-        built.append(cache)
-        return cache
+        return make_cache(location=url, KEY_PREFIX=prefix, options=options, clear_after=False)
 
-    yield build
-    for cache in built:
-        discard(cache._state)
+    return build
 
 
 @pytest.fixture

@@ -42,6 +42,28 @@ def eventually(check: Callable[[], T], limit: float = 5.0, interval: float = 0.0
     return check()
 
 
+def wait_for(probe: Callable[[], Any], failure: str, seconds: float = 20, until_dead: subprocess.Popen | None = None) -> None:
+    """Poll a server's ``probe`` until it answers truthily; raise ``failure`` after ``seconds``.
+
+    For servers the tests start: connection errors while it boots are
+    expected, and a process that exited (``until_dead``) ends the wait at once
+    with its status instead of the whole timeout.
+    """
+    import redis
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if until_dead is not None and until_dead.poll() is not None:
+            raise RuntimeError(f"{failure}: it exited with status {until_dead.returncode}")
+        try:
+            if probe():
+                return
+        except (redis.RedisError, OSError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(failure)
+
+
 # -- threads ------------------------------------------------------------------------------------
 
 
