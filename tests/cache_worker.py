@@ -31,11 +31,31 @@ def _setup(url: str, prefix: str) -> None:
     django.setup()
 
 
+def _arrive(command: dict) -> None:
+    """Say "I am asking" in the shared arrivals file (a barrier across processes)."""
+    if "arrivals" in command:
+        with open(command["arrivals"], "a") as arrivals:
+            arrivals.write(f"{os.getpid()}\n")
+
+
+def _wait_for_arrivals(command: dict, limit: float = 10) -> None:
+    """Block until ``expect`` workers have arrived, so every caller asks while the loader runs."""
+    if "arrivals" not in command:
+        return
+    deadline = time.monotonic() + limit
+    path = Path(command["arrivals"])
+    while len(path.read_text().splitlines()) < command["expect"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(path.read_text().splitlines())} of {command['expect']} workers asked")
+        time.sleep(0.001)
+
+
 def _slow_loader(command: dict):
     def load():
         with open(command["log"], "a") as log:
             log.write(f"{os.getpid()}\n")
-        time.sleep(command.get("sleep", 0))
+        _wait_for_arrivals(command)
+        time.sleep(command.get("sleep", 0))  # a slow database read: the late callers reach the lease's wait
         return command["value"]
 
     return load
@@ -51,6 +71,7 @@ def _handle(cache, command: dict):
     if op == "delete":
         return cache.delete(command["key"])
     if op == "get_or_load":
+        _arrive(command)
         return cache.get_or_load(command["key"], _slow_loader(command), command.get("timeout", 300))
     if op == "wait_until":  # poll until the key reads as the value; returns seconds waited
         start = time.perf_counter()
@@ -92,13 +113,18 @@ def load_together(urls: list[str], prefix: str, log: Path) -> tuple[list[Any], i
 
     Returns what each got and how many times the loader ran (it appends a line
     to ``log`` per run), for the "one loader across processes" property. The
-    loader's sleep models a slow database read: every worker has sent its
-    request before the first loader returns.
+    loader returns only after every worker has made its call (an arrivals
+    file next to ``log`` is the barrier), so the calls certainly overlap.
     """
     workers = [Worker(url, prefix) for url in urls]
+    arrivals = log.with_name(log.name + ".arrivals")
+    arrivals.touch()
     try:
         for worker in workers:  # all ask at once; each reply waits for its loader or the filler
-            worker.send(op="get_or_load", key="gen:7:meta", value="loaded", sleep=0.3, log=str(log))
+            worker.send(
+                op="get_or_load", key="gen:7:meta", value="loaded", sleep=0.05, log=str(log),
+                arrivals=str(arrivals), expect=len(workers),
+            )
         results = [worker.receive() for worker in workers]
     finally:
         for worker in workers:
