@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from tests.support import WorkerProcess, emit, serve_commands
+from tests.support import WorkerProcess, emit, eventually, serve_commands
 
 TIERED, DJANGO = "tiered", "django"
 POLL = 0.0002  # seconds between reads while watching: the resolution of a delay
@@ -44,12 +44,7 @@ def in_l1(cache: Any, key: str) -> bool:
 
 def prime(cache: Any, key: str, value: Any, limit: float = 5.0) -> bool:
     """Read until the value is in L1: a later change can only reach us as an invalidation."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if cache.get(key) == value and in_l1(cache, key):
-            return True
-        time.sleep(0.001)
-    return False
+    return eventually(lambda: cache.get(key) == value and in_l1(cache, key), limit, interval=0.001)
 
 
 def watch(cache: Any, key: str, value: Any, limit: float) -> float | None:

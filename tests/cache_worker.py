@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support import WorkerProcess, serve_commands
+from tests.support import WorkerProcess, eventually, serve_commands
 
 SECRET_KEY = "velro-cache-tests"  # the same as tests.settings, so pickle MACs agree
 
@@ -42,12 +42,9 @@ def _wait_for_arrivals(command: dict, limit: float = 10) -> None:
     """Block until ``expect`` workers have arrived, so every caller asks while the loader runs."""
     if "arrivals" not in command:
         return
-    deadline = time.monotonic() + limit
     path = Path(command["arrivals"])
-    while len(path.read_text().splitlines()) < command["expect"]:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(path.read_text().splitlines())} of {command['expect']} workers asked")
-        time.sleep(0.001)
+    if not eventually(lambda: len(path.read_text().splitlines()) >= command["expect"], limit, interval=0.001):
+        raise TimeoutError(f"only {len(path.read_text().splitlines())} of {command['expect']} workers asked")
 
 
 def _slow_loader(command: dict):

@@ -64,6 +64,16 @@ def wait_for(probe: Callable[[], Any], failure: str, seconds: float = 20, until_
     raise RuntimeError(failure)
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``; its exit status."""
+    process.terminate()
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 # -- threads ------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from studio.models import ApiToken, Generation, Role, Team, TeamMembership
 
 from tests.redis_server import free_port
 from tests.settings import redis_url
-from tests.support import eventually
+from tests.support import eventually, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 3
@@ -85,32 +84,14 @@ def server(settings, tmp_path):
         env=example_env(port), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gunicorn.err", "w"),  # noqa: SIM115
     )
     try:
-        _wait_until_serving(port, process)
+        wait_for(lambda: request(port, "GET", "/api/me/", None)[0] == 401, "gunicorn did not start", 30, until_dead=process)
         yield port, log
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         connection.close()
         from django.core.cache import caches
 
         caches["default"].clear()
-
-
-def _wait_until_serving(port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}")
-        try:
-            if request(port, "GET", "/api/me/", None)[0] == 401:
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("gunicorn did not start")
 
 
 def request(port: int, method: str, path: str, key: str | None, body: dict | None = None) -> tuple[int, dict]:
