@@ -11,7 +11,6 @@ import threading
 from collections import OrderedDict
 from itertools import accumulate
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
