@@ -72,11 +72,8 @@ def _handle(cache, command: dict):
         return cache.get_or_load(command["key"], _slow_loader(command), command.get("timeout", 300))
     if op == "wait_until":  # poll until the key reads as the value; returns seconds waited
         start = time.perf_counter()
-        deadline = start + command.get("limit", 5)
-        while time.perf_counter() < deadline:
-            if cache.get(command["key"]) == command["value"]:
-                return time.perf_counter() - start
-            time.sleep(0.0005)
+        if eventually(lambda: cache.get(command["key"]) == command["value"], command.get("limit", 5), interval=0.0005):
+            return time.perf_counter() - start
         return None
     if op == "stats":
         stats = cache.stats()
