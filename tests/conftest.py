@@ -7,10 +7,9 @@ import os
 import uuid
 
 import pytest
-import redis
 
 from tests.redis_cluster import cluster_urls, own_cluster, redis_cluster, stop_shared_cluster  # noqa: F401
-from tests.settings import REDIS_HOST, REDIS_PORT, redis_url
+from tests.settings import redis_url
 
 BACKEND_TEST_DB = 12
 _l1_sizes = itertools.count(64 * 1024 * 1024)
@@ -28,14 +27,6 @@ def l2_location(mode: str) -> str | list[str] | None:
     if mode == L1_CLUSTER:
         return cluster_urls()
     raise ValueError(f"unknown cache mode {mode!r}")
-
-
-@pytest.fixture
-def redis_client() -> redis.Redis:
-    """A plain client on the backend tests' database, for looking behind the cache."""
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=BACKEND_TEST_DB)
-    yield client
-    client.close()
 
 
 @pytest.fixture
