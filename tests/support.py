@@ -64,25 +64,17 @@ def wait_for(probe: Callable[[], Any], failure: str, seconds: float = 20, until_
     raise RuntimeError(failure)
 
 
-def stop_process(process: subprocess.Popen, timeout: float = 20) -> int:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout``; its exit status."""
-    process.terminate()
-    try:
-        return process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
-
-
 # -- threads ------------------------------------------------------------------------------------
 
 
 class Background:
     """One helper thread whose exception fails the test that joins it.
 
-    A plain ``threading.Thread`` prints its exception and lets the test pass;
-    ``join`` here re-raises it (with its traceback), and a thread still running
-    after the bound is an error too, never a silent pass.
+    A plain ``threading.Thread`` keeps neither its result nor its exception
+    (pytest only warns about the exception; pyproject.toml makes that warning
+    an error, as a net). ``join`` here returns the result or re-raises the
+    exception in the test itself, and a thread still running after the bound
+    is an error too, never a silent pass.
     """
 
     def __init__(self, target: Callable[[], Any], *, name: str | None = None) -> None:
@@ -217,7 +209,17 @@ def exercise_every_operation(cache: Any, keys: list[str]) -> dict[str, Any]:
     }
 
 
-# -- worker processes ---------------------------------------------------------------------------------
+# -- processes ---------------------------------------------------------------------------------
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``; its exit status."""
+    process.terminate()
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
 
 
 class WorkerError(RuntimeError):
