@@ -4,26 +4,25 @@ Run as ``python -m benchmarks.resilience_worker REDIS_URL``. It plays one
 web-server process: its own TieredCache (own L1, own coherence listener) and,
 for comparison, Django's RedisCache on the same Redis.
 
-``tests.cache_worker`` answers one line per command, which cannot say "I am
-now watching" before a write happens elsewhere; measuring propagation needs
-that, so commands that wait first print ``{"armed": true}`` and then their
-result. Every time exchanged is ``time.monotonic()``: on Linux it is
+The JSON-lines protocol is ``tests.support``'s (``serve_commands`` here,
+``WorkerProcess`` on the benchmark's side), the same as ``tests.cache_worker``.
+One line per command cannot say "I am now watching" before a write happens
+elsewhere; measuring propagation needs that, so commands that wait first print
+``{"armed": true}`` and then their result. Every time exchanged is ``time.monotonic()``: on Linux it is
 CLOCK_MONOTONIC, one clock for every process on the machine, so a writer's
 timestamp and a reader's can be subtracted.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import WorkerProcess, emit, eventually, serve_commands
+
 TIERED, DJANGO = "tiered", "django"
 POLL = 0.0002  # seconds between reads while watching: the resolution of a delay
 
@@ -36,10 +35,6 @@ def caches_for(url: str, prefix: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def _emit(payload: dict[str, Any]) -> None:
-    print(json.dumps(payload), flush=True)
-
-
 def in_l1(cache: Any, key: str) -> bool:
     """Whether the key is held in this process's L1 (so a read would not touch Redis)."""
     from velro_cache.tiers.memory import MISSING
@@ -49,17 +44,12 @@ def in_l1(cache: Any, key: str) -> bool:
 
 def prime(cache: Any, key: str, value: Any, limit: float = 5.0) -> bool:
     """Read until the value is in L1: a later change can only reach us as an invalidation."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if cache.get(key) == value and in_l1(cache, key):
-            return True
-        time.sleep(0.001)
-    return False
+    return eventually(lambda: cache.get(key) == value and in_l1(cache, key), limit, interval=0.001)
 
 
 def watch(cache: Any, key: str, value: Any, limit: float) -> float | None:
     """The monotonic time at which this process first reads the new value."""
-    _emit({"armed": True})
+    emit({"armed": True})
     deadline = time.monotonic() + limit
     while True:
         if cache.get(key) == value:
@@ -77,7 +67,7 @@ def subscribe(url: str, channel: str, count: int, limit: float) -> list[float]:
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(channel)
     pubsub.get_message(timeout=1.0)  # the subscribe confirmation: now we are listening
-    _emit({"armed": True})
+    emit({"armed": True})
     delays: list[float] = []
     deadline = time.monotonic() + limit
     while len(delays) < count and time.monotonic() < deadline:
@@ -156,65 +146,18 @@ def main() -> None:
     from django.core.cache import caches
 
     caches[TIERED].get("warm-up")  # build the process state: listener subscribed before we say ready
-    _emit({"ready": os.getpid()})
-    for line in sys.stdin:
-        try:
-            _emit({"result": _handle(url, json.loads(line))})
-        except Exception as exc:  # noqa: BLE001 - report, keep serving
-            _emit({"error": f"{type(exc).__name__}: {exc}"})
+    serve_commands(lambda command: _handle(url, command), ready=os.getpid())
 
 
-class Worker:
-    """The benchmark's handle on one worker process."""
+class Worker(WorkerProcess):
+    """The benchmark's handle on one worker process (started in parallel; ``wait_ready`` for each)."""
 
     def __init__(self, url: str, prefix: str) -> None:
-        env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
-        env["PYTHONPATH"] = str(ROOT)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.resilience_worker", url, prefix],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=str(ROOT),
-            env=env,
-        )
-
-    def wait_ready(self) -> int:
-        """Workers start in parallel; this waits for one to have its cache up."""
-        return self._line()["ready"]
-
-    def send(self, **command: Any) -> None:
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
-
-    def _line(self) -> dict[str, Any]:
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.process.pid} exited with {self.process.wait()}")
-        return json.loads(line)
+        super().__init__("benchmarks.resilience_worker", url, prefix, without_env=("DJANGO_SETTINGS_MODULE",))
 
     def armed(self) -> None:
-        reply = self._line()
-        if not reply.get("armed"):
-            raise RuntimeError(f"worker {self.process.pid} did not arm: {reply}")
-
-    def receive(self) -> Any:
-        reply = self._line()
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
-        return reply["result"]
-
-    def call(self, **command: Any) -> Any:
-        self.send(**command)
-        return self.receive()
-
-    def stop(self) -> None:
-        self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        """The worker is watching: now the write it measures may happen."""
+        self.expect("armed")
 
 
 if __name__ == "__main__":

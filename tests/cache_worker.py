@@ -1,20 +1,21 @@
 """A separate OS process with its own TieredCache, driven over stdin/stdout.
 
 Run as ``python -m tests.cache_worker REDIS_URL KEY_PREFIX``; each input line
-is a JSON command, each output line the JSON result. This is how the tests
-get real worker processes (own L1, own coherence listener) on one Redis.
+is a JSON command, each output line the JSON result (``tests.support`` holds
+the protocol). This is how the tests get real worker processes (own L1, own
+coherence listener) on one Redis.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import WorkerProcess, eventually, serve_commands
+
 SECRET_KEY = "velro-cache-tests"  # the same as tests.settings, so pickle MACs agree
 
 
@@ -30,11 +31,28 @@ def _setup(url: str, prefix: str) -> None:
     django.setup()
 
 
+def _arrive(command: dict) -> None:
+    """Say "I am asking" in the shared arrivals file (a barrier across processes)."""
+    if "arrivals" in command:
+        with open(command["arrivals"], "a") as arrivals:
+            arrivals.write(f"{os.getpid()}\n")
+
+
+def _wait_for_arrivals(command: dict, limit: float = 10) -> None:
+    """Block until ``expect`` workers have arrived, so every caller asks while the loader runs."""
+    if "arrivals" not in command:
+        return
+    path = Path(command["arrivals"])
+    if not eventually(lambda: len(path.read_text().splitlines()) >= command["expect"], limit, interval=0.001):
+        raise TimeoutError(f"only {len(path.read_text().splitlines())} of {command['expect']} workers asked")
+
+
 def _slow_loader(command: dict):
     def load():
         with open(command["log"], "a") as log:
             log.write(f"{os.getpid()}\n")
-        time.sleep(command.get("sleep", 0))
+        _wait_for_arrivals(command)
+        time.sleep(command.get("sleep", 0))  # a slow database read: the late callers reach the lease's wait
         return command["value"]
 
     return load
@@ -50,18 +68,21 @@ def _handle(cache, command: dict):
     if op == "delete":
         return cache.delete(command["key"])
     if op == "get_or_load":
+        _arrive(command)
         return cache.get_or_load(command["key"], _slow_loader(command), command.get("timeout", 300))
     if op == "wait_until":  # poll until the key reads as the value; returns seconds waited
         start = time.perf_counter()
-        deadline = start + command.get("limit", 5)
-        while time.perf_counter() < deadline:
-            if cache.get(command["key"]) == command["value"]:
-                return time.perf_counter() - start
-            time.sleep(0.0005)
+        if eventually(lambda: cache.get(command["key"]) == command["value"], command.get("limit", 5), interval=0.0005):
+            return time.perf_counter() - start
         return None
     if op == "stats":
         stats = cache.stats()
         return {"l1": stats["l1"], "coherence": stats["l2"]["coherence"], "breaker": stats["l2"]["breaker"]["state"]}
+    if op == "raise":  # for the test that a worker's exception reaches its test
+        raise RuntimeError(command.get("message", "raised on request"))
+    if op == "exit":  # for the test that a worker's death reaches its test
+        print(command.get("message", "exiting on request"), file=sys.stderr, flush=True)
+        os._exit(command.get("status", 3))
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -70,59 +91,34 @@ def main() -> None:
     _setup(url, prefix)
     from django.core.cache import cache
 
-    print(json.dumps({"ready": os.getpid()}), flush=True)
-    for line in sys.stdin:
-        command = json.loads(line)
-        try:
-            print(json.dumps({"result": _handle(cache, command)}), flush=True)
-        except Exception as exc:  # report, keep serving
-            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+    serve_commands(lambda command: _handle(cache, command), ready=os.getpid())
 
 
-class Worker:
-    """The test-side handle of one worker process."""
+class Worker(WorkerProcess):
+    """The test-side handle of one worker process, ready once constructed."""
 
     def __init__(self, url: str, prefix: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.cache_worker", url, prefix],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=str(ROOT),
-            env=env,
-        )
-        self.pid = json.loads(self.process.stdout.readline())["ready"]
-
-    def send(self, **command) -> None:
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
-
-    def receive(self):
-        reply = json.loads(self.process.stdout.readline())
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
-        return reply["result"]
-
-    def call(self, **command):
-        self.send(**command)
-        return self.receive()
-
-    def stop(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=10)
+        super().__init__("tests.cache_worker", url, prefix)
+        self.pid = self.wait_ready()
 
 
-def load_together(urls: list[str], prefix: str, log: Path) -> tuple[list, int]:
+def load_together(urls: list[str], prefix: str, log: Path) -> tuple[list[Any], int]:
     """One worker process per URL asks for the same cold key at once.
 
     Returns what each got and how many times the loader ran (it appends a line
-    to ``log`` per run), for the "one loader across processes" property.
+    to ``log`` per run), for the "one loader across processes" property. The
+    loader returns only after every worker has made its call (an arrivals
+    file next to ``log`` is the barrier), so the calls certainly overlap.
     """
     workers = [Worker(url, prefix) for url in urls]
+    arrivals = log.with_name(log.name + ".arrivals")
+    arrivals.touch()
     try:
         for worker in workers:  # all ask at once; each reply waits for its loader or the filler
-            worker.send(op="get_or_load", key="gen:7:meta", value="loaded", sleep=0.3, log=str(log))
+            worker.send(
+                op="get_or_load", key="gen:7:meta", value="loaded", sleep=0.05, log=str(log),
+                arrivals=str(arrivals), expect=len(workers),
+            )
         results = [worker.receive() for worker in workers]
     finally:
         for worker in workers:

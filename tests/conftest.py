@@ -1,4 +1,4 @@
-"""Shared fixtures: TieredCache instances on the real Redis, each test in its own key prefix."""
+"""Shared fixtures: TieredCache instances on the real Redis or Redis Cluster, each test in its own key prefix."""
 
 from __future__ import annotations
 
@@ -7,58 +7,96 @@ import os
 import uuid
 
 import pytest
-import redis
 
-from tests.settings import REDIS_HOST, REDIS_PORT, redis_url
+from tests.redis_cluster import cluster_urls, own_cluster, redis_cluster, stop_shared_cluster  # noqa: F401
+from tests.settings import redis_url
 
 BACKEND_TEST_DB = 12
 _l1_sizes = itertools.count(64 * 1024 * 1024)
 
+# The modes of the one ``cache`` fixture: which L2 sits under the L1.
+L1_ONLY, L1_REDIS, L1_CLUSTER = "l1", "l1+redis", "l1+cluster"
 
-@pytest.fixture
-def redis_client() -> redis.Redis:
-    """A plain client on the backend tests' database, for looking behind the cache."""
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=BACKEND_TEST_DB)
-    yield client
-    client.close()
+
+def l2_location(mode: str) -> str | list[str] | None:
+    """The LOCATION of a mode; the cluster (shared by the whole run) starts on first use."""
+    if mode == L1_ONLY:
+        return None
+    if mode == L1_REDIS:
+        return redis_url(BACKEND_TEST_DB)
+    if mode == L1_CLUSTER:
+        return cluster_urls()
+    raise ValueError(f"unknown cache mode {mode!r}")
 
 
 @pytest.fixture
 def make_cache():
-    """Build TieredCache instances; each call gets its own L1 unless ``l1_of`` shares one.
+    """Build TieredCache instances; each call gets its own L1 (its own "process").
 
     Instances built with different L1 budgets have separate L1 stores, which is
-    how one test process plays several worker processes against one real Redis.
+    how one test process plays several worker processes against one real L2.
+    ``mode`` picks the L2 (single Redis by default, none with ``l2=False``);
+    ``location`` names another one (a test's own server or cluster);
+    ``like=cache`` builds another "process" on that cache's L2 and key prefix.
     """
     from velro_cache.backends import TieredCache
+    from velro_cache.tiers.process import discard
 
     prefix = f"t{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    built: list[TieredCache] = []
+    built: list[tuple[TieredCache, bool]] = []
+    locations: dict[int, str | list[str] | None] = {}
 
-    def build(*, l2: bool = True, max_bytes: int | None = None, options: dict | None = None, **params) -> TieredCache:
+    def build(
+        *,
+        l2: bool = True,
+        mode: str = L1_REDIS,
+        location: str | list[str] | None = None,
+        like: TieredCache | None = None,
+        max_bytes: int | None = None,
+        options: dict | None = None,
+        clear_after: bool = True,
+        **params,
+    ) -> TieredCache:
         opts = {"L1": {"MAX_BYTES": max_bytes or next(_l1_sizes)}}
         for name, value in (options or {}).items():
             if name == "L1":
                 opts["L1"].update(value)
             else:
                 opts[name] = value
+        if like is not None:
+            location = locations[id(like)]
+            params.setdefault("KEY_PREFIX", like.key_prefix)
+        elif location is None:
+            location = l2_location(mode if l2 else L1_ONLY)
         params.setdefault("KEY_PREFIX", prefix)
-        cache = TieredCache(redis_url(BACKEND_TEST_DB) if l2 else None, {"OPTIONS": opts, **params})
-        built.append(cache)
+        cache = TieredCache(location, {"OPTIONS": opts, **params})
+        built.append((cache, clear_after))
+        locations[id(cache)] = location
         return cache
 
     yield build
-    from velro_cache.tiers.process import discard
-
-    for cache in built:
-        cache.clear()
+    for cache, clear_after in built:
+        if clear_after:
+            cache.clear()
         discard(cache._state)
 
 
-@pytest.fixture(params=["l1", "l1+l2"])
-def cache(request, make_cache):
-    """One TieredCache per mode: L1 only, and L1 over the real Redis."""
-    return make_cache(l2=request.param == "l1+l2")
+@pytest.fixture(params=[L1_ONLY, L1_REDIS, L1_CLUSTER])
+def cache_mode(request) -> str:
+    """The backend contract runs on every tier stack: L1 alone, over Redis, over a Redis Cluster."""
+    return request.param
+
+
+@pytest.fixture
+def cache(cache_mode, make_cache):
+    """One TieredCache per mode of ``cache_mode``; ``make_cache(like=cache)`` gives it a sibling process."""
+    return make_cache(mode=cache_mode)
+
+
+@pytest.fixture(params=[L1_REDIS, L1_CLUSTER])
+def l2_cache(request, make_cache):
+    """The contract of the L2 itself: a TieredCache over Redis, and over a Redis Cluster."""
+    return make_cache(mode=request.param)
 
 
 @pytest.fixture(scope="session")
@@ -85,26 +123,18 @@ def own_redis(tmp_path):
 
 
 @pytest.fixture
-def tiered_on():
-    """Build TieredCaches on a given Redis URL; each call is a separate "process" (own L1 and listener)."""
-    from velro_cache.backends import TieredCache
-    from velro_cache.tiers.process import discard
+def tiered_on(make_cache):
+    """``make_cache`` on a Redis of the test's own (``own_redis``, a cluster): a separate "process" per call.
 
-    built = []
-    sizes = itertools.count(32 * 1024 * 1024)
+    Its key prefix defaults to "fault", so a test can read ``fault:1:<key>``
+    behind the cache; nothing is cleared afterwards, as the server may be dead.
+    """
 
     def build(url: str | list[str], *, prefix: str = "fault", **options):
         """``url`` is one Redis URL, or a cluster's startup node URLs."""
-        cache = TieredCache(url, {"KEY_PREFIX": prefix, "OPTIONS": {"L1": {"MAX_BYTES": next(sizes)}, **options}})
-        built.append(cache)
-        return cache
+        return make_cache(location=url, KEY_PREFIX=prefix, options=options, clear_after=False)
 
-    yield build
-    for cache in built:
-        discard(cache._state)
-
-
-# --- Invalidation tests (issue 4) ---
+    return build
 
 
 @pytest.fixture
@@ -118,17 +148,6 @@ def own_cache(settings):
     caches["default"].clear()
 
 
-# --- end invalidation tests ---
-
-
-# --- Redis Cluster tests ---
-# The cluster starts on first use (test_django_contract needs its URLs at
-# import time); its nodes are killed by pid when pytest ends.
-from tests.redis_cluster import own_cluster, redis_cluster, stop_shared_cluster  # noqa: F401
-
-
 def pytest_unconfigure(config):
+    """The shared cluster's nodes are ours (started on first use): kill them by pid when pytest ends."""
     stop_shared_cluster()
-
-
-# --- end Redis Cluster tests ---

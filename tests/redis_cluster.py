@@ -23,11 +23,12 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import redis
+
+from tests.support import wait_for
 
 CLUSTER_BUS_OFFSET = 10_000  # Redis talks to its peers on port + 10000
 # Short, so a killed primary makes the cluster report itself down within a test's patience.
@@ -112,7 +113,7 @@ class ClusterNode:
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait(self._answers, f"redis-server (cluster node) on port {self.port} did not start", until_dead=self.process)
+            wait_for(self._answers, f"redis-server (cluster node) on port {self.port} did not start", until_dead=self.process)
         except RuntimeError as exc:
             tail = self.log.read_text()[-1000:] if self.log.exists() else ""
             raise RuntimeError(f"{exc}; its log ends: {tail}") from None
@@ -130,21 +131,6 @@ class ClusterNode:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
         self.process = None
-
-
-def _wait(probe, failure: str, seconds: float = 20, until_dead: subprocess.Popen | None = None) -> None:
-    """Poll ``probe``; give up after ``seconds`` or as soon as ``until_dead`` exits."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if until_dead is not None and until_dead.poll() is not None:
-            raise RuntimeError(f"{failure}: it exited with status {until_dead.returncode}")
-        try:
-            if probe():
-                return
-        except (redis.RedisError, OSError):
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(failure)
 
 
 class LocalCluster:
@@ -204,14 +190,14 @@ class LocalCluster:
         def all_ok() -> bool:
             return all(node.cluster_state() == "ok" and node.replica_in_sync() for node in self.running())
 
-        _wait(all_ok, "the Redis Cluster did not reach cluster_state:ok", seconds)
+        wait_for(all_ok, "the Redis Cluster did not reach cluster_state:ok", seconds)
 
     def wait_down(self, seconds: float = 20) -> None:
         """The surviving nodes noticed a lost primary and refuse keyed commands (CLUSTERDOWN)."""
         def all_fail() -> bool:
             return all(node.cluster_state() == "fail" for node in self.running())
 
-        _wait(all_fail, "the Redis Cluster did not notice the lost node", seconds)
+        wait_for(all_fail, "the Redis Cluster did not notice the lost node", seconds)
 
     def running(self) -> list[ClusterNode]:
         return [node for node in self.nodes if node.process is not None]

@@ -6,10 +6,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import redis
+
+from tests.support import wait_for
 
 
 def free_port() -> int:
@@ -41,14 +42,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if self.client().ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
+        wait_for(lambda: self.client().ping(), f"redis-server on port {self.port} did not start", 10, until_dead=self.process)
 
     def pause(self) -> None:
         """SIGSTOP: the server keeps its sockets open but answers nothing (a slow Redis)."""

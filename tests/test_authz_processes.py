@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ from django.db import connection
 from studio.models import ApiToken, Generation, Role, Team, TeamMembership
 
 from tests.redis_server import free_port
+from tests.settings import redis_url
+from tests.support import eventually, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 3
@@ -49,7 +50,7 @@ def example_env(port: int) -> dict[str, str]:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "example_project.settings",
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+        "REDIS_URL": redis_url(REDIS_DB),
         "DJANGO_DEBUG": "0",
         "PYTHONPATH": str(ROOT),
     }
@@ -69,7 +70,7 @@ def server(settings, tmp_path):
     """Gunicorn on a free loopback port; this process's cache is made the workers' cache."""
     settings.CACHES = {
         **settings.CACHES,
-        "default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": f"redis://127.0.0.1:6379/{REDIS_DB}", "KEY_PREFIX": example_cache_prefix()},
+        "default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": redis_url(REDIS_DB), "KEY_PREFIX": example_cache_prefix()},
     }
     port = free_port()
     log = tmp_path / "access.log"
@@ -83,32 +84,14 @@ def server(settings, tmp_path):
         env=example_env(port), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gunicorn.err", "w"),  # noqa: SIM115
     )
     try:
-        _wait_until_serving(port, process)
+        wait_for(lambda: request(port, "GET", "/api/me/", None)[0] == 401, "gunicorn did not start", 30, until_dead=process)
         yield port, log
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         connection.close()
         from django.core.cache import caches
 
         caches["default"].clear()
-
-
-def _wait_until_serving(port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}")
-        try:
-            if request(port, "GET", "/api/me/", None)[0] == 401:
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("gunicorn did not start")
 
 
 def request(port: int, method: str, path: str, key: str | None, body: dict | None = None) -> tuple[int, dict]:
@@ -210,19 +193,24 @@ def check(port: int, key: str, gen_id: int, action: str) -> int:
     return request(port, "GET", path, key)[0]
 
 
+def generation_lines(log: Path) -> list[str]:
+    """The access log's lines for the generation API (the readiness probes hit /api/me/)."""
+    lines = [line.split() for line in log.read_text().splitlines()]
+    return [" ".join(parts) for parts in lines if len(parts) == 4 and parts[2].startswith("/api/generations/")]
+
+
 def pids_by_status(log: Path) -> dict[int, set[str]]:
     seen: dict[int, set[str]] = {}
-    for line in log.read_text().splitlines():
-        pid, _method, path, status = line.split()
-        if path.startswith("/api/generations/"):
-            seen.setdefault(int(status), set()).add(pid)
+    for line in generation_lines(log):
+        pid, _method, _path, status = line.split()
+        seen.setdefault(int(status), set()).add(pid)
     return seen
 
 
 def test_no_stale_allow_after_a_revoke_in_any_worker(server):
     port, log = server
     rng = random.Random(os.environ.get("VELRO_AUTHZ_SEED") or None)
-    stale, trials, denials = [], 0, 0
+    stale, trials, denials, sent = [], 0, 0, 0
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=2 * WORKERS) as pool:
         while trials < TRIALS and time.monotonic() - started < TIME_BUDGET:
@@ -244,7 +232,9 @@ def test_no_stale_allow_after_a_revoke_in_any_worker(server):
                     assert status in DENIED, (path.__name__, status)
                     denials += 1
             trials += 1
-    time.sleep(0.2)  # the access log is flushed per line; let the last lines land
+            sent += len(warm) + len(after)
+    # gunicorn writes a request's log line after its response: wait for every one.
+    assert eventually(lambda: len(generation_lines(log)) >= sent), (len(generation_lines(log)), sent)
     served = pids_by_status(log)
     print(f"{trials} trials, {denials} denials, stale allows: {len(stale)}, in {time.monotonic() - started:.1f} s; workers {served}")
     assert stale == []

@@ -7,7 +7,9 @@ import dataclasses
 import datetime
 import decimal
 import enum
+import os
 import pickle
+import threading
 import time
 import uuid
 import zoneinfo
@@ -17,8 +19,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.safestring import SafeString, mark_safe
 
-from tests.concurrency import run_together
-from tests.test_coherence import eventually
+from tests.support import Arrivals, Background, behind, eventually, run_together, spread_keys
 from velro_cache.exceptions import UnserializableValue
 
 pytestmark = pytest.mark.django_db(databases=[])
@@ -97,7 +98,7 @@ def test_every_storable_type_round_trips_with_its_type(cache, make_cache, name):
     assert type(got) is type(value)
     if cache._l2 is not None:
         # Read back through another "process" (its own L1): the wire path.
-        other = make_cache(KEY_PREFIX=cache.key_prefix)
+        other = make_cache(like=cache)
         from_l2 = other.get("value")
         assert from_l2 == value and type(from_l2) is type(value)
         assert other.get("value") == value  # and again from its L1 after promotion
@@ -141,11 +142,12 @@ def test_non_string_keys_that_compare_equal_stay_distinct(cache):
 # -- L2 specifics ---------------------------------------------------------------
 
 
-def test_l2_hit_is_promoted_into_l1_with_no_more_than_its_remaining_ttl(make_cache, redis_client):
-    writer = make_cache()
+def test_l2_hit_is_promoted_into_l1_with_no_more_than_its_remaining_ttl(l2_cache, make_cache):
+    writer = l2_cache
+    redis_client = behind(l2_cache)
     writer.set("gen:1:meta", {"id": 1}, timeout=30)
     time.sleep(0.2)
-    reader = make_cache(KEY_PREFIX=writer.key_prefix)
+    reader = make_cache(like=writer)
     assert reader.get("gen:1:meta") == {"id": 1}
     full = reader.make_key("gen:1:meta")
     _, l1_expires = reader._l1.get_with_expiry(full)
@@ -159,11 +161,11 @@ def test_l2_hit_is_promoted_into_l1_with_no_more_than_its_remaining_ttl(make_cac
     assert reader.stats()["by_type"]["gen"]["l1_hits"] == 1
 
 
-def test_l1_never_outlives_l2_after_a_touch_shortens_the_ttl(make_cache):
-    writer = make_cache()
+def test_l1_never_outlives_l2_after_a_touch_shortens_the_ttl(l2_cache, make_cache):
+    writer = l2_cache
     writer.set("k", "v", timeout=300)
     assert writer.touch("k", timeout=1) is True
-    reader = make_cache(KEY_PREFIX=writer.key_prefix)
+    reader = make_cache(like=writer)
     assert reader.get("k") == "v"
     _, l1_expires = reader._l1.get_with_expiry(reader.make_key("k"))
     assert l1_expires - time.monotonic() <= 1.0
@@ -178,8 +180,9 @@ def test_l1_max_age_bounds_entries_without_a_timeout(make_cache):
     assert expires - time.monotonic() <= 5
 
 
-def test_integers_are_raw_in_redis_and_incr_is_atomic_across_threads(make_cache, redis_client):
-    cache = make_cache()
+def test_integers_are_raw_in_redis_and_incr_is_atomic_across_threads(l2_cache, make_cache):
+    cache = l2_cache
+    redis_client = behind(l2_cache)
     cache.set("counter", 0)
     assert redis_client.get(cache.make_key("counter")) == b"0"
 
@@ -189,13 +192,14 @@ def test_integers_are_raw_in_redis_and_incr_is_atomic_across_threads(make_cache,
 
     run_together(8, bump)
     assert cache.get("counter") == 1600
-    other = make_cache(KEY_PREFIX=cache.key_prefix)
+    other = make_cache(like=cache)
     other.incr("counter", 5)
     assert cache.get("counter") == 1605  # no stale local copy of a counter
 
 
-def test_incr_keeps_the_ttl(make_cache, redis_client):
-    cache = make_cache()
+def test_incr_keeps_the_ttl(l2_cache, make_cache):
+    cache = l2_cache
+    redis_client = behind(l2_cache)
     cache.set("n", 1, timeout=100)
     cache.incr("n")
     assert 0 < redis_client.pttl(cache.make_key("n")) <= 100_000
@@ -232,8 +236,9 @@ def test_get_many_and_delete_many_are_one_command_each(private_redis):
     assert make(1_000_003).get_many(["k1", "k2"]) == {}
 
 
-def test_corrupt_or_foreign_bytes_are_a_counted_miss(make_cache, redis_client, caplog):
-    cache = make_cache()
+def test_corrupt_or_foreign_bytes_are_a_counted_miss(l2_cache, make_cache, caplog):
+    cache = l2_cache
+    redis_client = behind(l2_cache)
     garbage = {
         "text": b"not ours",
         "bad-msgpack": b"\xa1" + b"\x00" * 8 + b"\xc1\xc1",
@@ -254,13 +259,14 @@ def test_corrupt_or_foreign_bytes_are_a_counted_miss(make_cache, redis_client, c
     assert cache.get("junk:text") == "fresh"
 
 
-def test_retiring_a_corrupt_entry_never_deletes_a_newer_good_value(make_cache, redis_client):
-    cache = make_cache()
+def test_retiring_a_corrupt_entry_never_deletes_a_newer_good_value(l2_cache, make_cache):
+    cache = l2_cache
+    redis_client = behind(l2_cache)
     full = cache.make_key("k")
     redis_client.set(full, b"garbage")
     cache.set("k", "good")  # a writer replaces it before anyone retires the garbage
     assert cache._l2.delete_if_equal(full, b"garbage") is False
-    assert make_cache(KEY_PREFIX=cache.key_prefix).get("k") == "good"
+    assert make_cache(like=cache).get("k") == "good"
 
 
 class _Exploit:
@@ -273,8 +279,9 @@ class _Exploit:
         return (Path.touch, (Path(self.path),))
 
 
-def test_pickles_written_by_others_are_never_unpickled(make_cache, redis_client, tmp_path):
-    cache = make_cache()
+def test_pickles_written_by_others_are_never_unpickled(l2_cache, make_cache, tmp_path):
+    cache = l2_cache
+    redis_client = behind(l2_cache)
     marker = tmp_path / "code-ran"
     body = pickle.dumps(_Exploit(str(marker)))
     forged = {
@@ -302,23 +309,74 @@ def test_pickle_fallback_can_be_forbidden(make_cache):
     assert strict_reader.get("object") is None
 
 
-def test_clear_with_a_prefix_leaves_other_keys_alone(make_cache, redis_client):
-    cache = make_cache()
-    redis_client.set("someone-elses-key", b"1")
-    cache.set("mine", "x")
-    cache.clear()
-    assert cache.get("mine") is None
-    assert redis_client.get("someone-elses-key") == b"1"
-    redis_client.delete("someone-elses-key")
+def test_clear_with_a_prefix_leaves_other_prefixes_and_foreign_keys(l2_cache, make_cache):
+    other = make_cache(like=l2_cache, KEY_PREFIX=f"other-{uuid.uuid4().hex[:6]}")
+    keys = spread_keys(l2_cache, per_node=4)
+    raw = behind(l2_cache)
+    raw.set("someone-elses-key", b"1")
+    l2_cache.set_many({key: "mine" for key in keys}, 60)
+    other.set_many({key: "other" for key in keys}, 60)
+    l2_cache.clear()
+    assert l2_cache.get_many(keys) == {}
+    assert other.get_many(keys) == {key: "other" for key in keys}
+    assert raw.get("someone-elses-key") == b"1"
+    raw.delete("someone-elses-key")
 
 
-def test_large_values_are_compressed_on_the_wire(make_cache, redis_client):
-    cache = make_cache()
+def test_clear_without_a_prefix_empties_the_l2_and_every_l1(l2_cache, make_cache):
+    keys = spread_keys(l2_cache, per_node=4)
+    l2_cache.set_many({key: "mine" for key in keys}, 60)
+    assert l2_cache.get_many(keys) == {key: "mine" for key in keys}
+    make_cache(like=l2_cache, KEY_PREFIX="").clear()  # FLUSHDB (on every primary of a cluster)
+    assert list(behind(l2_cache).scan_iter(match=f"{l2_cache.key_prefix}:*")) == []
+    assert eventually(lambda: l2_cache.get_many(keys) == {})
+
+
+def test_single_key_operations_and_their_scripts(cache):
+    """On a cluster the keys span every primary, so each node runs the scripts."""
+    raw = behind(cache)
+    for key in spread_keys(cache, per_node=2, pattern="op:{}"):
+        assert cache.add(key, "first") is True
+        assert cache.add(key, "second") is False
+        assert cache.get(key) == "first" and cache.has_key(key)
+        assert cache.touch(key, 120) is True
+        if raw is not None:
+            assert 100 < raw.ttl(cache.make_key(key)) <= 120
+        cache.set(f"{key}:n", 1)
+        assert cache.incr(f"{key}:n", 41) == 42
+        cache.set(f"{key}:s", "text")
+        with pytest.raises(TypeError):
+            cache.incr(f"{key}:s")
+        with pytest.raises(ValueError):
+            cache.incr(f"{key}:absent")
+        assert cache.delete(key) is True and cache.get(key) is None
+
+
+def test_a_forked_child_uses_the_l2_on_its_own_connections(l2_cache):
+    """gunicorn --preload: the parent's client is shared, its sockets are not."""
+    l2_cache.set("fork:before", "parent", 60)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            if l2_cache.get("fork:before") == "parent":
+                l2_cache.set("fork:child", "child", 60)
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert l2_cache.get("fork:child") == "child"
+
+
+def test_large_values_are_compressed_on_the_wire(l2_cache, make_cache):
+    cache = l2_cache
+    redis_client = behind(l2_cache)
     text = "the same words again " * 500
     cache.set("big", text)
     stored = redis_client.get(cache.make_key("big"))
     assert len(stored) < len(text) / 4
-    assert make_cache(KEY_PREFIX=cache.key_prefix).get("big") == text
+    assert make_cache(like=cache).get("big") == text
 
 
 # -- L1 budget --------------------------------------------------------------------
@@ -372,11 +430,11 @@ def test_bad_options_raise_improperly_configured(location, options, message):
 # -- stats ----------------------------------------------------------------------------
 
 
-def test_stats_count_hits_and_misses_per_tier_and_data_type(make_cache):
-    writer = make_cache()
+def test_stats_count_hits_and_misses_per_tier_and_data_type(l2_cache, make_cache):
+    writer = l2_cache
     writer.set("gen:1", "a")
     writer.set("auth:user:1", "b")
-    reader = make_cache(KEY_PREFIX=writer.key_prefix)
+    reader = make_cache(like=writer)
     reader.get("gen:1")  # L2 hit
     reader.get("gen:1")  # L1 hit
     reader.get("gen:2")  # miss
@@ -398,6 +456,38 @@ def test_stats_lose_no_count_under_threads(make_cache):
 
     run_together(4, read)
     assert cache.stats()["by_type"]["hot"]["l1_hits"] == 20000
+
+
+def test_a_forked_child_does_not_inherit_held_stats_locks(private_redis, tiered_on):
+    cache = tiered_on(private_redis.url(7))
+    lock = cache._state.stats.latency["l2"]._lock
+    held, done = threading.Event(), threading.Event()
+
+    def parent_request_thread():  # a request thread of the parent, inside observe(), at the moment of fork
+        with lock:
+            held.set()
+            assert done.wait(10)
+
+    thread = Background(parent_request_thread)
+    assert held.wait(5)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one L2 read, bounded by a watchdog thread
+        try:
+            worker = threading.Thread(target=lambda: cache.get("fork-probe"), daemon=True)
+            worker.start()
+            worker.join(3)
+            os.write(write_end, b"hung" if worker.is_alive() else b"ok")
+        finally:
+            os._exit(0)
+    done.set()
+    thread.join()
+    os.close(write_end)
+    outcome = os.read(read_end, 16)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert outcome == b"ok"
+
 
 
 def test_close_keeps_the_l1(cache):
@@ -435,13 +525,19 @@ def test_safestring_stays_safe(cache):
 
 def test_get_or_load_runs_the_loader_once_for_concurrent_misses(cache):
     calls = []
+    arrivals = Arrivals(8)
 
     def loader():
         calls.append(1)
-        time.sleep(0.05)  # hold the flight open while the other threads arrive
+        arrivals.wait()  # the flight stays open until every thread has made its call
+        time.sleep(0.05)  # a slow database read: the late callers reach the flight's wait
         return {"loaded": True}
 
-    results = run_together(8, lambda _index: cache.get_or_load("gen:9:meta", loader, timeout=60))
+    def miss(_index):
+        arrivals.arrive()
+        return cache.get_or_load("gen:9:meta", loader, timeout=60)
+
+    results = run_together(8, miss)
     assert len(calls) == 1
     assert results == [{"loaded": True}] * 8
     assert cache.get_or_load("gen:9:meta", loader) == {"loaded": True} and len(calls) == 1

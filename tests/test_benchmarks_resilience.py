@@ -1,13 +1,12 @@
 """benchmarks.resilience runs end to end and writes well-formed results.
 
 It starts, kills, pauses and restarts its own redis-servers, so it needs the
-binary but not the shared Redis. Only the shape is checked, never a timing or
+binary (as the rest of the suite does) but not the shared Redis. Only the shape is checked, never a timing or
 a budget's outcome: a smoke run's numbers are noise.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,6 @@ from tests.test_benchmarks_run import (
     run_quick,
     section,
 )
-
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 
 FAULTS = {"SIGKILL", "SIGSTOP", "SIGKILL, back right after a failed probe"}
 WINDOWS = {"before", "outage", "Redis back, L2 not yet", "L2 back", "overall"}

@@ -3,13 +3,16 @@
 Keys are chosen so every test touches all three primaries (checked with the
 cluster's own slot map and ``CLUSTER KEYSLOT``). Several TieredCaches with
 distinct L1 budgets play separate worker processes (own L1, own listener);
-``tests.cache_worker`` gives real OS processes where that matters.
+``tests.cache_worker`` gives real OS processes where that matters. The
+backend contract itself (test_backend.py, test_coherence.py, Django's suite)
+runs on the cluster as a mode of the ``cache`` fixture; what is here is the
+cluster's own: settings, slots, per-node round trips, listeners on other
+nodes, the epoch key, lost nodes and failover.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 import uuid
@@ -24,10 +27,9 @@ from django.test import override_settings
 from redis.connection import AbstractConnection
 from redis.crc import key_slot
 
-from tests.cache_worker import Worker, load_together
-from tests.concurrency import run_together
+from tests.cache_worker import load_together
 from tests.redis_server import free_port
-from tests.test_coherence import eventually
+from tests.support import Arrivals, eventually, exercise_every_operation, keys_on_every_primary, run_together
 from velro_cache.backends import TieredCache
 from velro_cache.options import parse_options
 from velro_cache.tiers.cluster import ClusterRedisTier
@@ -64,22 +66,6 @@ def rotated(urls, by):
 
 def port_of(url):
     return redis.connection.parse_url(url)["port"]
-
-
-def keys_on_every_primary(cache, client, per_node=4, pattern="gen:{}:meta"):
-    """Cache keys whose final keys land on every primary, ``per_node`` each."""
-    primaries = {node.name for node in client.get_primaries()}
-    by_node: dict[str, list[str]] = {name: [] for name in primaries}
-    for number in itertools.count():
-        key = pattern.format(number)
-        node = client.get_node_from_key(cache.make_key(key)).name
-        if len(by_node[node]) < per_node:
-            by_node[node].append(key)
-        if all(len(keys) == per_node for keys in by_node.values()):
-            break
-    keys = [key for keys in by_node.values() for key in keys]
-    assert len({client.get_node_from_key(cache.make_key(key)).name for key in keys}) == len(primaries) == 3
-    return keys
 
 
 class Writes:
@@ -192,38 +178,6 @@ def test_get_many_and_writes_ask_each_node_once(on_cluster, redis_cluster, clust
     assert len(deletes.per_node) == 3 and sum(deletes.per_node.values()) == 4
 
 
-def test_clear_by_prefix_leaves_other_prefixes_and_clear_without_prefix_flushes(on_cluster, redis_cluster, cluster_client):
-    mine, other = on_cluster(redis_cluster.urls), on_cluster(redis_cluster.urls, prefix=f"other-{uuid.uuid4().hex[:6]}")
-    keys = keys_on_every_primary(mine, cluster_client)
-    mine.set_many({key: "mine" for key in keys}, 60)
-    other.set_many({key: "other" for key in keys}, 60)
-    mine.clear()
-    assert mine.get_many(keys) == {}
-    assert other.get_many(keys) == {key: "other" for key in keys}
-    bare = on_cluster(redis_cluster.urls, prefix="")
-    bare.clear()  # FLUSHDB on every primary
-    assert list(cluster_client.scan_iter(match=f"{other.key_prefix}:*")) == []
-    assert eventually(lambda: other.get_many(keys) == {})
-
-
-def test_single_key_operations_and_scripts(on_cluster, redis_cluster, cluster_client):
-    cache = on_cluster(redis_cluster.urls)
-    for key in keys_on_every_primary(cache, cluster_client, per_node=2, pattern="op:{}"):
-        assert cache.add(key, "first") is True
-        assert cache.add(key, "second") is False
-        assert cache.get(key) == "first" and cache.has_key(key)
-        assert cache.touch(key, 120) is True
-        assert 100 < cluster_client.ttl(cache.make_key(key)) <= 120
-        cache.set(f"{key}:n", 1)
-        assert cache.incr(f"{key}:n", 41) == 42
-        cache.set(f"{key}:s", "text")
-        with pytest.raises(TypeError):
-            cache.incr(f"{key}:s")
-        with pytest.raises(ValueError):
-            cache.incr(f"{key}:absent")
-        assert cache.delete(key) is True and cache.get(key) is None
-
-
 # -- fill leases -------------------------------------------------------------------------------------
 
 
@@ -232,17 +186,23 @@ def test_concurrent_misses_in_separate_caches_run_the_loader_once_per_key(on_clu
     keys = keys_on_every_primary(caches[0], cluster_client, per_node=1)
     calls = Counter()
     lock = threading.Lock()
+    arrivals = Arrivals(12)
 
     def loader_for(key):
         def load():
             with lock:
                 calls[key] += 1
-            time.sleep(0.2)
+            arrivals.wait()  # each key's flight stays open until every caller has made its call
+            time.sleep(0.05)  # a slow database read: the late callers reach the lease's wait
             return {"loaded": key}
 
         return load
 
-    results = run_together(12, lambda index: caches[index % 4].get_or_load(keys[index % 3], loader_for(keys[index % 3]), 60))
+    def miss(index):
+        arrivals.arrive()
+        return caches[index % 4].get_or_load(keys[index % 3], loader_for(keys[index % 3]), 60)
+
+    results = run_together(12, miss)
     assert calls == {key: 1 for key in keys}
     assert results == [{"loaded": keys[index % 3]} for index in range(12)]
 
@@ -252,30 +212,6 @@ def test_concurrent_misses_in_separate_os_processes_run_the_loader_once(redis_cl
     results, loader_calls = load_together(urls, f"clrt-{uuid.uuid4().hex[:8]}", tmp_path / "loader-calls")
     assert results == ["loaded"] * 3
     assert loader_calls == 1
-
-
-def test_a_fill_that_lost_its_lease_to_a_write_is_not_stored(on_cluster, redis_cluster, cluster_client):
-    loader_cache, writer = on_cluster(redis_cluster.urls), on_cluster(rotated(redis_cluster.urls, 2))
-    for key in keys_on_every_primary(loader_cache, cluster_client, per_node=1):
-        read, written = threading.Event(), threading.Event()
-
-        def stale_loader(read=read, written=written):
-            read.set()
-            written.wait(5)  # the other process's write lands while this loader runs
-            return "read before the write"
-
-        def write(key=key, read=read, written=written):
-            read.wait(5)
-            writer.set(key, "written")
-            written.set()
-
-        thread = threading.Thread(target=write)
-        thread.start()
-        assert loader_cache.get_or_load(key, stale_loader, 60) == "read before the write"
-        thread.join()
-        assert cluster_client.get(lease_key(loader_cache.make_key(key))) is None
-        assert writer.get(key) == "written"
-        assert eventually(lambda key=key: loader_cache.get(key) == "written")
 
 
 # -- coherence ---------------------------------------------------------------------------------------
@@ -299,21 +235,6 @@ def test_writes_reach_an_l1_subscribed_through_another_node(on_cluster, redis_cl
     assert eventually(lambda: a.get_many(keys) == {})
 
 
-def test_real_processes_stay_coherent_on_the_cluster(redis_cluster):
-    prefix = f"clcoh-{uuid.uuid4().hex[:8]}"
-    workers = [Worker(",".join(rotated(redis_cluster.urls, n)), prefix) for n in range(3)]
-    try:
-        writer, *readers = workers
-        for round_number in range(5):
-            writer.call(op="set", key="generation:1:meta", value=f"v{round_number}")
-            for reader in readers:
-                assert reader.call(op="wait_until", key="generation:1:meta", value=f"v{round_number}", limit=5) is not None
-                assert reader.call(op="get", key="generation:1:meta") == f"v{round_number}"
-    finally:
-        for worker in workers:
-            worker.stop()
-
-
 def test_a_flush_is_noticed_through_the_epoch_key(on_cluster, redis_cluster, cluster_client):
     cache = on_cluster(redis_cluster.urls)
     keys = keys_on_every_primary(cache, cluster_client, per_node=1)
@@ -326,44 +247,7 @@ def test_a_flush_is_noticed_through_the_epoch_key(on_cluster, redis_cluster, clu
     assert eventually(lambda: cache.get_many(keys) == {})
 
 
-def test_a_forked_child_uses_the_cluster_on_its_own_connections(on_cluster, redis_cluster):
-    """gunicorn --preload: the parent's cluster client is shared, its sockets are not."""
-    cache = on_cluster(redis_cluster.urls)
-    cache.set("fork:before", "parent", 60)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            if cache.get("fork:before") == "parent":
-                cache.set("fork:child", "child", 60)
-                code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert cache.get("fork:child") == "child"
-
-
 # -- faults ------------------------------------------------------------------------------------------
-
-
-def exercise_every_operation(cache, keys) -> dict:
-    """The whole API on keys of every primary; any exception fails the test."""
-    first, second, *rest = keys
-    return {
-        "get": [cache.get(key, "default") for key in keys],
-        "get_many": cache.get_many(keys),
-        "set": [cache.set(key, "v") for key in rest],
-        "set_many": cache.set_many({key: "many" for key in keys}),
-        "add": cache.add("new", "v"),
-        "touch": cache.touch(first, 10),
-        "delete": cache.delete(second),
-        "delete_many": cache.delete_many(rest),
-        "has_key": cache.has_key(first),
-        "get_or_set": [cache.get_or_set(f"gs:{key}", "computed") for key in keys],
-        "get_or_load": [cache.get_or_load(f"gl:{key}", lambda: "loaded") for key in keys],
-        "clear": cache.clear(),
-    }
 
 
 def test_a_killed_primary_raises_nothing_and_the_cache_recovers(own_cluster, on_cluster):

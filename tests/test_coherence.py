@@ -1,32 +1,28 @@
-"""Cross-process L1 coherence: real worker processes on one real Redis."""
+"""Cross-process L1 coherence: real worker processes on one real Redis, and on a Redis Cluster."""
 
 from __future__ import annotations
 
-import time
+import threading
 import uuid
 
 import pytest
 
 from tests.cache_worker import Worker
+from tests.support import Background, eventually
 
 pytestmark = pytest.mark.django_db(databases=[])
 
 
-def eventually(check, limit: float = 5.0):
-    """Poll a condition; the bound is generous because pub/sub is asynchronous."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.005)
-    return check()
-
-
-@pytest.fixture
-def workers(private_redis):
+@pytest.fixture(params=["redis", "cluster"])
+def workers(request, private_redis):
+    """Three worker processes; on the cluster each subscribes through another node (the first URL)."""
     prefix = f"coh-{uuid.uuid4().hex[:8]}"
-    started = [Worker(private_redis.url(3), prefix) for _ in range(3)]
+    if request.param == "redis":
+        locations = [private_redis.url(3)] * 3
+    else:
+        urls = request.getfixturevalue("redis_cluster").urls
+        locations = [",".join(urls[n:] + urls[:n]) for n in range(3)]
+    started = [Worker(location, prefix) for location in locations]
     yield started
     for worker in started:
         worker.stop()
@@ -46,6 +42,11 @@ def test_a_write_in_one_process_reaches_every_other_l1(workers):
     writer.call(op="delete", key="generation:1:meta")
     for reader in readers:
         assert eventually(lambda: reader.call(op="get", key="generation:1:meta", default="gone") == "gone")
+    for round_number in range(5):  # every write, not only the first, reaches every L1
+        writer.call(op="set", key="generation:1:meta", value=f"v{round_number}")
+        for reader in readers:
+            assert reader.call(op="wait_until", key="generation:1:meta", value=f"v{round_number}", limit=5) is not None
+            assert reader.call(op="get", key="generation:1:meta") == f"v{round_number}"
 
 
 def test_a_process_ignores_its_own_echo_but_not_another_write_to_the_same_key(workers):
@@ -72,3 +73,51 @@ def test_separate_l1s_in_one_process_stay_coherent_too(private_redis, tiered_on)
     assert eventually(lambda: b.get("x") == {"n": 2})
     a.clear()
     assert eventually(lambda: b.get("x") is None)
+
+
+# -- a write racing another process's write to the same key ------------------------------------------
+# The interleaving is forced at the exact point by wrapping ``_l2_call`` on one
+# cache *instance* with Event waits; Redis itself is never mocked.
+
+
+def pause_after_l2(cache, method_name: str):
+    """After the named RedisTier call returns (Redis has applied it), block until released."""
+    reached, release = threading.Event(), threading.Event()
+    original = cache._l2_call
+
+    def hooked(method, *args):
+        result = original(method, *args)
+        if getattr(method, "__name__", "") == method_name and not reached.is_set():
+            reached.set()
+            assert release.wait(10)
+        return result
+
+    cache._l2_call = hooked
+    return reached, release
+
+
+def race_other_process_write(url, tiered_on, write):
+    """Process A writes k=mine; just after Redis took it, process B sets k=theirs and A hears it."""
+    a, b = tiered_on(url), tiered_on(url)
+    key = f"race-{uuid.uuid4().hex[:8]}"
+    method = "add" if write == "add" else "set_many"
+    reached, release = pause_after_l2(a, method)
+    thread = Background(lambda: getattr(a, write)(key, "mine", 60))
+    assert reached.wait(5)
+    heard = a._state.listener.messages_applied
+    b.set(key, "theirs", 60)  # later in Redis than A's write
+    assert eventually(lambda: a._state.listener.messages_applied > heard)  # A's listener applied B's drop
+    release.set()
+    thread.join()
+    assert b.get(key) == "theirs"
+    return a, key
+
+
+def test_set_does_not_keep_a_value_another_process_overwrote(private_redis, tiered_on):
+    a, key = race_other_process_write(private_redis.url(7), tiered_on, "set")
+    assert a.get(key) == "theirs"  # A serves "mine" from L1 until TTL/MAX_AGE
+
+
+def test_add_does_not_keep_a_value_another_process_overwrote(private_redis, tiered_on):
+    a, key = race_other_process_write(private_redis.url(7), tiered_on, "add")
+    assert a.get(key) == "theirs"

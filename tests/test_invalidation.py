@@ -8,7 +8,6 @@ point, and a test-case transaction never commits.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from contextlib import suppress
 
@@ -20,6 +19,7 @@ from model_bakery import baker
 import velro_cache
 from studio.models import ApiToken, Generation, Role, Team, TeamMembership
 from studio.reads import generation_meta, team_memberships
+from tests.support import Arrivals, Background, eventually
 from velro_cache.invalidation import InvalidatingQuerySet, invalidating, registry
 from velro_cache.namespaces import current_tokens, levels, stamp
 from velro_cache.reads import cached_read, cached_read_many
@@ -67,22 +67,7 @@ def team_feed(team_id: int) -> list[int]:
 
 def in_other_thread(func):
     """Run ``func`` on another thread (its own database connection) and return its result."""
-    box = {}
-
-    def run():
-        try:
-            box["value"] = func()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            box["error"] = exc
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    return Background(lambda: _closing(func)).join()
 
 
 # -- query counts: cached, invalidated on commit, untouched by rollback --------------------------
@@ -419,17 +404,14 @@ def test_a_value_read_before_a_committed_change_is_never_served_after_it(generat
         return value
 
     tokens_before = current_tokens(own_cache, levels.namespaces_of("generation:%d:prompt" % generation.pk))
-    reader = threading.Thread(target=lambda: box.update(value=_closing(lambda: cached_read(key, slow_load))))
-    box: dict = {}
-    reader.start()
+    reader = Background(lambda: _closing(lambda: cached_read(key, slow_load)))
     assert loaded.wait(30), "the reader never reached its load"
 
     generation.prompt = "second"
     generation.save()  # commits (autocommit) and retires generation:<pk> before the reader stores
 
     release.set()
-    reader.join(30)
-    assert box["value"] == "first"  # the reader answers with what it read...
+    assert reader.join() == "first"  # the reader answers with what it read...
     old_physical = stamp("generation:%d:prompt" % generation.pk, tokens_before)
     assert own_cache.get(old_physical) == "first"  # ...and stores it, but under the retired token
     with django_assert_num_queries(1):
@@ -451,51 +433,46 @@ def test_concurrent_readers_never_see_a_value_older_than_the_last_commit(generat
     done = threading.Event()
     stale: list[tuple[int, int]] = []
     reads = [0]
+    reading = Arrivals(4)
 
     def version() -> int:
         return int(prompt(generation.pk).removeprefix("v").removeprefix("first") or 0)
 
     def read_loop():
         try:
+            first = True
             while not done.is_set():
                 floor = committed[0]
                 seen = version()
                 reads[0] += 1
                 if seen < floor:
                     stale.append((seen, floor))
+                if first:
+                    reading.arrive()
+                    first = False
         finally:
             connection.close()
 
-    readers = [threading.Thread(target=read_loop) for _ in range(4)]
-    for thread in readers:
-        thread.start()
+    readers = [Background(read_loop) for _ in range(4)]
     try:
+        reading.wait(30)  # every reader is in its loop before the first commit
         for number in range(1, 41):
             row = Generation.objects.get(pk=generation.pk)
             row.prompt = f"v{number}"
             row.save(update_fields=["prompt"])
             committed[0] = number
-            time.sleep(0.002)
+            before = reads[0]
+            assert eventually(lambda before=before: reads[0] >= before + 4), "the readers stopped reading"
     finally:
         done.set()
         for thread in readers:
-            thread.join(30)
+            thread.join()
     assert not stale, stale[:5]
     assert reads[0] > 40
     assert version() == 40
 
 
 # -- every tier, every process -------------------------------------------------------------------------
-
-
-def eventually(check, limit: float = 5.0):
-    """Coherence reaches other processes over pub/sub: asynchronous, so poll with a bound."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.005)
-    return check()
 
 
 def test_an_invalidation_in_one_process_reaches_reads_in_another(generation, make_cache):

@@ -11,10 +11,10 @@ import threading
 from collections import OrderedDict
 from itertools import accumulate
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support import Background, run_together
 from velro_cache.tiers.memory import MISSING, MemoryStore
 
 
@@ -326,33 +326,23 @@ def _weight_of(key: str) -> int:
 
 def test_threads_sharing_a_store_keep_the_invariants() -> None:
     store = MemoryStore(3000)
-    errors: list[BaseException] = []
 
-    def worker(seed: int) -> None:
+    def worker(seed: int) -> None:  # an exception here fails the test (run_together re-raises it)
         rng = random.Random(seed)
-        try:
-            for _ in range(6000):
-                key = f"k{rng.randrange(400)}"
-                roll = rng.random()
-                if roll < 0.6:
-                    value = store.get(key)
-                    assert value is MISSING or value == f"value-{key}"
-                elif roll < 0.9:
-                    store.set(key, f"value-{key}", _weight_of(key), None)
-                elif roll < 0.97:
-                    store.delete(key)
-                else:
-                    store.add(key, f"value-{key}", _weight_of(key), None)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for _ in range(6000):
+            key = f"k{rng.randrange(400)}"
+            roll = rng.random()
+            if roll < 0.6:
+                value = store.get(key)
+                assert value is MISSING or value == f"value-{key}"
+            elif roll < 0.9:
+                store.set(key, f"value-{key}", _weight_of(key), None)
+            elif roll < 0.97:
+                store.delete(key)
+            else:
+                store.add(key, f"value-{key}", _weight_of(key), None)
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert not errors, errors
+    run_together(8, worker)
     store.maintenance()
     keys = store.keys()
     assert store.weighted_size == sum(_weight_of(key) for key in keys) <= 3000
@@ -362,18 +352,7 @@ def test_threads_sharing_a_store_keep_the_invariants() -> None:
 def test_add_is_atomic_across_threads() -> None:
     for attempt in range(20):
         store = MemoryStore(1000)
-        barrier = threading.Barrier(8)
-        results: dict[int, bool] = {}
-
-        def contender(i: int) -> None:
-            barrier.wait()
-            results[i] = store.add("lock", f"owner-{i}", 1, None)
-
-        threads = [threading.Thread(target=contender, args=(i,)) for i in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results = dict(enumerate(run_together(8, lambda i, store=store: store.add("lock", f"owner-{i}", 1, None))))
         winners = [i for i, won in results.items() if won]
         assert len(winners) == 1, (attempt, results)
         assert store.get("lock") == f"owner-{winners[0]}"
@@ -388,37 +367,49 @@ def test_readers_do_not_wait_for_a_writer_holding_the_lock() -> None:
     def writer() -> None:
         with store.lock:
             held.set()
-            release.wait(30)
+            assert release.wait(30)
 
     def reader(out: list[object]) -> None:
         out.extend(store.get("k") for _ in range(5000))  # several read-buffer drains
 
-    blocker = threading.Thread(target=writer)
-    blocker.start()
-    held.wait(30)
+    blocker = Background(writer)
+    assert held.wait(30)
     seen: list[object] = []
-    thread = threading.Thread(target=reader, args=(seen,))
-    thread.start()
-    thread.join(30)
-    finished = not thread.is_alive()
-    release.set()
-    blocker.join()
-    thread.join()
-    assert finished, "get() blocked on the store lock"
+    thread = Background(lambda: reader(seen))
+    try:
+        thread.join(30)  # raises if get() is still blocked on the store lock
+    finally:
+        release.set()
+        blocker.join()
     assert seen == ["v"] * 5000
 
 
 # -- the hit-rate benchmark ---------------------------------------------------------
 
 
+def write_lirs_trace(path, keys) -> None:
+    """A trace in the LIRS format the shared traces use: one key a line, ``*`` markers between runs."""
+    import gzip
+
+    with gzip.open(path, "wt") as out:
+        for index, key in enumerate(keys):
+            out.write("*\n" if index % 500 == 0 else "")
+            out.write(f"{key}\n")
+
+
 def test_hit_rate_benchmark_quick_run(tmp_path) -> None:
+    """The quick run replays the LIRS traces it names; small ones of our own, so no clone lacks them."""
     from benchmarks import hit_rate
 
-    if not hit_rate.DEFAULT_TRACES.is_dir():
-        pytest.skip("shared traces not present")
-    assert hit_rate.main(["--quick", "--jobs", "1", "--out", str(tmp_path)]) == 0
+    rng = random.Random(7)
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    for name in ("gli", "multi2"):
+        write_lirs_trace(traces / f"{name}.lirs.gz", [int(rng.paretovariate(1.2)) for _ in range(5000)])
+    assert hit_rate.main(["--quick", "--jobs", "1", "--traces", str(traces), "--out", str(tmp_path)]) == 0
     report = (tmp_path / "hit_rate.md").read_text()
     assert "| multi2 | skewed | 100 |" in report
+    assert "| gli | other | 250 |" in report
     assert (tmp_path / "hit_rate.json").exists()
 
 

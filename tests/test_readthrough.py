@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tests.cache_worker import load_together
-from tests.concurrency import run_together
+from tests.support import run_together
 
 pytestmark = pytest.mark.django_db(databases=[])
 

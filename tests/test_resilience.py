@@ -10,28 +10,10 @@ import time
 
 import pytest
 
-from tests.test_coherence import eventually
+from tests.support import eventually, exercise_every_operation
 from velro_cache.tiers.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 pytestmark = pytest.mark.django_db(databases=[])
-
-
-def exercise_every_operation(cache) -> dict:
-    """Call the whole API; any exception fails the test."""
-    return {
-        "get": cache.get("k", "default"),
-        "get_many": cache.get_many(["k", "other"]),
-        "set": cache.set("k2", "v"),
-        "set_many": cache.set_many({"a": 1, "b": "two"}),
-        "add": cache.add("new", "v"),
-        "touch": cache.touch("k", 10),
-        "delete": cache.delete("k"),
-        "delete_many": cache.delete_many(["a", "b"]),
-        "has_key": cache.has_key("k"),
-        "get_or_set": cache.get_or_set("gs", "computed"),
-        "get_or_load": cache.get_or_load("gl", lambda: "loaded"),
-        "clear": cache.clear(),
-    }
 
 
 def test_killed_redis_raises_nothing_and_serves_from_the_loader(own_redis, tiered_on):
@@ -40,9 +22,9 @@ def test_killed_redis_raises_nothing_and_serves_from_the_loader(own_redis, tiere
     assert cache.get("k") == "before"
     own_redis.stop()
     started = time.monotonic()
-    results = exercise_every_operation(cache)
+    results = exercise_every_operation(cache, ["k", "other", "a", "b"])
     assert time.monotonic() - started < 5  # bounded, not one socket timeout per call
-    assert results["get_or_load"] == "loaded" and results["get_or_set"] == "computed"
+    assert results["get_or_load"] == ["loaded"] * 4 and results["get_or_set"] == ["computed"] * 4
     # Once the loss is seen, L1 is off: Redis cannot tell us about others' writes.
     assert eventually(lambda: not cache.stats()["l1"]["enabled"])
     assert cache.get("k", "default") == "default"
@@ -130,6 +112,44 @@ def test_lost_channel_turns_l1_off_until_it_is_back(own_redis, tiered_on):
     assert eventually(lambda: cache.stats()["l1"]["enabled"] and cache.stats()["l2"]["coherence"]["connected"])
     assert cache.stats()["l1"]["entries"] == 0  # dropped: messages may have been missed
     assert cache.get("k") == "v"  # from L2 again
+
+
+def test_a_replayed_invalidation_is_not_undone_by_the_read_that_triggered_it(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url())
+    admin = own_redis.client()
+    cache.set("k", "v0", 60)
+    admin.config_set("maxmemory", 1)  # Redis refuses writes (OOM): a failed write, remembered as pending
+    try:
+        cache.set("k", "v1", 60)
+        assert len(cache._state.pending) == 1
+        cache.get("k")  # first successful call: replays the pending delete of k
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert not cache._state.pending
+    assert admin.exists("fault:1:k") == 0  # L2 dropped k: the invalidation was delivered
+    assert cache.get("k") is None  # but L1 holds "v0" (L1 outlives L2, a value this process overwrote)
+
+
+def test_breaker_recovers_after_a_probe_refused_by_redis(own_redis, tiered_on):
+    """A half-open probe that Redis answers with an error (OOM) ends the probe.
+
+    Were it recorded as neither success nor failure, the breaker would stay
+    half-open for ever, with L1 and L2 off.
+    """
+    cache = tiered_on(own_redis.url())
+    admin = own_redis.client()
+    breaker = cache._state.breaker
+    admin.config_set("maxmemory", 1)
+    try:
+        breaker.force_open()  # as replay_pending does when Redis fails again
+        time.sleep(breaker.reset_timeout + 0.05)
+        cache.set("k", "v", 60)  # the probe; Redis refuses it (OOM) but answered
+        assert breaker.state == CLOSED
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert eventually(lambda: (cache.get("x"), breaker.state)[1] == CLOSED, limit=6)
+    cache.set("k", "v", 60)
+    assert cache.get("k") == "v"
 
 
 # -- the breaker itself -------------------------------------------------------------
