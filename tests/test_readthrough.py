@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tests.cache_worker import load_together
-from tests.support import run_together
+from tests.support import Arrivals, Background, run_together
 
 pytestmark = pytest.mark.django_db(databases=[])
 
@@ -18,13 +18,18 @@ def test_concurrent_misses_in_separate_l1s_run_the_loader_once(private_redis, ti
     url = private_redis.url(5)
     caches = [tiered_on(url) for _ in range(4)]  # four "processes": own L1, one Redis
     calls = []
+    arrivals = Arrivals(16)
 
     def loader():
         calls.append(1)
-        time.sleep(0.2)
+        arrivals.wait()  # the flight stays open until every caller has made its call
         return {"answer": 42}
 
-    results = run_together(16, lambda index: caches[index % 4].get_or_load("gen:1:meta", loader, 60))
+    def miss(index):
+        arrivals.arrive()
+        return caches[index % 4].get_or_load("gen:1:meta", loader, 60)
+
+    results = run_together(16, miss)
     assert len(calls) == 1
     assert results == [{"answer": 42}] * 16
 
@@ -54,8 +59,7 @@ def test_a_value_loaded_before_an_invalidation_is_never_stored_after_it(cache, i
             cache.set("gen:3:meta", "written")
         writer_committed.set()
 
-    thread = threading.Thread(target=writer)
-    thread.start()
+    thread = Background(writer)
     assert cache.get_or_load("gen:3:meta", stale_loader, 60) == "read before the write"
     thread.join()
     expected = None if invalidate == "delete" else "written"
@@ -149,13 +153,10 @@ def test_a_process_waiting_for_another_fill_counts_it_by_data_type_with_a_custom
         assert waiter_polled.wait(5), "the waiter never waited for the fill"
         return "filled once"
 
-    filled = []
-    thread = threading.Thread(target=lambda: filled.append(filler.get_or_load("gen:5:meta", slow_loader, 60)))
-    thread.start()
+    filling = Background(lambda: filler.get_or_load("gen:5:meta", slow_loader, 60))
     assert loading.wait(5)
     assert waiter.get_or_load("gen:5:meta", lambda: "loaded twice", 60) == "filled once"
-    thread.join(5)
-    assert filled == ["filled once"]
+    assert filling.join(5) == "filled once"
     by_type = waiter.stats()["by_type"]
     assert set(by_type) == {"gen"}, by_type
     assert by_type["gen"]["l2_hits"] == 1
