@@ -36,9 +36,9 @@ from typing import Any, Protocol
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
+from .exceptions import L2Unavailable
 from .options import TieredOptions
 from .stats import DataTypeCounters
-from .exceptions import L2Unavailable
 from .tiers.memory import MISSING
 
 # Waiting for another process's fill: a short first look, then every 20 ms.

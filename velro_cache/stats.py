@@ -93,7 +93,12 @@ class LatencyHistogram:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"buckets": list(zip(LATENCY_BUCKETS, self.counts)), "overflow": self.counts[-1], "sum": self.total, "count": self.samples}
+            return {
+                "buckets": list(zip(LATENCY_BUCKETS, self.counts)),
+                "overflow": self.counts[-1],
+                "sum": self.total,
+                "count": self.samples,
+            }
 
 
 class CacheStats:

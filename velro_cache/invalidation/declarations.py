@@ -181,13 +181,18 @@ class ModelCache:
                 pass
             if any(f.attname == head for f in self.model._meta.concrete_fields) or hasattr(self.model, head):
                 continue
-            found.append(f"{type(self).__name__} for {self.model._meta.label}: {{{name}}} is neither a method of the declaration nor a field or attribute of the model")
+            found.append(
+                f"{type(self).__name__} for {self.model._meta.label}: {{{name}}} is neither a method of the declaration"
+                " nor a field or attribute of the model"
+            )
         if self.fields is not None:
             for name in self.fields:
                 try:
                     self.model._meta.get_field(self._field_name(name))
                 except FieldDoesNotExist:
-                    found.append(f"{type(self).__name__} for {self.model._meta.label}: fields names {name!r}, which is not a field of the model")
+                    found.append(
+                        f"{type(self).__name__} for {self.model._meta.label}: fields names {name!r}, which is not a field of the model"
+                    )
         return found
 
     # -- what a change retires ---------------------------------------------------------------

@@ -84,7 +84,9 @@ def _m2m_field(through: type, forward_model: type) -> Any:
     return None
 
 
-def _m2m_changed(sender: type, instance: models.Model, action: str, reverse: bool, model: type, pk_set: Any, using: str, **kwargs: Any) -> None:
+def _m2m_changed(
+    sender: type, instance: models.Model, action: str, reverse: bool, model: type, pk_set: Any, using: str, **kwargs: Any
+) -> None:
     if action not in ("pre_clear", "post_add", "post_remove", "post_clear"):
         return
     own = registry.declarations_for(type(instance))

@@ -180,7 +180,8 @@ class ClusterRedisTier(RedisTier):
 
     def touch(self, key: str, seconds: float | None, packed_expiry: bytes, message: bytes) -> bool:
         px = ttl_ms(seconds)
-        return bool(self._write_then_announce(lambda: self._touch(keys=[key], args=[-1 if px is None else px, packed_expiry]), [key], message))
+        args = [-1 if px is None else px, packed_expiry]
+        return bool(self._write_then_announce(lambda: self._touch(keys=[key], args=args), [key], message))
 
     def clear(self, key_prefix: str, message: bytes) -> None:
         """``RedisTier.clear`` as it is: on a cluster its FLUSHDB and SCAN reach every primary.
