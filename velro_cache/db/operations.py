@@ -36,7 +36,7 @@ def _execute(schema_editor: Any, statements: Sequence[str]) -> None:
         schema_editor.execute(statement, params=None)
 
 
-def _check_sql(sql: Any) -> Any:
+def _check_sql(sql: Any) -> view_sql.SqlSource:
     if isinstance(sql, str):
         return sql
     if isinstance(sql, Mapping) and sql and all(isinstance(v, str) for v in sql.values()):
@@ -49,6 +49,8 @@ def _check_sql(sql: Any) -> Any:
 
 class _ViewDefinition:
     """The arguments that define a view, shared by Create and (reversible) Drop."""
+
+    sql: view_sql.SqlSource | None
 
     def _define(
         self,
@@ -80,13 +82,13 @@ class _ViewDefinition:
             kwargs["with_data"] = False
         return kwargs
 
-    def _create(self, schema_editor: Any) -> None:
+    def _create(self, schema_editor: Any, sql: view_sql.SqlSource) -> None:
         vendor = view_sql.require_supported(schema_editor.connection.vendor)
         statements = view_sql.create_statements(
             vendor,
             schema_editor.quote_name,
             self.name,
-            view_sql.select_for(self.sql, vendor),
+            view_sql.select_for(sql, vendor),
             self._index_specs(),
             self.with_data,
         )
@@ -106,6 +108,7 @@ class CreateMaterializedView(_ViewDefinition, Operation):
 
     reversible = True
     reduces_to_sql = True
+    sql: view_sql.SqlSource  # required here, so never None
 
     def __init__(
         self,
@@ -130,7 +133,7 @@ class CreateMaterializedView(_ViewDefinition, Operation):
 
     def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
         if _allowed(self, app_label, schema_editor):
-            self._create(schema_editor)
+            self._create(schema_editor, self.sql)
 
     def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
         if _allowed(self, app_label, schema_editor):
@@ -166,7 +169,7 @@ class DropMaterializedView(_ViewDefinition, Operation):
         self.hints = hints or {}
 
     @property
-    def reversible(self) -> bool:  # type: ignore[override]
+    def reversible(self) -> bool:
         return self.sql is not None
 
     def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
@@ -191,7 +194,7 @@ class DropMaterializedView(_ViewDefinition, Operation):
                 f"(and unique_index/indexes) so it can be recreated."
             )
         if _allowed(self, app_label, schema_editor):
-            self._create(schema_editor)
+            self._create(schema_editor, self.sql)
 
     def describe(self) -> str:
         return f"Drop materialized view {self.name}"

@@ -39,6 +39,7 @@ from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
+from django.db.models import Model  # for annotations inside Registry, whose models() method shadows the module
 
 from ..exceptions import AlreadyRegistered, NotRegistered
 from ..keys import SEPARATOR, normalize_part
@@ -312,7 +313,7 @@ class Registry:
             self._applicable[model] = found
         return found
 
-    def _changed(self, model: type[models.Model]) -> None:
+    def _changed(self, model: type[Model]) -> None:
         self._applicable = {}
         self._rebuild_levels()
         for callback in self.on_change:
