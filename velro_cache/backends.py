@@ -128,6 +128,8 @@ class TieredCache(BaseCache):
     # The key memo depends on how keys are made, so assigning any of these
     # (BaseCache.__init__ does, and so do tests and users) picks the memo that
     # belongs to the new combination; the hot path never re-checks them.
+    # Three properties written out, deliberately, not made by a factory: each
+    # keeps its own type for mypy and reads as plain attribute access.
     @property
     def key_func(self) -> Any:
         return self._key_func

@@ -59,6 +59,7 @@ class _ViewDefinition:
         unique_index: Columns | None,
         indexes: Sequence[Columns],
         with_data: bool,
+        hints: dict[str, Any] | None,
     ) -> None:
         self.name = view_sql.check_view_name(name)
         self.sql = _check_sql(sql) if sql is not None else None
@@ -67,6 +68,7 @@ class _ViewDefinition:
         )
         self.indexes = [view_sql.columns_of(spec, f"{name}: indexes") for spec in indexes]
         self.with_data = with_data
+        self.hints = hints or {}
 
     def _index_specs(self) -> list[view_sql.IndexSpec]:
         specs = [view_sql.IndexSpec(self.unique_index, unique=True)] if self.unique_index else []
@@ -81,6 +83,13 @@ class _ViewDefinition:
         if not self.with_data:
             kwargs["with_data"] = False
         return kwargs
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        # Without sql (an irreversible Drop) the name is the whole definition.
+        kwargs: dict[str, Any] = self._definition_kwargs() if self.sql is not None else {"name": self.name}
+        if self.hints:
+            kwargs["hints"] = self.hints
+        return self.__class__.__qualname__, [], kwargs
 
     def _create(self, schema_editor: Any, sql: view_sql.SqlSource) -> None:
         vendor = view_sql.require_supported(schema_editor.connection.vendor)
@@ -119,14 +128,9 @@ class CreateMaterializedView(_ViewDefinition, Operation):
         with_data: bool = True,
         hints: dict[str, Any] | None = None,
     ) -> None:
-        self._define(name, sql, unique_index, indexes, with_data)
-        self.hints = hints or {}
-
-    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
-        kwargs = self._definition_kwargs()
-        if self.hints:
-            kwargs["hints"] = self.hints
-        return self.__class__.__qualname__, [], kwargs
+        # The same parameters as DropMaterializedView, deliberately spelled out in
+        # each: they are the public signatures, and only Drop's sql is optional.
+        self._define(name, sql, unique_index, indexes, with_data, hints)
 
     def state_forwards(self, app_label: str, state: Any) -> None:
         """Nothing: the model over the view is a separate CreateModel(managed=False)."""
@@ -165,20 +169,11 @@ class DropMaterializedView(_ViewDefinition, Operation):
         with_data: bool = True,
         hints: dict[str, Any] | None = None,
     ) -> None:
-        self._define(name, sql, unique_index, indexes, with_data)
-        self.hints = hints or {}
+        self._define(name, sql, unique_index, indexes, with_data, hints)
 
     @property
     def reversible(self) -> bool:
         return self.sql is not None
-
-    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
-        kwargs = self._definition_kwargs()
-        if self.sql is None:
-            kwargs = {"name": self.name}
-        if self.hints:
-            kwargs["hints"] = self.hints
-        return self.__class__.__qualname__, [], kwargs
 
     def state_forwards(self, app_label: str, state: Any) -> None:
         """Nothing: removing the model over the view is a separate DeleteModel."""

@@ -162,6 +162,9 @@ class ClusterRedisTier(RedisTier):
         return self.client.mget_nonatomic(keys) if keys else []
 
     def set_many(self, items: Iterable[tuple[str, bytes | int]], seconds: float | None, message: bytes) -> None:
+        # Deliberately RedisTier.set_many's loop again rather than a shared one: a
+        # cluster pipeline takes one key per DEL and cannot carry the PUBLISH,
+        # so the leases are deleted per key and the announcement comes after.
         px = ttl_ms(seconds)
         pipe = self.client.pipeline(transaction=False)
         keys = []
