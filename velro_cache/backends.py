@@ -37,9 +37,9 @@ from django.conf import settings as django_settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, CacheKeyWarning, memcache_key_warnings
 from django.core.exceptions import ImproperlyConfigured
 
+from . import fill
 from .exceptions import CorruptEntry, L2Unavailable, NotPlannable, UnserializableValue
 from .options import TieredOptions, parse_options
-from . import fill
 from .serializers import OBJECT, Serializer, derive_signing_key, pack_expiry
 from .stats import L1_SAMPLE, DataTypeCounters
 from .tiers.breaker import CLOSED
@@ -128,6 +128,8 @@ class TieredCache(BaseCache):
     # The key memo depends on how keys are made, so assigning any of these
     # (BaseCache.__init__ does, and so do tests and users) picks the memo that
     # belongs to the new combination; the hot path never re-checks them.
+    # Three properties written out, deliberately, not made by a factory: each
+    # keeps its own type for mypy and reads as plain attribute access.
     @property
     def key_func(self) -> Any:
         return self._key_func
@@ -171,7 +173,7 @@ class TieredCache(BaseCache):
         full = self.make_key(key, version=version)
         problems = list(memcache_key_warnings(full))
         for problem in problems:
-            warnings.warn(problem, CacheKeyWarning)
+            warnings.warn(problem, CacheKeyWarning, stacklevel=1)  # Django's own stack level
         entry = (full, self._stats.for_key(key))
         if not problems and version is None and type(key) is str:
             if len(self._memo) >= KEY_MEMO_LIMIT:
@@ -383,7 +385,7 @@ class TieredCache(BaseCache):
             return found
         datas = self._l2_call(self._l2.get_many, [full for _, full, _ in pairs])
         found = {}
-        for (key, full, counters), data in zip(pairs, datas):
+        for (key, _full, counters), data in zip(pairs, datas):
             if data is None:
                 continue
             try:
@@ -435,7 +437,9 @@ class TieredCache(BaseCache):
         fulls = [full for full, _ in items]
         ticket = self._state.begin_write(fulls)
         try:
-            self._l2_call(self._l2.set_many, [(full, wire[0]) for full, wire in zip(fulls, wires)], seconds, self._state.drop_message(fulls))
+            self._l2_call(
+                self._l2.set_many, [(full, wire[0]) for full, wire in zip(fulls, wires)], seconds, self._state.drop_message(fulls)
+            )
         except L2Unavailable:
             self._write_failed(fulls)
             return True

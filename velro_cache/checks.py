@@ -91,11 +91,12 @@ def check_cache_declarations(app_configs: Any = None, **kwargs: Any) -> list[Che
     """Every {name} in a declaration must resolve on its model (E027)."""
     from .invalidation import registry
 
-    return [
-        Error(problem, obj=declaration.model, id="velro_cache.E027")
-        for declaration in registry.declarations()
-        for problem in declaration.problems()
-    ]
+    return _model_problems(registry.declarations(), "velro_cache.E027")
+
+
+def _model_problems(registered: Iterable[Any], error_id: str) -> list[CheckMessage]:
+    """One error per problem of each registered declaration or policy, reported on its model."""
+    return [Error(problem, obj=item.model, id=error_id) for item in registered for problem in item.problems()]
 
 
 # -- materialized views, L3 (E030-E034, W030) --------------------------------------------------------
@@ -188,8 +189,4 @@ def check_authz_policies(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
     """E041: a registered policy names a field its model (or a role source's model) does not have."""
     from .authz.policy import registry
 
-    return [
-        Error(problem, obj=policy.model, id="velro_cache.E041")
-        for policy in registry.policies()
-        for problem in policy.problems()
-    ]
+    return _model_problems(registry.policies(), "velro_cache.E041")

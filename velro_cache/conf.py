@@ -163,12 +163,19 @@ def _key_data_types(raw: dict[str, Any], ttl: Mapping[str, int], problems: list[
     """E020 / W020: key first part -> data type; entries that cannot work are left out."""
     given = raw.get("KEY_DATA_TYPES", {})
     if not isinstance(given, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
-        problems.append(_error("E020", f"VELRO_CACHE['KEY_DATA_TYPES'] must be a dict of key part -> data type name (str -> str), got {given!r}."))
+        problems.append(
+            _error("E020", f"VELRO_CACHE['KEY_DATA_TYPES'] must be a dict of key part -> data type name (str -> str), got {given!r}.")
+        )
         given = {k: v for k, v in given.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(given, dict) else {}
     mapping = dict(DEFAULT_KEY_DATA_TYPES)
     for segment, name in given.items():
         if not is_part(segment) or segment.startswith("#"):
-            problems.append(_error("E020", f"VELRO_CACHE['KEY_DATA_TYPES'] maps {segment!r}, which cannot be a key's first part (letters, digits, _ . - only)."))
+            problems.append(
+                _error(
+                    "E020",
+                    f"VELRO_CACHE['KEY_DATA_TYPES'] maps {segment!r}, which cannot be a key's first part (letters, digits, _ . - only).",
+                )
+            )
             continue
         if name not in ttl:
             problems.append(
@@ -211,7 +218,9 @@ def _ttl_and_key_settings(raw: dict[str, Any], problems: list[Problem]) -> dict[
         "KEY_DATA_TYPES": _key_data_types(raw, ttl, problems),
         "ADAPTIVE_TTL": _checked(raw, "ADAPTIVE_TTL", lambda v: isinstance(v, bool), problems, "E021", "True or False"),
         **_ttl_factors(raw, problems),
-        "TTL_JITTER": _checked(raw, "TTL_JITTER", lambda v: _is_number(v) and 0 <= v <= 0.5, problems, "E023", "a fraction between 0 and 0.5"),
+        "TTL_JITTER": _checked(
+            raw, "TTL_JITTER", lambda v: _is_number(v) and 0 <= v <= 0.5, problems, "E023", "a fraction between 0 and 0.5"
+        ),
     }
 
 

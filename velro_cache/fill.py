@@ -36,9 +36,9 @@ from typing import Any, Protocol
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
+from .exceptions import L2Unavailable
 from .options import TieredOptions
 from .stats import DataTypeCounters
-from .exceptions import L2Unavailable
 from .tiers.memory import MISSING
 
 # Waiting for another process's fill: a short first look, then every 20 ms.
@@ -160,9 +160,11 @@ def _due_for_early_refresh(cache: Fillable, full: str) -> bool:
     if not beta:
         return False
     record = cache.load_record(full)
-    if record is None or record[1] is None:
+    if record is None:
         return False
     delta, expires_at = record
+    if expires_at is None:
+        return False
     return time.time() - delta * beta * math.log(1.0 - random.random()) >= expires_at
 
 

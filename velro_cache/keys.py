@@ -37,8 +37,8 @@ STAMP_MARK = "@"
 MAX_RAW_LENGTH = 64
 DIGEST_BYTES = 10  # 80 bits, 20 hex characters
 
-_RAW_PART = re.compile(r"[A-Za-z0-9_.\-]{1,%d}" % MAX_RAW_LENGTH)
-_HASHED_PART = re.compile(r"#[0-9a-f]{%d}" % (2 * DIGEST_BYTES))
+_RAW_PART = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_RAW_LENGTH}}}")
+_HASHED_PART = re.compile(rf"#[0-9a-f]{{{2 * DIGEST_BYTES}}}")
 
 KeyLike = str | tuple[Any, ...]
 

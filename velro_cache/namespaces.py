@@ -94,13 +94,15 @@ class Pattern:
     prefix levels match any key at least as long.
     """
 
-    __slots__ = ("parts", "exact")
+    __slots__ = ("parts", "exact", "data_type")
 
     def __init__(self, parts: Sequence[str | None], exact: bool = False) -> None:
-        if not parts or parts[0] is None:
+        data_type = parts[0] if parts else None
+        if data_type is None:
             raise ValueError("a namespace level must start with a literal data type")
         self.parts = tuple(parts)
         self.exact = exact
+        self.data_type: str = data_type  # parts[0], never a wildcard
 
     def match(self, key_parts: Sequence[str]) -> str | None:
         """The namespace this level gives the key, or None when it does not apply."""
@@ -135,9 +137,9 @@ class Levels:
 
     def declare(self, pattern: Pattern) -> None:
         with self._lock:
-            current = self._by_type.get(pattern.parts[0], ())
+            current = self._by_type.get(pattern.data_type, ())
             if pattern not in current:
-                self._by_type[pattern.parts[0]] = (*current, pattern)
+                self._by_type[pattern.data_type] = (*current, pattern)
             self._memo = {}
 
     def reset(self) -> None:

@@ -7,6 +7,7 @@ wherever it surfaces.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -124,7 +125,13 @@ def _cluster_url_problems(urls: list[str]) -> list[Problem]:
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme == "unix":
-            problems.append(Problem("velro_cache.E018", "error", f"Cluster LOCATION entry {url!r} is a unix socket; Redis Cluster nodes are reached by host and port."))
+            problems.append(
+                Problem(
+                    "velro_cache.E018",
+                    "error",
+                    f"Cluster LOCATION entry {url!r} is a unix socket; Redis Cluster nodes are reached by host and port.",
+                )
+            )
             continue
         by_host.append(parts)
         db = _database_of(parts)
@@ -168,6 +175,14 @@ def _positive_number(value: Any, name: str, error_id: str, *, integer: bool, all
     return None
 
 
+def _unknown_keys(given: Iterable[str], known: set[str], what: str) -> list[Problem]:
+    """W001 for each key of ``given`` that is not in ``known``, sorted by name."""
+    hint = f"Known keys: {', '.join(sorted(known))}."
+    return [
+        Problem("velro_cache.W001", "warning", f"Unknown {what} {name!r} is ignored.", hint=hint) for name in sorted(set(given) - known)
+    ]
+
+
 def parse_options(location: Any, options: dict | None) -> TieredOptions:
     """Turn LOCATION and OPTIONS into a TieredOptions, collecting every problem."""
     options = dict(options or {})
@@ -190,8 +205,7 @@ def parse_options(location: Any, options: dict | None) -> TieredOptions:
                 problems.append(problem)
             else:
                 values[attr] = l1[name]
-    for name in sorted(set(l1) - L1_KEYS):
-        problems.append(Problem("velro_cache.W001", "warning", f"Unknown OPTIONS['L1'] key {name!r} is ignored.", hint=f"Known keys: {', '.join(sorted(L1_KEYS))}."))
+    problems.extend(_unknown_keys(l1, L1_KEYS, "OPTIONS['L1'] key"))
 
     for name, attr, error_id, integer in (
         ("COMPRESS_MIN_BYTES", "compress_min_bytes", "velro_cache.E005", True),
@@ -216,19 +230,28 @@ def parse_options(location: Any, options: dict | None) -> TieredOptions:
     if "EARLY_REFRESH_BETA" in options:
         beta = options["EARLY_REFRESH_BETA"]
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0:
-            problems.append(Problem("velro_cache.E015", "error", f"OPTIONS['EARLY_REFRESH_BETA'] must be a number >= 0 (0 turns early refresh off), got {beta!r}."))
+            problems.append(
+                Problem(
+                    "velro_cache.E015",
+                    "error",
+                    f"OPTIONS['EARLY_REFRESH_BETA'] must be a number >= 0 (0 turns early refresh off), got {beta!r}.",
+                )
+            )
         else:
             values["early_refresh_beta"] = float(beta)
     if "PICKLE_FALLBACK" in options:
         if isinstance(options["PICKLE_FALLBACK"], bool):
             values["pickle_fallback"] = options["PICKLE_FALLBACK"]
         else:
-            problems.append(Problem("velro_cache.E008", "error", f"OPTIONS['PICKLE_FALLBACK'] must be True or False, got {options['PICKLE_FALLBACK']!r}."))
+            problems.append(
+                Problem(
+                    "velro_cache.E008", "error", f"OPTIONS['PICKLE_FALLBACK'] must be True or False, got {options['PICKLE_FALLBACK']!r}."
+                )
+            )
     if "SIGNING_KEY" in options:
         if isinstance(options["SIGNING_KEY"], str) and options["SIGNING_KEY"]:
             values["signing_key"] = options["SIGNING_KEY"]
         else:
             problems.append(Problem("velro_cache.E009", "error", "OPTIONS['SIGNING_KEY'] must be a non-empty string."))
-    for name in sorted(set(options) - TOP_KEYS):
-        problems.append(Problem("velro_cache.W001", "warning", f"Unknown OPTIONS key {name!r} is ignored.", hint=f"Known keys: {', '.join(sorted(TOP_KEYS))}."))
+    problems.extend(_unknown_keys(options, TOP_KEYS, "OPTIONS key"))
     return TieredOptions(problems=tuple(problems), **values)

@@ -115,7 +115,7 @@ def cached_read_many(
     }
     found = target.get_many(list(physical.values())) if physical else {}
     result = {item: found[full] for item, full in physical.items() if full in found}
-    for item, (logical, _) in plan.items():
+    for logical, _ in plan.values():
         record_read(logical)
     missing = [item for item in keys if item not in result]
     if missing:

@@ -93,7 +93,12 @@ class LatencyHistogram:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"buckets": list(zip(LATENCY_BUCKETS, self.counts)), "overflow": self.counts[-1], "sum": self.total, "count": self.samples}
+            return {
+                "buckets": list(zip(LATENCY_BUCKETS, self.counts)),
+                "overflow": self.counts[-1],
+                "sum": self.total,
+                "count": self.samples,
+            }
 
 
 class CacheStats:
@@ -129,9 +134,10 @@ class CacheStats:
 
     def snapshot(self) -> dict[str, Any]:
         by_type = {name: counters.snapshot() for name, counters in list(self._types.items())}
-        totals = {field: sum(row[field] for row in by_type.values()) for field in ("l1_hits", "l2_hits", "misses", "corrupt", "requests")}
-        requests = totals["requests"]
-        totals["hit_rate"] = (totals["l1_hits"] + totals["l2_hits"]) / requests if requests else None
+        counts = {field: sum(row[field] for row in by_type.values()) for field in ("l1_hits", "l2_hits", "misses", "corrupt", "requests")}
+        requests = counts["requests"]
+        hit_rate = (counts["l1_hits"] + counts["l2_hits"]) / requests if requests else None
+        totals: dict[str, int | float | None] = {**counts, "hit_rate": hit_rate}
         return {
             "totals": totals,
             "by_type": by_type,

@@ -113,17 +113,15 @@ class AccessSketch:
         return h & self._mask, self._mask + 1 + ((h >> 20) & self._mask)
 
     def record_read(self, subject: str) -> None:
-        first, second = self._slots(subject)
-        reads = self.reads
-        reads[first] += 1
-        reads[second] += 1
-        self._tick()
+        self._count(self.reads, subject)
 
     def record_change(self, subject: str) -> None:
+        self._count(self.changes, subject)
+
+    def _count(self, counts: list[int], subject: str) -> None:
         first, second = self._slots(subject)
-        changes = self.changes
-        changes[first] += 1
-        changes[second] += 1
+        counts[first] += 1
+        counts[second] += 1
         self._tick()
 
     def counts(self, subject: str) -> tuple[int, int]:

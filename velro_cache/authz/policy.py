@@ -27,6 +27,7 @@ from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.db import models
 from django.db.models import Case, OuterRef, Subquery, Value, When
+
 from ..exceptions import AlreadyRegistered, NotRegistered  # noqa: F401 (re-exported)
 
 DEFAULT_ROLES = ("viewer", "editor", "owner")

@@ -36,7 +36,7 @@ def _execute(schema_editor: Any, statements: Sequence[str]) -> None:
         schema_editor.execute(statement, params=None)
 
 
-def _check_sql(sql: Any) -> Any:
+def _check_sql(sql: Any) -> view_sql.SqlSource:
     if isinstance(sql, str):
         return sql
     if isinstance(sql, Mapping) and sql and all(isinstance(v, str) for v in sql.values()):
@@ -50,6 +50,8 @@ def _check_sql(sql: Any) -> Any:
 class _ViewDefinition:
     """The arguments that define a view, shared by Create and (reversible) Drop."""
 
+    sql: view_sql.SqlSource | None
+
     def _define(
         self,
         name: str,
@@ -57,6 +59,7 @@ class _ViewDefinition:
         unique_index: Columns | None,
         indexes: Sequence[Columns],
         with_data: bool,
+        hints: dict[str, Any] | None,
     ) -> None:
         self.name = view_sql.check_view_name(name)
         self.sql = _check_sql(sql) if sql is not None else None
@@ -65,6 +68,7 @@ class _ViewDefinition:
         )
         self.indexes = [view_sql.columns_of(spec, f"{name}: indexes") for spec in indexes]
         self.with_data = with_data
+        self.hints = hints or {}
 
     def _index_specs(self) -> list[view_sql.IndexSpec]:
         specs = [view_sql.IndexSpec(self.unique_index, unique=True)] if self.unique_index else []
@@ -80,13 +84,20 @@ class _ViewDefinition:
             kwargs["with_data"] = False
         return kwargs
 
-    def _create(self, schema_editor: Any) -> None:
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        # Without sql (an irreversible Drop) the name is the whole definition.
+        kwargs: dict[str, Any] = self._definition_kwargs() if self.sql is not None else {"name": self.name}
+        if self.hints:
+            kwargs["hints"] = self.hints
+        return self.__class__.__qualname__, [], kwargs
+
+    def _create(self, schema_editor: Any, sql: view_sql.SqlSource) -> None:
         vendor = view_sql.require_supported(schema_editor.connection.vendor)
         statements = view_sql.create_statements(
             vendor,
             schema_editor.quote_name,
             self.name,
-            view_sql.select_for(self.sql, vendor),
+            view_sql.select_for(sql, vendor),
             self._index_specs(),
             self.with_data,
         )
@@ -106,6 +117,7 @@ class CreateMaterializedView(_ViewDefinition, Operation):
 
     reversible = True
     reduces_to_sql = True
+    sql: view_sql.SqlSource  # required here, so never None
 
     def __init__(
         self,
@@ -116,21 +128,16 @@ class CreateMaterializedView(_ViewDefinition, Operation):
         with_data: bool = True,
         hints: dict[str, Any] | None = None,
     ) -> None:
-        self._define(name, sql, unique_index, indexes, with_data)
-        self.hints = hints or {}
-
-    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
-        kwargs = self._definition_kwargs()
-        if self.hints:
-            kwargs["hints"] = self.hints
-        return self.__class__.__qualname__, [], kwargs
+        # The same parameters as DropMaterializedView, deliberately spelled out in
+        # each: they are the public signatures, and only Drop's sql is optional.
+        self._define(name, sql, unique_index, indexes, with_data, hints)
 
     def state_forwards(self, app_label: str, state: Any) -> None:
         """Nothing: the model over the view is a separate CreateModel(managed=False)."""
 
     def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
         if _allowed(self, app_label, schema_editor):
-            self._create(schema_editor)
+            self._create(schema_editor, self.sql)
 
     def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
         if _allowed(self, app_label, schema_editor):
@@ -162,20 +169,11 @@ class DropMaterializedView(_ViewDefinition, Operation):
         with_data: bool = True,
         hints: dict[str, Any] | None = None,
     ) -> None:
-        self._define(name, sql, unique_index, indexes, with_data)
-        self.hints = hints or {}
+        self._define(name, sql, unique_index, indexes, with_data, hints)
 
     @property
-    def reversible(self) -> bool:  # type: ignore[override]
+    def reversible(self) -> bool:
         return self.sql is not None
-
-    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
-        kwargs = self._definition_kwargs()
-        if self.sql is None:
-            kwargs = {"name": self.name}
-        if self.hints:
-            kwargs["hints"] = self.hints
-        return self.__class__.__qualname__, [], kwargs
 
     def state_forwards(self, app_label: str, state: Any) -> None:
         """Nothing: removing the model over the view is a separate DeleteModel."""
@@ -191,7 +189,7 @@ class DropMaterializedView(_ViewDefinition, Operation):
                 f"(and unique_index/indexes) so it can be recreated."
             )
         if _allowed(self, app_label, schema_editor):
-            self._create(schema_editor)
+            self._create(schema_editor, self.sql)
 
     def describe(self) -> str:
         return f"Drop materialized view {self.name}"

@@ -25,9 +25,10 @@ from .registry import registry
 from .worker import Debouncer
 
 WRITE, SCHEDULE = "write", "schedule"  # the kinds of job; a job's key is (kind, database, view)
+JobKey = tuple[str, str, str]
 
 
-def _background_job(key: tuple[str, str, str]) -> None:
+def _background_job(key: JobKey) -> None:
     """Run one job; a failure is already recorded, and the schedule always queues its next tick."""
     kind, database, view = key
     try:
@@ -43,7 +44,7 @@ def _background_job(key: tuple[str, str, str]) -> None:
             debouncer.schedule(key, schedule_tick())
 
 
-debouncer = Debouncer(_background_job, name="velro-view-refresh")
+debouncer: Debouncer[JobKey] = Debouncer(_background_job, name="velro-view-refresh")
 
 
 def refresh_in_background(view: str, database: str, delay: float) -> None:

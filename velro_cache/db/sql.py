@@ -153,7 +153,13 @@ def _one(connection: Any, sql: str, params: Sequence[Any] = ()) -> Any:
 
 def view_exists(connection: Any, name: str) -> bool:
     if require_supported(connection.vendor) == POSTGRESQL:
-        return bool(_one(connection, "SELECT EXISTS (SELECT 1 FROM pg_matviews WHERE matviewname = %s AND schemaname = ANY (current_schemas(false)))", [name]))
+        return bool(
+            _one(
+                connection,
+                "SELECT EXISTS (SELECT 1 FROM pg_matviews WHERE matviewname = %s AND schemaname = ANY (current_schemas(false)))",
+                [name],
+            )
+        )
     found = _one(
         connection,
         "SELECT COUNT(*) FROM sqlite_master WHERE (type = 'table' AND name = %s) OR (type = 'view' AND name = %s)",

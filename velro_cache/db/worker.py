@@ -20,14 +20,17 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
+K = TypeVar("K", bound=Hashable)  # a job's key
 
-class Debouncer:
+
+class Debouncer(Generic[K]):
     """Run ``job(key)`` once per burst of ``schedule(key, delay)`` calls, in a background thread."""
 
-    def __init__(self, job: Callable[[Hashable], None], name: str = "velro-debouncer") -> None:
+    def __init__(self, job: Callable[[K], None], name: str = "velro-debouncer") -> None:
         self._job = job
         self._name = name
         self._reset()
@@ -37,11 +40,11 @@ class Debouncer:
     def _reset(self) -> None:
         # A forked child inherits the parent's state but not its thread.
         self._cond = threading.Condition()
-        self._due: dict[Hashable, float] = {}
-        self._running: set[Hashable] = set()
+        self._due: dict[K, float] = {}
+        self._running: set[K] = set()
         self._thread: threading.Thread | None = None
 
-    def schedule(self, key: Hashable, delay: float) -> None:
+    def schedule(self, key: K, delay: float) -> None:
         """Run ``job(key)`` in ``delay`` seconds, unless it is already due sooner."""
         with self._cond:
             deadline = time.monotonic() + max(0.0, delay)
@@ -50,12 +53,12 @@ class Debouncer:
             self._ensure_thread()
             self._cond.notify_all()
 
-    def pending(self) -> set[Hashable]:
+    def pending(self) -> set[K]:
         """The keys waiting for their deadline (what a test or the dashboard looks at)."""
         with self._cond:
             return set(self._due)
 
-    def is_scheduled(self, key: Hashable) -> bool:
+    def is_scheduled(self, key: K) -> bool:
         with self._cond:
             return key in self._due or key in self._running
 
@@ -66,7 +69,7 @@ class Debouncer:
                 self._due[key] = 0.0
             self._cond.notify_all()
 
-    def wait_idle(self, timeout: float | None = None, ignore: Callable[[Hashable], bool] | None = None) -> bool:
+    def wait_idle(self, timeout: float | None = None, ignore: Callable[[K], bool] | None = None) -> bool:
         """Block until nothing is pending or running (``ignore`` excludes keys, e.g. a
         recurring schedule); False if ``timeout`` passed first."""
         skip = ignore or (lambda key: False)
@@ -82,7 +85,7 @@ class Debouncer:
             self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
             self._thread.start()
 
-    def _next_due(self) -> Hashable:
+    def _next_due(self) -> K:
         with self._cond:
             while True:
                 now = time.monotonic()

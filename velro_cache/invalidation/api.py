@@ -51,7 +51,7 @@ def retirement_for(target: Any) -> Retirement:
     raise TypeError(f"cannot invalidate a {type(target).__name__}: pass instances, models, querysets or keyword namespaces")
 
 
-def _unregistered(model: type) -> None:
+def _unregistered(model: type[models.Model]) -> None:
     raise NotRegistered(f"{model._meta.label} has no cache declarations: register one with velro_cache.register")
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections, models, transaction
 
@@ -47,6 +47,12 @@ class InvalidatingQuerySetMixin:
 
     model: type[models.Model]
     db: str
+
+    if TYPE_CHECKING:  # provided by the QuerySet this is mixed into; declared for mypy only
+
+        def select_for_update(
+            self, nowait: bool = False, skip_locked: bool = False, of: tuple[str, ...] = (), no_key: bool = False
+        ) -> Any: ...
 
     def _declarations(self, changed: Iterable[str] | None = None) -> tuple[ModelCache, ...]:
         return tuple(d for d in registry.declarations_for(self.model) if d.is_affected(changed))

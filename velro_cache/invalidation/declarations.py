@@ -39,6 +39,7 @@ from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
+from django.db.models import Model  # for annotations inside Registry, whose models() method shadows the module
 
 from ..exceptions import AlreadyRegistered, NotRegistered
 from ..keys import SEPARATOR, normalize_part
@@ -181,13 +182,18 @@ class ModelCache:
                 pass
             if any(f.attname == head for f in self.model._meta.concrete_fields) or hasattr(self.model, head):
                 continue
-            found.append(f"{type(self).__name__} for {self.model._meta.label}: {{{name}}} is neither a method of the declaration nor a field or attribute of the model")
+            found.append(
+                f"{type(self).__name__} for {self.model._meta.label}: {{{name}}} is neither a method of the declaration"
+                " nor a field or attribute of the model"
+            )
         if self.fields is not None:
             for name in self.fields:
                 try:
                     self.model._meta.get_field(self._field_name(name))
                 except FieldDoesNotExist:
-                    found.append(f"{type(self).__name__} for {self.model._meta.label}: fields names {name!r}, which is not a field of the model")
+                    found.append(
+                        f"{type(self).__name__} for {self.model._meta.label}: fields names {name!r}, which is not a field of the model"
+                    )
         return found
 
     # -- what a change retires ---------------------------------------------------------------
@@ -307,7 +313,7 @@ class Registry:
             self._applicable[model] = found
         return found
 
-    def _changed(self, model: type[models.Model]) -> None:
+    def _changed(self, model: type[Model]) -> None:
         self._applicable = {}
         self._rebuild_levels()
         for callback in self.on_change:

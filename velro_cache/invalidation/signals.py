@@ -77,14 +77,23 @@ def _deleted(sender: type, instance: models.Model, using: str, **kwargs: Any) ->
 # -- many-to-many -------------------------------------------------------------------------------
 
 
-def _m2m_field(through: type, forward_model: type) -> Any:
+def _m2m_field(through: type[models.Model], forward_model: type[models.Model]) -> Any:
     for field in forward_model._meta.many_to_many:
         if field.remote_field.through is through:
             return field
     return None
 
 
-def _m2m_changed(sender: type, instance: models.Model, action: str, reverse: bool, model: type, pk_set: Any, using: str, **kwargs: Any) -> None:
+def _m2m_changed(
+    sender: type[models.Model],
+    instance: models.Model,
+    action: str,
+    reverse: bool,
+    model: type[models.Model],
+    pk_set: Any,
+    using: str,
+    **kwargs: Any,
+) -> None:
     if action not in ("pre_clear", "post_add", "post_remove", "post_clear"):
         return
     own = registry.declarations_for(type(instance))
@@ -136,7 +145,7 @@ def _senders(model: type[models.Model]) -> list[type[models.Model]]:
     return found
 
 
-def _uid(signal: Any, sender: type) -> str:
+def _uid(signal: Any, sender: type[models.Model]) -> str:
     return f"velro_cache:{id(signal)}:{sender._meta.label}"
 
 

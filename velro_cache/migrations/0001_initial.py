@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     initial = True
 
-    dependencies = [
+    dependencies: list[tuple[str, str]] = [
     ]
 
     operations = [
@@ -18,13 +18,24 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('view', models.CharField(max_length=63)),
                 ('database', models.CharField(default='default', max_length=64)),
-                ('trigger', models.CharField(choices=[('manual', 'Manual (code)'), ('command', 'Management command'), ('write', 'After a write (debounced)'), ('schedule', 'Schedule')], default='manual', max_length=16)),
+                ('trigger', models.CharField(
+                    choices=[
+                        ('manual', 'Manual (code)'),
+                        ('command', 'Management command'),
+                        ('write', 'After a write (debounced)'),
+                        ('schedule', 'Schedule'),
+                    ],
+                    default='manual',
+                    max_length=16,
+                )),
                 ('started_at', models.DateTimeField(default=django.utils.timezone.now)),
                 ('finished_at', models.DateTimeField(default=django.utils.timezone.now)),
                 ('duration_ms', models.FloatField(default=0.0)),
                 ('rows', models.BigIntegerField(blank=True, null=True)),
                 ('concurrently', models.BooleanField(default=False)),
-                ('note', models.CharField(blank=True, help_text='Why the refresh was not concurrent, or how it was emulated.', max_length=255)),
+                ('note', models.CharField(
+                    blank=True, help_text='Why the refresh was not concurrent, or how it was emulated.', max_length=255
+                )),
                 ('error', models.TextField(blank=True)),
             ],
             options={

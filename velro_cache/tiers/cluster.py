@@ -162,6 +162,9 @@ class ClusterRedisTier(RedisTier):
         return self.client.mget_nonatomic(keys) if keys else []
 
     def set_many(self, items: Iterable[tuple[str, bytes | int]], seconds: float | None, message: bytes) -> None:
+        # Deliberately RedisTier.set_many's loop again rather than a shared one: a
+        # cluster pipeline takes one key per DEL and cannot carry the PUBLISH,
+        # so the leases are deleted per key and the announcement comes after.
         px = ttl_ms(seconds)
         pipe = self.client.pipeline(transaction=False)
         keys = []
@@ -180,7 +183,8 @@ class ClusterRedisTier(RedisTier):
 
     def touch(self, key: str, seconds: float | None, packed_expiry: bytes, message: bytes) -> bool:
         px = ttl_ms(seconds)
-        return bool(self._write_then_announce(lambda: self._touch(keys=[key], args=[-1 if px is None else px, packed_expiry]), [key], message))
+        args = [-1 if px is None else px, packed_expiry]
+        return bool(self._write_then_announce(lambda: self._touch(keys=[key], args=args), [key], message))
 
     def clear(self, key_prefix: str, message: bytes) -> None:
         """``RedisTier.clear`` as it is: on a cluster its FLUSHDB and SCAN reach every primary.

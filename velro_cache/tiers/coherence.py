@@ -128,7 +128,7 @@ class CoherenceListener:
         url: str,
         origin: str,
         *,
-        on_drop: Callable[[list[str]], None],
+        on_drop: Callable[[list[str] | None], None],  # None: the whole cache was cleared
         on_lost: Callable[[str], None],
         on_ready: Callable[[], None],
         on_tick: Callable[[], None] = lambda: None,

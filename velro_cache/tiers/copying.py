@@ -33,7 +33,8 @@ from typing import Any
 
 from ..exceptions import NotPlannable
 
-Reader = Callable[[Any], Any] | None
+Copier = Callable[[Any], Any]
+Reader = Copier | None
 
 IMMUTABLE_LEAVES = frozenset(
     {
@@ -92,8 +93,12 @@ def _is_plain_dataclass(kind: type) -> bool:
     return not any(hook in klass.__dict__ for klass in kind.__mro__[:-1] for hook in _CUSTOM_COPY_HOOKS)
 
 
-def _plan_dataclass(value: Any, kind: type, budget: list[int]) -> tuple[Reader, int]:
-    """A dataclass instance: a fresh instance over a copied ``__dict__``, as copy.copy makes."""
+def _plan_dataclass(value: Any, kind: Any, budget: list[int]) -> tuple[Reader, int]:
+    """A dataclass instance: a fresh instance over a copied ``__dict__``, as copy.copy makes.
+
+    ``kind`` is a dataclass type; it is Any because ``__dataclass_params__`` is
+    not an attribute that ``type`` declares.
+    """
     reader, size = _plan_dict(value.__dict__, budget)
     size += sys.getsizeof(value)
     frozen = kind.__dataclass_params__.frozen
@@ -108,9 +113,9 @@ def _plan_dataclass(value: Any, kind: type, budget: list[int]) -> tuple[Reader, 
     return copy_instance, size
 
 
-def _plan_dict(value: dict, budget: list[int]) -> tuple[Reader, int]:
+def _plan_dict(value: dict, budget: list[int]) -> tuple[Copier, int]:
     size = sys.getsizeof(value)
-    nested: list[tuple[Any, Callable[[Any], Any]]] = []
+    nested: list[tuple[Any, Copier]] = []
     getsizeof, leaves = sys.getsizeof, IMMUTABLE_LEAVES
     for key, item in value.items():
         # Leaves are checked inline: a call per key and per scalar was most of the cost.
@@ -161,7 +166,7 @@ def _plan_list(value: list, budget: list[int]) -> tuple[Reader, int]:
     if not any(readers):
         return list.copy, size
     first = readers[0]
-    if all(reader is first for reader in readers):
+    if first is not None and all(reader is first for reader in readers):
         # The common API payload: a list of records of one shape.
         return (lambda source: [first(item) for item in source]), size
     return (lambda source: [item if reader is None else reader(item) for reader, item in zip(readers, source)]), size

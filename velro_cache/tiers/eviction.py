@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from .sketch import FrequencySketch
@@ -230,18 +231,13 @@ class _Segments:
         self.protected_max -= quota
         self.window_max += quota
         self._demote_from_protected()
-        for _ in range(QUEUE_TRANSFER_THRESHOLD):
-            source = self.probation
-            if not source or quota < _first(source).weight:
-                source = self.protected
-            if not source:
-                break
-            entry = _first(source)
-            if quota < entry.weight:
-                break
-            quota -= entry.weight
-            self._unlink(entry)
-            self._place(entry, WINDOW)
+
+        def main_lru(quota: int) -> OrderedDict[Any, Entry]:
+            """Probation's LRU entry while it fits, else protected's."""
+            probation = self.probation
+            return probation if probation and quota >= _first(probation).weight else self.protected
+
+        quota = self._move_lru(quota, main_lru, WINDOW)
         self.protected_max += quota
         self.window_max -= quota
         return quota
@@ -254,17 +250,26 @@ class _Segments:
         self.protected_max += quota
         self.window_max -= quota
         window = self.window
+        quota = self._move_lru(quota, lambda _: window, PROBATION)
+        self.protected_max -= quota
+        self.window_max += quota
+        return quota
+
+    def _move_lru(self, quota: int, source_for: Callable[[int], OrderedDict[Any, Entry]], region: int) -> int:
+        """Move LRU entries of ``source_for(quota left)`` into ``region`` while they fit in ``quota``.
+
+        At most QUEUE_TRANSFER_THRESHOLD entries per pass; returns the quota left.
+        """
         for _ in range(QUEUE_TRANSFER_THRESHOLD):
-            if not window:
+            source = source_for(quota)
+            if not source:
                 break
-            entry = _first(window)
+            entry = _first(source)
             if quota < entry.weight:
                 break
             quota -= entry.weight
             self._unlink(entry)
-            self._place(entry, PROBATION)
-        self.protected_max -= quota
-        self.window_max += quota
+            self._place(entry, region)
         return quota
 
 
@@ -383,15 +388,17 @@ class WTinyLfuEviction(_Segments):
         """A new key enters the window."""
         self.sketch.increment(entry.key)
         self._insert(entry)
-        tuner = self.tuner
-        if tuner is not None and tuner.sampled(entry.key):
-            tuner.record(entry.key, entry.weight)
+        self._sample(entry)
         self._on_growth()
 
     def on_access(self, entry: Entry) -> None:
         """A hit: bump its frequency and its recency within its region."""
         self.sketch.increment(entry.key)
         self._reorder(entry)
+        self._sample(entry)
+
+    def _sample(self, entry: Entry) -> None:
+        """Feed the tuner's shadow caches, when this key is in their sample (inlined in on_reads)."""
         tuner = self.tuner
         if tuner is not None and tuner.sampled(entry.key):
             tuner.record(entry.key, entry.weight)

@@ -304,8 +304,11 @@ class ProcessState:
 
     def _probe_l2(self) -> None:
         """PING through the main pool; its outcome closes or reopens the breaker."""
+        l2 = self.l2
+        if l2 is None:  # L1 only: no listener or breaker callback is wired to call this
+            return
         try:
-            self.l2.client.ping()
+            l2.client.ping()
         except Exception:
             self.breaker.record_failure()
         else:

@@ -157,6 +157,12 @@ def _slot_tag(slot: int) -> str:
 class RedisTier:
     """Bytes in and out of one Redis."""
 
+    # A redis.Redis here, a ClusterClient (a RedisCluster behind __getattr__) in
+    # ClusterRedisTier. Any rather than their union: no client decodes
+    # responses, so replies are bytes, which redis-py's annotations (bytes | str)
+    # cannot express, and the cluster client's commands are all __getattr__'s.
+    client: Any
+
     def __init__(self, url: str, options: TieredOptions, channel: str) -> None:
         self.url = url
         self.channel = channel

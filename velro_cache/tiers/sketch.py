@@ -108,6 +108,8 @@ class FrequencySketch:
         mask = self._mask
         table = self._table
         added = False
+        # The four probes are unrolled on purpose: this runs once for every
+        # cache hit (WTinyLfuEviction.on_reads), and a loop costs a share of it.
         i = h & mask
         if table[i] < _MAX_COUNT:
             table[i] += 1
