@@ -9,6 +9,8 @@ class StudioConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import cache  # noqa: F401  (declares which model changes retire which cached data)
-        from . import materialized  # noqa: F401  (declares which writes refresh which view)
-        from . import permissions  # noqa: F401  (declares who may do what: velro_cache.authz)
+        from . import (
+            cache,  # noqa: F401  (declares which model changes retire which cached data)
+            materialized,  # noqa: F401  (declares which writes refresh which view)
+            permissions,  # noqa: F401  (declares who may do what: velro_cache.authz)
+        )

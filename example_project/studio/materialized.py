@@ -5,8 +5,9 @@ refresh of the views built from it, after the transaction commits. The periods
 are how stale each view may get when nothing triggers it (and the TTL of its
 cached reads): recent generations move fastest, memberships slowest.
 
-Bulk writes send no signals: code that bulk-writes sources (the seed command)
-calls ``velro_cache.db.refresh.refresh_views`` or ``velro_cache.db.writes.refresh_after_commit``.
+Bulk writes send no signals: code that bulk-writes sources calls
+``velro_cache.db.refresh.refresh_views`` once afterwards (the seed command
+does) or ``velro_cache.db.writes.refresh_after_commit``.
 """
 
 from __future__ import annotations

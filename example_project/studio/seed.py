@@ -22,6 +22,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
 from django.db import transaction
 from django.utils import timezone
+
 from velro_cache import invalidating
 
 from .models import ApiToken, Generation, Role, SystemConfig, Team, TeamMembership

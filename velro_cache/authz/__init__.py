@@ -13,6 +13,7 @@ See docs/authorization.md.
 
 from __future__ import annotations
 
+from ..exceptions import AlreadyRegistered, NotRegistered
 from . import invalidation  # noqa: F401  (connects bumps to every policy registered)
 from .api import (
     authorize,
@@ -24,8 +25,6 @@ from .api import (
 )
 from .context import AuthorizationContext
 from .policy import (
-    AlreadyRegistered,
-    NotRegistered,
     ObjectPolicy,
     ObjectRef,
     RoleSource,

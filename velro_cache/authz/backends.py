@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..exceptions import NotRegistered
 from .api import authorize
-from .policy import NotRegistered, ObjectRef, registry
+from .policy import ObjectRef, registry
 
 
 class CachedPermissionBackend:

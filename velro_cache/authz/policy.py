@@ -28,7 +28,7 @@ from django.contrib.auth import get_user_model
 from django.db import models
 from django.db.models import Case, OuterRef, Subquery, Value, When
 
-from ..exceptions import AlreadyRegistered, NotRegistered  # noqa: F401 (re-exported)
+from ..exceptions import AlreadyRegistered, NotRegistered
 
 DEFAULT_ROLES = ("viewer", "editor", "owner")
 DEFAULT_ACTIONS = {"read": "viewer", "media": "viewer", "write": "editor", "delete": "owner", "share": "owner"}

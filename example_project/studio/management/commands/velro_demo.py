@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import sys
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
@@ -22,7 +22,7 @@ from django.test.utils import override_settings
 from tqdm import tqdm
 
 from studio.demo import report, runner
-from studio.demo.plan import PATCH, Planner, PlannedRequest, World
+from studio.demo.plan import PATCH, PlannedRequest, Planner, World
 from studio.models import ApiToken, Generation
 from studio.reads import forget_generation, read_stats
 

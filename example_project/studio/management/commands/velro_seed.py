@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from studio import seed
 from studio.models import ApiToken, Generation, SystemConfig, Team, TeamMembership
+from velro_cache.db.refresh import refresh_views
 
 
 class Command(BaseCommand):
@@ -45,6 +46,10 @@ class Command(BaseCommand):
             f"memberships, {ApiToken.objects.count()} tokens, {Generation.objects.count()} "
             f"generations, {SystemConfig.objects.count()} config rows."
         )
+        # Bulk inserts send no signals, so the views built from these tables
+        # are refreshed here, once, instead of after each row.
+        for result in refresh_views():
+            self.stdout.write(f"Refreshed {result.describe()}")
         self.stdout.write(
             self.style.SUCCESS(
                 f"Admin login: {seed.ADMIN_USERNAME} / {seed.ADMIN_PASSWORD} (local demo only)."
