@@ -60,3 +60,25 @@ def test_a_fill_that_lost_its_lease_to_another_processs_write_is_not_stored(l2_c
         assert raw.get(lease_key(loader_cache.make_key(key))) is None
         assert writer.get(key) == "written"
         assert eventually(lambda key=key: loader_cache.get(key) == "written")
+
+
+def test_a_fill_finished_between_our_miss_and_our_lease_is_used_not_loaded_again(l2_cache, make_cache):
+    """The exact interleaving: B misses, A fills and gives up its lease, then B gets the lease."""
+    first, second = l2_cache, make_cache(like=l2_cache)  # two "processes": own L1, one L2
+    key = f"fill-{uuid.uuid4().hex[:8]}"
+    calls = []
+    take_lease = second.take_fill_lease
+
+    def take_after_the_other_fill(full):
+        # ``second`` has missed already; ``first`` fills and releases its lease now.
+        assert first.get_or_load(key, lambda: calls.append("first") or "first's value", 60) == "first's value"
+        return take_lease(full)
+
+    second.take_fill_lease = take_after_the_other_fill
+    assert second.get_or_load(key, lambda: calls.append("second") or "second's value", 60) == "first's value"
+    assert calls == ["first"]
+    assert raw_lease_is_gone(second, key)
+
+
+def raw_lease_is_gone(cache, key) -> bool:
+    return behind(cache).get(lease_key(cache.make_key(key))) is None

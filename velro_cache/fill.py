@@ -115,7 +115,29 @@ def _load(cache: Fillable, full: str, counters: DataTypeCounters, loader: Callab
             if found is not MISSING:
                 return found
             token = cache.take_fill_lease(full)
+        if token is not None:
+            found, ticket = _filled_before_our_lease(cache, full, counters, token)
+            if found is not MISSING:
+                return found
     return _run_and_store(cache, full, loader, timeout, token, ticket)
+
+
+def _filled_before_our_lease(cache: Fillable, full: str, counters: DataTypeCounters, token: str) -> tuple[Any, int]:
+    """The value another process stored between our miss and our lease, if any.
+
+    Its filler stores and then gives up its lease in one step, so a lease we
+    get can follow a fill we did not see: our miss was read just before it.
+    Without this look the loader would run twice for one key.
+    """
+    ticket = cache.write_ticket()
+    try:
+        found, value, _ = cache.peek_fill(full, counters, ticket)
+    except L2Unavailable:
+        return MISSING, ticket
+    if not found:
+        return MISSING, ticket
+    cache.release_fill_lease(full, token)
+    return value, ticket
 
 
 def _run_and_store(cache: Fillable, full: str, loader: Callable[[], Any], timeout: Any, token: str | None, ticket: int) -> Any:
