@@ -112,3 +112,25 @@ def test_a_request_waits_for_a_late_invalidation(own_redis, proxy, tiered_on):
         assert reader.get("k") == "new"
     finally:
         late.cancel()
+
+
+def test_read_your_writes_must_be_a_bool():
+    from velro_cache.conf import parse_settings
+
+    parsed = parse_settings({"READ_YOUR_WRITES": "yes"})
+    assert [p.id for p in parsed.problems] == ["velro_cache.E051"] and parsed.READ_YOUR_WRITES is True
+    assert parse_settings({"READ_YOUR_WRITES": False}).READ_YOUR_WRITES is False
+
+
+def test_turned_off_a_request_confirms_nothing(settings, monkeypatch):
+    from django.core.signals import request_started
+
+    from velro_cache import freshness
+
+    calls = []
+    monkeypatch.setattr(freshness, "confirm_current", lambda: calls.append(1))
+    freshness.connect()
+    request_started.send(sender=None)
+    settings.VELRO_CACHE = {"READ_YOUR_WRITES": False}
+    request_started.send(sender=None)
+    assert calls == [1]

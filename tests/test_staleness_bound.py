@@ -83,3 +83,17 @@ def test_l1_serves_again_once_redis_answers(own_redis, proxy, tiered_on):
     assert eventually(lambda: reader._l1.get(reader.make_key("k")) is MISSING)
     proxy.resume()
     assert eventually(lambda: reader.get("k") == "v1" and reader._l1.get(reader.make_key("k")) is not MISSING, limit=10)
+
+
+@pytest.mark.parametrize("bound", [0, 0.001, 61, "0.1", True, None])
+def test_a_bad_bound_is_a_check_error(bound):
+    from velro_cache.options import parse_options
+
+    assert [p.id for p in parse_options("redis://127.0.0.1:6379/0", {"STALENESS_BOUND": bound}).errors] == ["velro_cache.E050"]
+
+
+def test_the_bound_is_the_option():
+    from velro_cache.options import parse_options
+
+    assert parse_options("redis://127.0.0.1:6379/0", {"STALENESS_BOUND": 0.5}).staleness_bound == 0.5
+    assert parse_options("redis://127.0.0.1:6379/0", {}).staleness_bound == 0.1
