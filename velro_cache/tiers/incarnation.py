@@ -30,6 +30,7 @@ dropped through the subscribers, synchronously, before the connection is used.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -56,6 +57,15 @@ return {id, 1}
 _known: dict[str, bytes] = {}  # "host:port/db" -> the run_id this process last saw there
 _known_lock = threading.Lock()
 _subscribers: list[weakref.WeakMethod] = []
+
+
+def _new_lock_after_fork() -> None:
+    """A lock held by another parent thread at fork() would never be released in the child."""
+    global _known_lock
+    _known_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def subscribe(callback: Callable[[], None]) -> None:
