@@ -44,11 +44,13 @@ bench: $(STAMP) services
 	$(PY) -m benchmarks
 
 ## make demo: migrate and seed the example project, drive traffic, print the report, serve on 127.0.0.1:8000.
+# Whether Redis answers is decided once, here, and passed to every command (VELRO_EXAMPLE_L2).
 demo: $(STAMP)
-	cd example_project && ../$(PY) manage.py migrate --noinput
-	cd example_project && ../$(PY) manage.py velro_seed
-	cd example_project && ../$(PY) manage.py velro_demo
-	cd example_project && ../$(PY) manage.py runserver 127.0.0.1:8000
+	cd example_project && export VELRO_EXAMPLE_L2=$$(../$(PY) -m example_project.redis_probe) && \
+		../$(PY) manage.py migrate --noinput && \
+		../$(PY) manage.py velro_seed && \
+		../$(PY) manage.py velro_demo && \
+		../$(PY) manage.py runserver 127.0.0.1:8000
 
 clean:
 	rm -rf $(VENV) .venv-py3*-dj60 .cache .pytest_cache .hypothesis

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.support import WorkerProcess, eventually, serve_commands
 
+request_started: Any = None  # django.core.signals.request_started, once Django is set up
 SECRET_KEY = "velro-cache-tests"  # the same as tests.settings, so pickle MACs agree
 
 
@@ -58,10 +60,50 @@ def _slow_loader(command: dict):
     return load
 
 
+def _start_busy_threads(count: int) -> None:
+    """Threads that only compute: the listener thread then waits for the GIL, as in a busy worker."""
+
+    def spin() -> None:
+        while True:
+            sum(range(1000))
+
+    for _ in range(count):
+        threading.Thread(target=spin, daemon=True).start()
+
+
+def _write(cache, command: dict):
+    """One of the write paths a read-your-writes round changes a key with."""
+    key, value, path = command["key"], command.get("value"), command["path"]
+    if path == "set":
+        cache.set(key, value, 300)
+    elif path == "set_many":
+        cache.set_many({key: value}, 300)
+    elif path == "delete":
+        cache.delete(key)
+    elif path == "delete_many":
+        cache.delete_many([key])
+    elif path == "clear":
+        cache.clear()
+    elif path == "incr_version":
+        cache.incr_version(key)
+    else:
+        raise ValueError(f"unknown write path {path!r}")
+    return True
+
+
 def _handle(cache, command: dict):
     op = command["op"]
+    if command.get("request"):  # as a request would start: Django's handlers send this first
+        request_started.send(sender=None)
     if op == "get":
         return cache.get(command["key"], command.get("default"))
+    if op == "get_or_set":
+        return cache.get_or_set(command["key"], command["value"], 300)
+    if op == "write":
+        return _write(cache, command)
+    if op == "busy":
+        _start_busy_threads(command.get("threads", 2))
+        return True
     if op == "set":
         cache.set(command["key"], command["value"], command.get("timeout", 300))
         return True
@@ -87,9 +129,11 @@ def _handle(cache, command: dict):
 
 
 def main() -> None:
+    global request_started
     url, prefix = sys.argv[1], sys.argv[2]
     _setup(url, prefix)
     from django.core.cache import cache
+    from django.core.signals import request_started
 
     serve_commands(lambda command: _handle(cache, command), ready=os.getpid())
 

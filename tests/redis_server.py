@@ -54,6 +54,19 @@ class RedisServer:
             self.process.send_signal(signal.SIGCONT)
         self.paused = False
 
+    def snapshot(self, name: str = "old.rdb") -> Path:
+        """SAVE now and keep a copy of the RDB file: what a restore from an older backup brings back."""
+        self.client().save()
+        kept = self.workdir / name
+        shutil.copyfile(self.workdir / "dump.rdb", kept)
+        return kept
+
+    def restart_from(self, snapshot: Path) -> None:
+        """Kill the server, put ``snapshot`` back as its RDB file and start it: a restore from an older backup."""
+        self.stop()
+        shutil.copyfile(snapshot, self.workdir / "dump.rdb")
+        self.start()
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)

@@ -88,6 +88,7 @@ DIFFERENT: dict[str, tuple[str | None, dict]] = {
     "lease_timeout": (None, {"L1": L1, "LEASE_TIMEOUT": 9.0}),
     "lease_wait": (None, {"L1": L1, "LEASE_WAIT": 9.0}),
     "early_refresh_beta": (None, {"L1": L1, "EARLY_REFRESH_BETA": 0.0}),
+    "staleness_bound": (None, {"L1": L1, "STALENESS_BOUND": 0.5}),
 }
 
 

@@ -43,6 +43,7 @@ GOOD = {
     "VIEW_REFRESH_SCHEDULE": True,
     "VIEW_REFRESH_LOG_KEEP": 10,
     "AUTHZ_CACHE": False,
+    "READ_YOUR_WRITES": False,
 }
 
 

@@ -1,4 +1,4 @@
-"""The Django app: registers the system checks when Django starts."""
+"""The Django app: registers the system checks and the request-start confirmation when Django starts."""
 
 from django.apps import AppConfig
 
@@ -9,8 +9,9 @@ class VelroCacheConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the checks)
+        from . import checks, freshness  # noqa: F401  (registers the checks)
         from .db import schedule, writes  # noqa: F401  (connect the view refreshes after writes and on a schedule)
         from .invalidation import load_declarations
 
         load_declarations()  # the modules VELRO_CACHE["INVALIDATION"] names
+        freshness.connect()  # read-your-writes at every request's start

@@ -190,3 +190,12 @@ def check_authz_policies(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
     from .authz.policy import registry
 
     return _model_problems(registry.policies(), "velro_cache.E041")
+
+
+# -- coherence (E051; a cache's E050 comes with its options) ------------------------------------
+
+
+@register()
+def check_coherence_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E051: READ_YOUR_WRITES is not a bool."""
+    return _settings_problems(current_settings(), ("E051",))

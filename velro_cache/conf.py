@@ -105,6 +105,11 @@ class VelroSettings:
     # request from Redis). False: every check is answered by the database.
     AUTHZ_CACHE: bool = True
 
+    # -- coherence (check E051; a cache's STALENESS_BOUND is its OPTIONS', E050) --
+    # At each request's start, confirm every L1 is current as of then (one
+    # PING per cache with an L2; velro_cache.freshness).
+    READ_YOUR_WRITES: bool = True
+
     # What was wrong with the given dict (reported by the system checks).
     problems: tuple[Problem, ...] = field(default=(), repr=False)
 
@@ -271,6 +276,13 @@ def _authz_settings(raw: dict[str, Any], problems: list[Problem]) -> dict[str, A
     return {"AUTHZ_CACHE": _checked(raw, "AUTHZ_CACHE", lambda v: isinstance(v, bool), problems, "E040", "True or False")}
 
 
+# -- coherence ----------------------------------------------------------------------------------
+
+
+def _coherence_settings(raw: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
+    return {"READ_YOUR_WRITES": _checked(raw, "READ_YOUR_WRITES", lambda v: isinstance(v, bool), problems, "E051", "True or False")}
+
+
 # -- the parse ----------------------------------------------------------------------------------
 
 
@@ -288,7 +300,7 @@ def parse_settings(raw: Any) -> VelroSettings:
         for name in sorted(set(raw) - set(SETTING_NAMES), key=str)
     ]
     values: dict[str, Any] = {}
-    for concern in (_ttl_and_key_settings, _invalidation_settings, _view_settings, _authz_settings):
+    for concern in (_ttl_and_key_settings, _invalidation_settings, _view_settings, _authz_settings, _coherence_settings):
         values.update(concern(raw, problems))
     return VelroSettings(problems=tuple(problems), **values)
 

@@ -31,6 +31,7 @@ TOP_KEYS = {
     "LEASE_WAIT",
     "EARLY_REFRESH_BETA",
     "CLUSTER",
+    "STALENESS_BOUND",
 }
 
 
@@ -66,6 +67,8 @@ class TieredOptions:
     lease_timeout: float = 5.0
     lease_wait: float = 2.0
     early_refresh_beta: float = 1.0
+    # Seconds an L1 hit may trail a write another process made (tiers.coherence).
+    staleness_bound: float = 0.1
     problems: tuple[Problem, ...] = field(default=(), compare=False)
 
     @property
@@ -239,6 +242,19 @@ def parse_options(location: Any, options: dict | None) -> TieredOptions:
             )
         else:
             values["early_refresh_beta"] = float(beta)
+    if "STALENESS_BOUND" in options:
+        bound = options["STALENESS_BOUND"]
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0.01 <= bound <= 60:
+            problems.append(
+                Problem(
+                    "velro_cache.E050",
+                    "error",
+                    f"OPTIONS['STALENESS_BOUND'] must be a number of seconds from 0.01 to 60, got {bound!r}.",
+                    hint="It bounds how long an L1 hit may trail another process's write when Redis stalls.",
+                )
+            )
+        else:
+            values["staleness_bound"] = float(bound)
     if "PICKLE_FALLBACK" in options:
         if isinstance(options["PICKLE_FALLBACK"], bool):
             values["pickle_fallback"] = options["PICKLE_FALLBACK"]

@@ -4,8 +4,15 @@ Everything runs embedded by default (SQLite, L1-only cache) so `make demo` works
 a fresh machine; the environment switches on the real servers:
 
 - ``DATABASE_URL`` (``postgres://user:password@host:port/name``) -> PostgreSQL.
-- ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) -> L2 Redis, but only when it
-  answers a PING at startup; otherwise the cache runs L1-only instead of failing.
+- ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) -> L2 Redis, always: a Redis
+  that is down when a worker starts (or later) is the circuit breaker's to handle,
+  and the worker moves to L2 as soon as Redis answers. Deciding at import whether
+  Redis answers would leave a worker that started during a Redis blip L1-only for
+  its whole life, deaf to the other workers' writes.
+- ``VELRO_EXAMPLE_L2`` -> ``off`` turns L2 off explicitly (L1-only). ``make demo``
+  probes ``REDIS_URL`` once, before it starts anything, and sets it (``python -m
+  example_project.redis_probe``), so the demo keeps "L2 when Redis answers, L1-only
+  otherwise" without any worker deciding for itself.
 - ``VELRO_DEMO_CACHE_BACKEND`` -> another cache backend (e.g. Django's LocMemCache),
   for side-by-side comparisons.
 """
@@ -124,20 +131,14 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def redis_answers(url: str, timeout: float = 0.3) -> bool:
-    """Probe Redis once at startup so a missing server means L1-only, not errors."""
-    try:
-        import redis
-
-        client = redis.Redis.from_url(
-            url, socket_connect_timeout=timeout, socket_timeout=timeout
-        )
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:  # noqa: BLE001 - any failure means "no usable Redis"
+def l2_switched_on() -> bool:
+    """L2 unless ``VELRO_EXAMPLE_L2`` says off; an unknown value is an error, not a guess."""
+    switch = os.environ.get("VELRO_EXAMPLE_L2", "on").strip().lower()
+    if switch in {"on", "1", "true", "yes"}:
+        return True
+    if switch in {"off", "0", "false", "no"}:
         return False
+    raise ImproperlyConfigured(f"VELRO_EXAMPLE_L2 must be 'on' or 'off', got {switch!r}.")
 
 
 def cache_key_prefix(database: dict) -> str:
@@ -162,10 +163,10 @@ def cache_settings() -> tuple[dict, str]:
         "KEY_PREFIX": prefix,
         "OPTIONS": {"L1": {"MAX_BYTES": 64 * 1024 * 1024}},
     }
-    if redis_answers(REDIS_URL):
+    if REDIS_URL and l2_switched_on():
         config["LOCATION"] = REDIS_URL
         return config, f"TieredCache L1 + L2 Redis at {redacted(REDIS_URL)}"
-    return config, f"TieredCache L1 only (no Redis answered at {redacted(REDIS_URL)})"
+    return config, "TieredCache L1 only (VELRO_EXAMPLE_L2=off)"
 
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -35,6 +35,7 @@ from redis.exceptions import ClusterDownError, RedisClusterException
 from redis.retry import Retry
 
 from ..options import TieredOptions
+from .incarnation import ClusterIncarnationConnection
 from .redis import RedisTier, lease_key, ttl_ms
 
 
@@ -62,9 +63,11 @@ def build_cluster_client(urls: Sequence[str], **connection: Any) -> RedisCluster
     the breaker, not the client, decides when to try again; but one is
     needed: a call then survives a failover (the client re-reads the slot map
     after a connection error) without a miss, and the constructor's own
-    COMMAND survives a dead default node (the retry picks another).
+    COMMAND survives a dead default node (the retry picks another). Every
+    connection checks its node's incarnation (``tiers.incarnation``).
     """
     first, *others = urls
+    connection.setdefault("connection_class", ClusterIncarnationConnection)
     return RedisCluster(
         url=first,
         startup_nodes=[ClusterNode(*host_port(url)) for url in others],

@@ -36,6 +36,7 @@ import msgpack
 import redis
 
 from .cluster import build_cluster_client, node_url
+from .incarnation import checked_client
 
 logger = logging.getLogger("velro_cache.coherence")
 
@@ -68,7 +69,7 @@ class SingleRedis:
         self.node = url
 
     def connect(self, timeout: float) -> tuple[redis.Redis, redis.Redis]:
-        client = redis.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0)
+        client = checked_client(self.url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0)
         return client, client
 
     def failed(self) -> None:
@@ -132,7 +133,9 @@ class CoherenceListener:
         on_lost: Callable[[str], None],
         on_ready: Callable[[], None],
         on_tick: Callable[[], None] = lambda: None,
+        on_confirm: Callable[[float], None] = lambda sent: None,
         heartbeat: float = 0.5,
+        ping_every: float = 0.025,
         endpoints: SingleRedis | ClusterNodes | None = None,
     ) -> None:
         self.url = url
@@ -144,6 +147,15 @@ class CoherenceListener:
         self._on_lost = on_lost
         self._on_ready = on_ready
         self._on_tick = on_tick
+        self._on_confirm = on_confirm
+        self.ping_every = ping_every
+        # Pings go out from this thread and from request threads (``sync``);
+        # one lock keeps their bytes from interleaving on the socket.
+        self._send_lock = threading.Lock()
+        self._pubsub: redis.client.PubSub | None = None
+        self._last_sent = 0.0  # monotonic send time of the latest PING
+        self._confirmed = 0.0  # send time of the latest PING whose PONG was handled
+        self._confirmed_changed = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = False
@@ -161,6 +173,7 @@ class CoherenceListener:
 
     def stop(self) -> None:
         self._stop.set()
+        self.ready = False
         if self._thread:
             self._thread.join(timeout=5)
 
@@ -182,6 +195,7 @@ class CoherenceListener:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self.channel)
+            self._pubsub = pubsub
             self._confirm(pubsub)
             self._epoch = self._read_epoch(data)
             self.connected = True
@@ -189,6 +203,7 @@ class CoherenceListener:
             self._listen(pubsub, data)
         finally:
             self.connected = False
+            self._pubsub = None
             for closable in (pubsub, client, data):
                 try:
                     closable.close()
@@ -197,33 +212,82 @@ class CoherenceListener:
 
     def _confirm(self, pubsub: redis.client.PubSub) -> None:
         """Wait for a PONG: Redis answers in order, so the subscription is live."""
-        pubsub.ping()
+        self._ping(pubsub)
         deadline = time.monotonic() + self.heartbeat * 4
         while time.monotonic() < deadline:
             message = pubsub.get_message(timeout=self.heartbeat)
             if message and message["type"] == "pong":
+                self._pong(message)
                 return
             if message:
                 self._apply(message)
         raise TimeoutError("no answer to the subscription's first PING")
 
     def _listen(self, pubsub: redis.client.PubSub, client: Any) -> None:
-        last_pong = last_ping = time.monotonic()
+        """Apply messages; PING every ``ping_every`` (each PONG renews L1's trust), check the epoch every heartbeat."""
+        last_pong = last_tick = next_ping = time.monotonic()
         while not self._stop.is_set():
-            message = pubsub.get_message(timeout=self.heartbeat / 2)
+            now = time.monotonic()
+            if now >= next_ping:
+                self._ping(pubsub)
+                next_ping = now + self.ping_every
+            message = pubsub.get_message(timeout=max(0.0, next_ping - time.monotonic()))
             now = time.monotonic()
             if message is not None:
                 if message["type"] == "pong":
                     last_pong = now
+                    self._pong(message)
                 else:
                     self._apply(message)
-            if now - last_ping >= self.heartbeat:
-                pubsub.ping()
-                last_ping = now
+            if now - last_tick >= self.heartbeat:
+                last_tick = now
                 self._check_epoch(client)
                 self._on_tick()
             if now - last_pong > self.heartbeat * PONG_GRACE:
                 raise TimeoutError("missed heartbeats")
+
+    # -- confirmations ------------------------------------------------------------------
+    def _ping(self, pubsub: redis.client.PubSub) -> float:
+        """Send a PING carrying its send time; its PONG comes after every message published before it."""
+        with self._send_lock:
+            sent = time.monotonic()
+            connection: Any = pubsub.connection
+            connection.send_command("PING", repr(sent))
+            self._last_sent = sent
+        return sent
+
+    def _pong(self, message: dict) -> None:
+        try:
+            sent = float(message["data"])
+        except (TypeError, ValueError):
+            return  # a PONG of redis-py's own health check: confirms nothing we can date
+        with self._confirmed_changed:
+            if sent > self._confirmed:
+                self._confirmed = sent
+            self._confirmed_changed.notify_all()
+        self._on_confirm(sent)
+
+    def request_sync(self) -> float | None:
+        """Start confirming that everything published before now is applied; the time to wait for.
+
+        Sends one PING unless one sent after this moment is already on its way
+        (concurrent requests share it). None when there is no live subscription.
+        """
+        start = time.monotonic()
+        pubsub = self._pubsub
+        if not self.ready or pubsub is None:
+            return None
+        if self._last_sent < start:
+            try:
+                self._ping(pubsub)
+            except Exception:  # a broken socket: the listener thread will notice and reconnect
+                return None
+        return start
+
+    def wait_synced(self, start: float, timeout: float) -> bool:
+        """Whether a PONG for a PING sent at or after ``start`` was handled within ``timeout``."""
+        with self._confirmed_changed:
+            return self._confirmed_changed.wait_for(lambda: self._confirmed >= start, timeout)
 
     def _read_epoch(self, client: Any) -> bytes:
         client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -111,18 +112,30 @@ class MemoryStore:
         self._eviction = WTinyLfuEviction(self.max_bytes)
         self._expiry = _ExpiryQueue()
         self._notes: list[tuple[Any, str]] = []
+        # Hits are served only before this monotonic time (see tiers.coherence):
+        # with an L2 it is the last confirmation from Redis plus the staleness
+        # bound; alone, the store is the whole truth and trusts itself forever.
+        self.trusted_until = math.inf
 
     # -- reads (lock-free) ----------------------------------------------------
 
     # Payloads are opaque to the store (TieredCache keeps ``(reader, stored)``
     # pairs), so reads return Any like MISSING itself: the caller knows the shape.
     def get(self, key: str) -> Any:
-        """The payload for ``key``, or :data:`MISSING`. The hot path: no lock."""
+        """The payload for ``key``, or :data:`MISSING`. The hot path: no lock.
+
+        Untrusted (no confirmation from Redis within the staleness bound), a
+        present entry is a miss: one float comparison with the clock value the
+        expiry check reads anyway.
+        """
         entry = self._data.get(key)
         if entry is None:
             return MISSING
+        now = self._clock()
+        if now >= self.trusted_until:
+            return MISSING
         expires_at = entry.expires_at
-        if expires_at is not None and expires_at <= self._clock():
+        if expires_at is not None and expires_at <= now:
             self._expire_if_idle(entry)
             return MISSING
         reads = self._reads
@@ -152,9 +165,10 @@ class MemoryStore:
         return entry.payload, expires_at
 
     def __contains__(self, key: object) -> bool:
-        """Present and not expired; deliberately not counted as a use."""
+        """Present, trusted and not expired; deliberately not counted as a use."""
         entry = self._data.get(key)
-        return entry is not None and not self._expired(entry, self._clock())
+        now = self._clock()
+        return entry is not None and now < self.trusted_until and not self._expired(entry, now)
 
     def _expired(self, entry: Entry, now: float) -> bool:
         return entry.expires_at is not None and entry.expires_at <= now

@@ -24,12 +24,14 @@ import itertools
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from ..options import TieredOptions
 from ..stats import CacheStats, _read
+from . import incarnation
 from .breaker import CLOSED, OPEN, CircuitBreaker
 from .cluster import ClusterRedisTier
 from .coherence import ClusterNodes, CoherenceListener, channel_for, clear_message, drop_message, new_origin
@@ -146,6 +148,7 @@ class ProcessState:
         self.store = MemoryStore(options.l1_max_bytes)
         self.stats = CacheStats()
         self.key_memos: dict[tuple, dict] = {}
+        incarnation.subscribe(self.forget_all_local)  # a Redis that came back older: nothing local is trusted
         self._start_process_parts(wait_for_channel=True)
 
     def _start_process_parts(self, *, wait_for_channel: bool = False) -> None:
@@ -160,8 +163,11 @@ class ProcessState:
         self.listener: CoherenceListener | None = None
         self.breaker = CircuitBreaker()
         self.l1_enabled = not options.redis_urls
+        self._trust_lock = threading.Lock()
+        self._trust_floor = 0.0
         if not options.redis_urls:
             return
+        self.store.trusted_until = 0.0  # until the listener's first PONG
         url = options.redis_urls[0]
         if options.cluster:  # chosen once here, so the single-Redis path carries no cluster checks
             self.l2 = ClusterRedisTier(options.redis_urls, options, channel_for(url))
@@ -175,6 +181,8 @@ class ProcessState:
             on_lost=self._on_channel_lost,
             on_ready=self._on_channel_ready,
             on_tick=self._on_heartbeat,
+            on_confirm=self._on_confirm,
+            ping_every=options.staleness_bound / 4,
             endpoints=ClusterNodes(options.redis_urls) if options.cluster else None,
         )
         self.listener.start()
@@ -264,6 +272,42 @@ class ProcessState:
         if len(self.loaded) >= LOADED_LIMIT:
             self.loaded.clear()
         self.loaded[key] = (delta, expires_at)
+
+    # -- trusting L1: the staleness bound and read-your-writes ----------------------------
+    def _on_confirm(self, sent: float) -> None:
+        """A PING sent at ``sent`` came back: every message before it is applied, so L1 is current as of then.
+
+        Hits are served until ``sent`` plus the bound, so a write whose message
+        is lost or delayed (Redis stopped, a silent socket, this thread starved)
+        is served stale for at most the bound. Confirmations older than a
+        failed sync (``distrust``) are ignored: they predate what it waited for.
+        """
+        with self._trust_lock:
+            if sent >= self._trust_floor:
+                self.store.trusted_until = max(self.store.trusted_until, sent + self.options.staleness_bound)
+
+    def distrust(self, since: float) -> None:
+        """Serve no L1 hit until a PING sent at or after ``since`` is answered."""
+        with self._trust_lock:
+            self._trust_floor = max(self._trust_floor, since)
+            self.store.trusted_until = 0.0
+
+    def request_sync(self) -> float | None:
+        """Begin confirming L1 is current as of now (one PING); None when nothing needs confirming."""
+        if self.listener is None or not self.l1_enabled:
+            return None  # L1 only (always current) or L1 off (nothing served from it)
+        start = self.listener.request_sync()
+        if start is None:
+            self.distrust(time.monotonic())
+        return start
+
+    def wait_synced(self, start: float, timeout: float) -> bool:
+        """Wait for the PONG of ``request_sync``; past ``timeout`` L1 serves nothing until one comes."""
+        assert self.listener is not None
+        if self.listener.wait_synced(start, timeout):
+            return True
+        self.distrust(start)
+        return False
 
     # -- turning L1 off and on ----------------------------------------------------------
     def _disable_l1(self) -> None:
@@ -365,6 +409,28 @@ def state_for(options: TieredOptions) -> ProcessState:
             state = _states[options] = ProcessState(options)
             _all_states.add(state)
         return state
+
+
+def live_states() -> list[ProcessState]:
+    """The states of the caches configured in this process."""
+    with _states_lock:
+        return list(_states.values())
+
+
+def confirm_current(timeout: float | None = None) -> bool:
+    """Read-your-writes: make every L1 of this process current as of now (see ``velro_cache.freshness``).
+
+    One PING per cache with an L2, all sent before any is waited for; each
+    waits at most its staleness bound (or ``timeout``). True if all confirmed;
+    a cache that did not serves no L1 hit until one does.
+    """
+    started = [(state, state.request_sync()) for state in live_states()]
+    confirmed = True
+    for state, start in started:
+        if start is not None:
+            bound = state.options.staleness_bound if timeout is None else timeout
+            confirmed = state.wait_synced(start, max(0.0, start + bound - time.monotonic())) and confirmed
+    return confirmed
 
 
 def discard(state: ProcessState) -> None:

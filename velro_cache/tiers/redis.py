@@ -29,6 +29,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
 from redis.crc import key_slot
 
 from ..options import TieredOptions
+from .incarnation import checked
 
 LEASE_PREFIX = "velro_lease:"
 
@@ -94,19 +95,19 @@ os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def shared_pool(url: str, options: TieredOptions) -> redis.ConnectionPool:
-    """One pool per URL and pool settings per process."""
+    """One pool per URL and pool settings per process; its connections check the incarnation (``tiers.incarnation``)."""
     key = (url, options.pool_size, options.pool_timeout, options.socket_timeout, options.socket_connect_timeout)
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
-            pool = redis.BlockingConnectionPool.from_url(
+            pool = checked(redis.BlockingConnectionPool.from_url(
                 url,
                 max_connections=options.pool_size,
                 timeout=options.pool_timeout,
                 socket_timeout=options.socket_timeout,
                 socket_connect_timeout=options.socket_connect_timeout,
                 health_check_interval=30,
-            )
+            ))
             _pools[key] = pool
         return pool
 

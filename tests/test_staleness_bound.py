@@ -1,0 +1,136 @@
+"""Staleness under Redis faults is bounded (issue 10, item 4): at most STALENESS_BOUND after a write returned.
+
+An L1 hit is served only while the process holds a confirmation from Redis
+younger than the bound (a PING on the subscription whose PONG came back, so
+every invalidation published before it was applied). Each fault is real: the
+reader reaches Redis through a TCP proxy that goes silent, or the Redis
+process is SIGSTOPped or SIGKILLed. The reader polls its L1 and the test
+records the last time it served the value the writer had replaced.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.support import eventually
+from tests.tcp_proxy import TcpProxy
+from velro_cache.tiers.memory import MISSING
+
+pytestmark = pytest.mark.django_db(databases=[])
+
+BOUND = 0.1
+SLACK = 0.05  # the poll's own step and a scheduler tick
+
+
+def last_stale_read(cache, key: str, stale: str, since: float, seconds: float = 1.0) -> float:
+    """Poll ``cache`` for ``seconds``; how long after ``since`` it last served ``stale`` (0 if never)."""
+    last = since
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cache.get(key) == stale:
+            last = time.monotonic()
+        time.sleep(0.001)
+    return last - since
+
+
+@pytest.fixture
+def proxy(own_redis):
+    proxy = TcpProxy(own_redis.port)
+    yield proxy
+    proxy.close()
+
+
+def warm(writer, reader, key="k", value="v1", limit=5):
+    writer.set(key, value, None)
+    assert eventually(lambda: reader.get(key) == value, limit=limit)
+    assert eventually(lambda: reader.stats()["l1"]["entries"] > 0 and reader.get(key) == value, limit=limit)
+
+
+def test_a_silent_socket_stops_l1_within_the_bound(own_redis, proxy, tiered_on):
+    writer, reader = tiered_on(own_redis.url()), tiered_on(proxy.url())
+    warm(writer, reader)
+    proxy.silence()
+    writer.set("k", "v2", None)
+    written = time.monotonic()
+    assert last_stale_read(reader, "k", "v1", written) < BOUND + SLACK
+
+
+def test_a_stopped_redis_stops_l1_within_the_bound(own_redis, tiered_on):
+    writer, reader = tiered_on(own_redis.url()), tiered_on(own_redis.url())
+    warm(writer, reader)
+    own_redis.pause()
+    paused = time.monotonic()  # a write that returned just before this may not have reached the reader
+    try:
+        assert last_stale_read(reader, "k", "v1", paused) < BOUND + SLACK
+    finally:
+        own_redis.resume()
+
+
+def test_a_killed_redis_stops_l1_within_the_bound(own_redis, tiered_on):
+    writer, reader = tiered_on(own_redis.url()), tiered_on(own_redis.url())
+    warm(writer, reader)
+    own_redis.stop()
+    killed = time.monotonic()
+    assert last_stale_read(reader, "k", "v1", killed) < BOUND + SLACK
+
+
+def test_l1_serves_again_once_redis_answers(own_redis, proxy, tiered_on):
+    writer, reader = tiered_on(own_redis.url()), tiered_on(proxy.url())
+    warm(writer, reader)
+    proxy.silence()
+    assert eventually(lambda: reader._l1.get(reader.make_key("k")) is MISSING)
+    proxy.resume()
+    assert eventually(lambda: reader.get("k") == "v1" and reader._l1.get(reader.make_key("k")) is not MISSING, limit=10)
+
+
+def test_a_stopped_cluster_node_stops_l1_within_the_bound(tmp_path, tiered_on):
+    """The node the reader's listener subscribes through stops: its L1 copy is trusted for at most the bound.
+
+    Polled in L1 itself: a read through the cache would find the same value in
+    L2 on a live node, which is no staleness.
+    """
+    import signal
+
+    from tests.redis_cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path).start()
+    try:
+        cluster.wait_ok()
+        writer, reader = tiered_on(cluster.urls, prefix="sb"), tiered_on(cluster.urls, prefix="sb")
+        full = reader.make_key("k")
+
+        def warmed() -> bool:
+            writer.set("k", "v1", None)  # again each time: a write before the cluster settled is only a pending delete
+            return reader.get("k") == "v1" and reader._l1.get(full) is not MISSING
+
+        assert eventually(warmed, limit=15)
+        node_url = reader._state.listener.endpoints.node  # the node the reader's listener subscribed through
+        subscribed_through = next(node for node in cluster.nodes if node.url == node_url)
+        subscribed_through.process.send_signal(signal.SIGSTOP)
+        paused = last = time.monotonic()
+        try:
+            while time.monotonic() - paused < 1.0:
+                if reader._l1.get(full) is not MISSING:
+                    last = time.monotonic()
+                time.sleep(0.001)
+        finally:
+            subscribed_through.process.send_signal(signal.SIGCONT)
+        assert last - paused < BOUND + SLACK
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.parametrize("bound", [0, 0.001, 61, "0.1", True, None])
+def test_a_bad_bound_is_a_check_error(bound):
+    from velro_cache.options import parse_options
+
+    assert [p.id for p in parse_options("redis://127.0.0.1:6379/0", {"STALENESS_BOUND": bound}).errors] == ["velro_cache.E050"]
+
+
+def test_the_bound_is_the_option():
+    from velro_cache.options import parse_options
+
+    assert parse_options("redis://127.0.0.1:6379/0", {"STALENESS_BOUND": 0.5}).staleness_bound == 0.5
+    assert parse_options("redis://127.0.0.1:6379/0", {}).staleness_bound == 0.1

@@ -1,0 +1,45 @@
+"""Read-your-writes at request boundaries: a request sees every write that returned before it started.
+
+Coherence messages reach another process's listener thread a little after the
+writer's call returns (a millisecond, more on a busy worker whose listener
+waits for the GIL). A request that starts in that gap, say the GET that
+follows a PATCH answered by another server, would read the old value from its
+L1. So when a request starts, each cache with an L2 sends one PING on its
+subscription and waits until the listener has handled the PONG: Redis answers
+in order, so every invalidation published before the PING has been applied by
+then, and the L1 is current as of the request's start. Requests running at
+the same time share a PING sent after they started. Past the cache's
+``STALENESS_BOUND`` the wait ends and L1 serves no hit until a later PING is
+answered (the request reads L2), so a stalled Redis costs a request at most
+the bound.
+
+Hooked to Django's ``request_started`` signal rather than a middleware: the
+handlers (WSGI and ASGI) send it before any middleware runs, so every view is
+covered, whatever the MIDDLEWARE order, including middleware that reads the
+cache before its own (authorization). Cost: one Redis round trip per request
+for each cache with an L2, none on L1 hits; ``VELRO_CACHE["READ_YOUR_WRITES"]
+= False`` turns it off. Code outside a request (management commands, Celery
+tasks) calls ``confirm_current()`` where it needs the same guarantee.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.signals import request_started
+
+from .conf import current_settings
+from .tiers.process import confirm_current
+
+__all__ = ["confirm_current", "connect"]
+
+
+def confirm_at_request_start(sender: Any = None, **kwargs: Any) -> None:
+    """The ``request_started`` receiver: make this process's L1s current as of the request's start."""
+    if current_settings().READ_YOUR_WRITES:
+        confirm_current()
+
+
+def connect() -> None:
+    """Connect the receiver once (``AppConfig.ready``)."""
+    request_started.connect(confirm_at_request_start, dispatch_uid="velro_cache.freshness")

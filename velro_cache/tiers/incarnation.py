@@ -1,0 +1,188 @@
+"""Redis incarnations: a Redis that comes back older must not resurrect what was retired.
+
+A redis-server restarted from an older RDB file, or a replica promoted after
+it missed writes, holds keys that were overwritten or deleted since: old
+namespace tokens, old authorization versions (so decisions from before a
+revoke), old values. Nothing in those keys says they are old, so the check is
+on the server instead. Every start gives a Redis a new ``run_id`` (INFO
+server), and a replica's differs from its master's. Each database keeps the
+``run_id`` of the incarnation whose data it holds in ``MARKER``; a snapshot
+or a replica carries the marker of the server that wrote it, never the new
+one's. So when a connection is established, before it carries any command,
+one script compares the marker with the server's ``run_id`` and, when they
+differ, empties the database and writes the new marker, atomically: no other
+client's command can run between the check and the flush, and every later
+connection finds the marker already right. Retiring everything is the only
+safe answer, because which keys changed after the snapshot is unknown; the
+price is a cold L2 after each Redis restart (the cache's database must be its
+own, as for ``clear()`` without a key prefix).
+
+On a cluster each primary is checked for itself (its marker hashes to one of
+its own slots); a replica is not checked until it is a primary, by re-checking
+before each command on a connection opened while it was a replica.
+
+The process also remembers the ``run_id`` it last saw per server: a change
+(or a flush it made itself) means the other processes' L1s and its own may
+hold what the old incarnation held, so the L1 of every cache in the process is
+dropped through the subscribers, synchronously, before the connection is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
+
+logger = logging.getLogger("velro_cache.incarnation")
+
+MARKER = "velro_cache:incarnation"
+
+# KEYS[1]: the marker. Returns {run_id, 1 if this call retired the old data,
+# 0 if the marker was already right, -1 on a replica (nothing to check yet)}.
+_RETIRE_OLD_INCARNATION = """
+local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if string.match(redis.call('INFO', 'replication'), 'role:(%a+)') ~= 'master' then return {id, -1} end
+if redis.call('GET', KEYS[1]) == id then return {id, 0} end
+redis.call('FLUSHDB')
+redis.call('SET', KEYS[1], id)
+return {id, 1}
+"""
+
+_known: dict[str, bytes] = {}  # "host:port/db" -> the run_id this process last saw there
+_known_lock = threading.Lock()
+_subscribers: list[weakref.WeakMethod] = []
+
+
+def _new_lock_after_fork() -> None:
+    """A lock held by another parent thread at fork() would never be released in the child."""
+    global _known_lock
+    _known_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
+def subscribe(callback: Callable[[], None]) -> None:
+    """Call ``callback`` (a bound method, held weakly) whenever a server's incarnation changes."""
+    _subscribers.append(weakref.WeakMethod(callback))
+
+
+def _notify() -> None:
+    for ref in list(_subscribers):
+        callback = ref()
+        if callback is None:
+            _subscribers.remove(ref)
+        else:
+            callback()
+
+
+def observe(address: str, run_id: bytes, retired: bool, cluster: bool = False) -> bool:
+    """Record what a new connection found; True (and every L1 dropped) when it is a new incarnation."""
+    with _known_lock:
+        previous = _known.get(address)
+        _known[address] = run_id
+        others_known = len(_known) > 1
+    # On a cluster a new address while others are known is a promoted node: new to us too.
+    changed = retired or (previous is not None and previous != run_id) or (cluster and previous is None and others_known)
+    if changed:
+        logger.warning("velro_cache: Redis at %s is a new incarnation (run_id %s); dropping L1", address, run_id.decode())
+        _notify()
+    return changed
+
+
+class IncarnationCheck:
+    """The check every velro_cache connection runs on connect (a mixin over redis-py's connections)."""
+
+    _velro_replica = False
+    _velro_cluster = False
+
+    def _velro_marker(self) -> str | None:
+        """The marker key on this server, or None when it owns nothing to check."""
+        return MARKER
+
+    def _velro_address(self) -> str:
+        return f"{getattr(self, 'host', getattr(self, 'path', '?'))}:{getattr(self, 'port', '')}/{getattr(self, 'db', 0)}"
+
+    def _velro_check(self) -> None:
+        conn: Any = self
+        marker = self._velro_marker()
+        if marker is None:
+            self._velro_replica = True
+            return
+        conn.send_command("EVAL", _RETIRE_OLD_INCARNATION, 1, marker)
+        run_id, outcome = conn.read_response()
+        self._velro_replica = outcome == -1
+        if not self._velro_replica:
+            observe(self._velro_address(), run_id, outcome == 1, self._velro_cluster)
+
+    def on_connect_check_health(self, check_health: bool = True) -> None:
+        super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
+        self._velro_check()
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """A connection opened to a replica is checked again once that replica may have become a primary."""
+        if self._velro_replica:
+            self._velro_replica = False
+            try:
+                self._velro_check()
+            except redis.RedisError:
+                self._velro_replica = True
+                raise
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+
+class IncarnationConnection(IncarnationCheck, Connection):
+    """A TCP connection that refuses to serve an old incarnation's data."""
+
+
+class SSLIncarnationConnection(IncarnationCheck, SSLConnection):
+    """The same over TLS (``rediss://``)."""
+
+
+class UnixIncarnationConnection(IncarnationCheck, UnixDomainSocketConnection):
+    """The same over a unix socket (``unix://``)."""
+
+
+class ClusterIncarnationConnection(IncarnationConnection):
+    """On a cluster node the marker must hash to a slot the node owns."""
+
+    _velro_cluster = True
+
+    def _velro_marker(self) -> str | None:
+        conn: Any = self
+        conn.send_command("CLUSTER", "NODES")
+        nodes = conn.read_response()
+        text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) > 8 and "myself" in fields[2] and "master" in fields[2]:
+                first = fields[8].lstrip("[").split("-")[0]
+                if first.isdigit():
+                    from .redis import _slot_tag
+
+                    return MARKER + ":{" + _slot_tag(int(first)) + "}"
+        return None
+
+
+_CLASSES: dict[type, type] = {
+    Connection: IncarnationConnection,
+    SSLConnection: SSLIncarnationConnection,
+    UnixDomainSocketConnection: UnixIncarnationConnection,
+}
+
+
+def checked(pool: redis.ConnectionPool) -> redis.ConnectionPool:
+    """``pool`` with its connections replaced by incarnation-checking ones of the same kind."""
+    pool.connection_class = _CLASSES.get(pool.connection_class, pool.connection_class)
+    return pool
+
+
+def checked_client(url: str, **kwargs: Any) -> redis.Redis:
+    """``redis.Redis.from_url`` whose connections run the incarnation check."""
+    return redis.Redis.from_pool(checked(redis.ConnectionPool.from_url(url, **kwargs)))
