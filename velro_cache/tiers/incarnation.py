@@ -44,11 +44,17 @@ logger = logging.getLogger("velro_cache.incarnation")
 MARKER = "velro_cache:incarnation"
 
 # KEYS[1]: the marker. Returns {run_id, 1 if this call retired the old data,
-# 0 if the marker was already right, -1 on a replica (nothing to check yet)}.
+# 0 if the marker was already right or absent, -1 on a replica (nothing to
+# check yet)}. An absent marker is written, not flushed for: velro_cache writes
+# it before any key of its own, so a database (or a snapshot) without it holds
+# none of our keys, and a first connection must not empty a database that other
+# data shares.
 _RETIRE_OLD_INCARNATION = """
 local id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
 if string.match(redis.call('INFO', 'replication'), 'role:(%a+)') ~= 'master' then return {id, -1} end
-if redis.call('GET', KEYS[1]) == id then return {id, 0} end
+local marker = redis.call('GET', KEYS[1])
+if marker == id then return {id, 0} end
+if not marker then redis.call('SET', KEYS[1], id) return {id, 0} end
 redis.call('FLUSHDB')
 redis.call('SET', KEYS[1], id)
 return {id, 1}
