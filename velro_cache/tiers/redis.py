@@ -37,6 +37,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 class NotACounter:
     """What ``RedisTier.incr`` returns when INCRBY cannot add (a marker, never instantiated)."""
 
+
 # Replaces a value only if it is still the bytes the client read, so the
 # client can re-sign a frame (``touch`` with a new expiry, ``incr`` past 64
 # bits) without a lock: a concurrent write makes it a no-op (0). Every frame is
