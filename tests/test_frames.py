@@ -42,6 +42,7 @@ def test_a_forged_msgpack_allow_decision_is_never_served(l2_cache, make_cache):
         assert reader.get(f"authz:decision:{name}", "miss") == "miss", name
         assert raw.get(reader.make_key(f"authz:decision:{name}")) == data, f"{name} must not be deleted"
     assert reader.get_many([f"authz:decision:{name}" for name in forged]) == {}
+    assert not any(reader.has_key(f"authz:decision:{name}") for name in forged)
     assert reader.fetch_authoritative([f"authz:decision:{name}" for name in forged]) == {}
     assert _corrupt_count(reader) == 3 * len(forged)
 

@@ -469,9 +469,18 @@ class TieredCache(BaseCache):
         if self._l2 is None:
             return False
         try:
-            return self._l2_call(self._l2.has_key, full)
+            data = self._l2_call(self._l2.get, full)
         except L2Unavailable:
             return False
+        # What get would say: bytes this deployment cannot verify are a miss, not a key.
+        return data is not None and self._verifies(full, data)
+
+    def _verifies(self, full: str, data: bytes) -> bool:
+        try:
+            self._serializer.unframe(data, key=full)
+        except CorruptEntry:
+            return False
+        return True
 
     # -- writes -----------------------------------------------------------------
     def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> None:
