@@ -18,6 +18,13 @@ Round trips are counted on the client, at redis-py's
 replies), for the calling thread only, with the command names parsed from the
 bytes written; see :class:`RoundTrips` for why not ``INFO commandstats``.
 
+Frame authentication: every frame in Redis carries a keyed BLAKE2b MAC over
+its key, header and body. Its cost is measured twice against the same code
+with the MAC taken out of the work (``NoMacSerializer``, benchmark only): the
+serializer's own ``frame``/``unframe`` (where the whole difference lies), and
+TieredCache's L2-hit get and set end to end (where it is a share of a round
+trip).
+
 Run: ``python -m benchmarks.l2`` (about three minutes) or ``--quick``.
 """
 
@@ -33,10 +40,14 @@ from typing import Any
 
 from redis.connection import AbstractConnection
 
+from velro_cache.serializers import MAC_BYTES, Serializer
+
 from . import common
 from .common import Case, Report
 
 TIERED, DJANGO_REDIS, DJANGO = "TieredCache", "django-redis", "Django RedisCache"
+NO_MAC = "TieredCache, MAC-less"  # not a configured alias: TIERED's settings with NoMacSerializer
+MAC_VALUES = ("small dict", "4 KiB list of 30 dicts")
 BACKENDS = {
     TIERED: "velro_cache.backends.TieredCache",
     DJANGO_REDIS: "django_redis.cache.RedisCache",
@@ -51,8 +62,8 @@ BATCH = 100
 P99_BUDGET_US = 1000.0
 GET_MANY_BUDGET = 3.0  # get_many(100) median at most this many single gets
 
-FULL = {"get": 20_000, "batch": 2_000, "rounds": 10, "count": 50}
-QUICK = {"get": 200, "batch": 30, "rounds": 2, "count": 5}
+FULL = {"get": 20_000, "batch": 2_000, "rounds": 10, "count": 50, "frame": 50_000}
+QUICK = {"get": 200, "batch": 30, "rounds": 2, "count": 5, "frame": 500}
 
 RATIO_DR, RATIO_DJ = "× django-redis (median)", "× Django (median)"
 
@@ -133,6 +144,34 @@ class RoundTrips:
 # -- the backends ---------------------------------------------------------------------------
 
 
+class NoMacSerializer(Serializer):
+    """The same frames, with the MAC neither computed nor checked: the baseline of its cost.
+
+    Benchmark only. The tag stays in the frame (zeros), so both variants move
+    the same bytes and differ only by the BLAKE2b work.
+    """
+
+    @staticmethod
+    def _mac(secret: bytes, key: str, head: bytes, body: bytes) -> bytes:
+        return bytes(MAC_BYTES)
+
+    def _verifies(self, mac: bytes, key: str, head: bytes, body: bytes) -> bool:
+        return True
+
+
+def _mac_less_twin(tiered: Any) -> Any:
+    """A second TieredCache on the same Redis (its own L1 and key prefix) whose frames carry no MAC."""
+    from velro_cache.backends import TieredCache
+
+    params = {"KEY_PREFIX": PREFIXES[TIERED] + "-nomac", "OPTIONS": {"L1": {"MAX_BYTES": tiered.options.l1_max_bytes + 1}}}
+    twin = TieredCache(common.REDIS_URL, params)
+    own = tiered._serializer
+    twin._serializer = NoMacSerializer(
+        signing_key=own.signing_key, pickle_fallback=own.pickle_fallback, compress_min_bytes=own.compress_min_bytes
+    )
+    return twin
+
+
 def _caches() -> dict[str, dict[str, Any]]:
     return {name: {"BACKEND": backend, "LOCATION": common.REDIS_URL, "KEY_PREFIX": PREFIXES[name]} for name, backend in BACKENDS.items()}
 
@@ -200,6 +239,45 @@ def _time_batches(caches: dict[str, Any], values: dict[str, Any], plan: dict[str
             results[op, name] = common.interleaved(cases, plan["batch"], plan["rounds"], warmup=20)
         single[name] = {backend: results["get_many", name].pop(backend + ONE_GET) for backend in caches}
     return results, single
+
+
+def _time_frames(tiered: Any, values: dict[str, Any], plan: dict[str, int]) -> dict[tuple[str, str], dict[str, list[int]]]:
+    """The serializer alone: frame (encode + sign) and unframe + decode (verify), MAC vs MAC-less."""
+    signed = tiered._serializer
+    unsigned = NoMacSerializer(signing_key=signed.signing_key, compress_min_bytes=signed.compress_min_bytes)
+    key = tiered.make_key("gen:frame")
+    results = {}
+    for name in MAC_VALUES:
+        value = values[name]
+        dumps, loads = {}, {}
+        for label, serializer in ((TIERED, signed), (NO_MAC, unsigned)):
+            data = serializer.dumps(value, key=key)
+            dumps[label] = Case(lambda serializer=serializer, value=value: serializer.dumps(value, key=key))
+            loads[label] = Case(lambda serializer=serializer, data=data: serializer.loads(data, key=key))
+        results["dumps (encode, frame, MAC)", name] = common.interleaved(dumps, plan["frame"], plan["rounds"], warmup=1000)
+        results["loads (verify, decode)", name] = common.interleaved(loads, plan["frame"], plan["rounds"], warmup=1000)
+    return results
+
+
+def _time_mac_end_to_end(tiered: Any, values: dict[str, Any], plan: dict[str, int]) -> dict[tuple[str, str], dict[str, list[int]]]:
+    """TieredCache's L2-hit get and its set, with and without the MAC, interleaved."""
+    twin = _mac_less_twin(tiered)
+    results = {}
+    try:
+        for index, name in enumerate(MAC_VALUES):
+            key = f"gen:mac:{index}"
+            gets, sets = {}, {}
+            for label, cache in ((TIERED, tiered), (NO_MAC, twin)):
+                cache.set(key, values[name], None)
+                gets[label] = Case(cache.get, (key,), _l1_evicter(cache, [key]))
+                sets[label] = Case(cache.set, (key, values[name], 300))
+            results["get (L2 hit)", name] = common.interleaved(gets, plan["get"], plan["rounds"], warmup=100)
+            results["set", name] = common.interleaved(sets, plan["get"], plan["rounds"], warmup=100)
+    finally:
+        for index in range(len(MAC_VALUES)):
+            tiered.delete(f"gen:mac:{index}")
+            twin.delete(f"gen:mac:{index}")
+    return results
 
 
 def _count_round_trips(caches: dict[str, Any], counter: RoundTrips, values: dict[str, Any], calls: int) -> list[dict[str, Any]]:
@@ -275,6 +353,35 @@ def _batch_table(report: Report, batches: dict, single: dict[str, dict[str, list
     report.table(f"Batches of {BATCH} keys", columns, rows, notes)
 
 
+def _mac_table(report: Report, frames: dict, end_to_end: dict) -> None:
+    rows = []
+    for scope, measured in (("serializer", frames), ("TieredCache", end_to_end)):
+        for (op, value_name), by_variant in measured.items():
+            with_mac, without = common.median_us(by_variant[TIERED]), common.median_us(by_variant[NO_MAC])
+            rows.append(
+                {
+                    "scope": scope,
+                    "operation": op,
+                    "value": value_name,
+                    "MAC median µs": with_mac,
+                    "MAC-less median µs": without,
+                    "MAC cost µs": with_mac - without,
+                    "MAC p99 µs": common.summarize(by_variant[TIERED])["p99 µs"],
+                    "MAC-less p99 µs": common.summarize(by_variant[NO_MAC])["p99 µs"],
+                    "× MAC-less": common.ratio(with_mac, without),
+                }
+            )
+    notes = [
+        "MAC: keyed BLAKE2b-128 over len(key) | key | header | body (the body as stored, after LZ4 when compressed).",
+        "MAC-less: the same code and frame size with the MAC neither computed nor checked (`NoMacSerializer`).",
+        "`serializer`: in process, no Redis; `TieredCache`: a real L2-hit get (L1 dropped, untimed, before each) and set.",
+        "The L1 hit path pays nothing: L1 holds decoded values or planned copies, never frames.",
+    ]
+    columns = ["scope", "operation", "value", "MAC median µs", "MAC-less median µs", "MAC cost µs"]
+    columns += ["MAC p99 µs", "MAC-less p99 µs", "× MAC-less"]
+    report.table("Frame authentication cost", columns, rows, notes)
+
+
 def _round_trip_table(report: Report, rows: list[dict[str, Any]], background: int) -> None:
     for row in rows:
         if row["backend"] == TIERED and row["operation"] != "get (L2 hit)":
@@ -323,6 +430,8 @@ def run(args: argparse.Namespace) -> Report:
         batches, single = _time_batches(caches, values, plan)
         counter = RoundTrips()
         trips = _count_round_trips(caches, counter, values, plan["count"])
+        frames = _time_frames(caches[TIERED], values, plan)
+        mac_end_to_end = _time_mac_end_to_end(caches[TIERED], values, plan)
     for cache in caches.values():  # leave db 14 as we found it
         cache.delete_many([f"gen:get:{i}" for i in range(len(GET_VALUES))])
         for index in range(len(BATCH_VALUES)):
@@ -332,6 +441,7 @@ def run(args: argparse.Namespace) -> Report:
     _get_table(report, gets, timed, promoted)
     _batch_table(report, batches, single)
     _round_trip_table(report, trips, counter.background)
+    _mac_table(report, frames, mac_end_to_end)
     return report
 
 

@@ -236,14 +236,14 @@ def test_get_many_and_delete_many_are_one_command_each(private_redis):
     assert make(1_000_003).get_many(["k1", "k2"]) == {}
 
 
-def test_corrupt_or_foreign_bytes_are_a_counted_miss(l2_cache, make_cache, caplog):
+def test_corrupt_or_foreign_bytes_are_a_counted_miss_left_in_place(l2_cache, make_cache, caplog):
     cache = l2_cache
     redis_client = behind(l2_cache)
     garbage = {
         "text": b"not ours",
         "bad-msgpack": b"\xa1" + b"\x00" * 8 + b"\xc1\xc1",
-        "truncated": b"\xa2\x00",
-        "bad-lz4": b"\xa2" + b"\x00" * 8 + b"\xff\xff\xff\x7fjunk",
+        "truncated": b"\xb2\x00",
+        "bad-lz4": b"\xb2" + b"\x00" * 28 + b"\xff\xff\xff\x7fjunk",
         "empty": b"",
     }
     for name, data in garbage.items():
@@ -251,12 +251,25 @@ def test_corrupt_or_foreign_bytes_are_a_counted_miss(l2_cache, make_cache, caplo
     assert cache.get("junk:text", "default") == "default"
     assert cache.get_many([f"junk:{name}" for name in garbage]) == {}
     counters = cache.stats()["by_type"]["junk"]
-    assert counters["corrupt"] == len(garbage)
-    assert counters["misses"] == len(garbage) + 1  # junk:text again, now simply absent
-    # Retired, so they cannot block add()/get_or_set() on those keys for ever.
-    assert not any(redis_client.exists(cache.make_key(f"junk:{name}")) for name in garbage)
+    assert counters["corrupt"] == len(garbage) + 1  # junk:text twice: it is still there
+    assert counters["misses"] == len(garbage) + 1
+    # Unverified bytes are never deleted by a read (they may be another
+    # deployment's), yet cannot block add()/get_or_set() on those keys.
+    assert all(redis_client.get(cache.make_key(f"junk:{name}")) == data for name, data in garbage.items())
     assert cache.get_or_set("junk:text", "fresh") == "fresh"
     assert cache.get("junk:text") == "fresh"
+    assert cache.add("junk:bad-msgpack", "added") is True
+    assert make_cache(like=cache).get("junk:bad-msgpack") == "added"
+
+
+def test_an_authentic_frame_that_does_not_decode_is_retired(l2_cache, make_cache):
+    cache = l2_cache
+    redis_client = behind(l2_cache)
+    full = cache.make_key("k")
+    redis_client.set(full, cache._serializer.frame(1, b"\xc1\xc1", None, key=full))  # MSGPACK, bad body, good MAC
+    assert cache.get("k", "miss") == "miss"
+    assert cache.stats()["totals"]["corrupt"] == 1
+    assert not redis_client.exists(full)
 
 
 def test_retiring_a_corrupt_entry_never_deletes_a_newer_good_value(l2_cache, make_cache):
@@ -286,13 +299,14 @@ def test_pickles_written_by_others_are_never_unpickled(l2_cache, make_cache, tmp
     body = pickle.dumps(_Exploit(str(marker)))
     forged = {
         "unsigned": b"\xa3" + b"\x00" * 8 + b"\x00" * 16 + body,
-        "other-key": make_cache(options={"SIGNING_KEY": "someone else"})._serializer.frame(3, body, None),
+        "unsigned-v2": b"\xb3" + b"\x00" * 12 + b"\x00" * 16 + body,
+        "other-key": make_cache(options={"SIGNING_KEY": "someone else"})._serializer.frame(3, body, None, key=cache.make_key("other-key")),
     }
     for name, data in forged.items():
         redis_client.set(cache.make_key(name), data)
         assert cache.get(name) is None
     assert not marker.exists()
-    assert cache.stats()["totals"]["corrupt"] == 2
+    assert cache.stats()["totals"]["corrupt"] == 3
 
 
 def test_pickle_fallback_can_be_forbidden(make_cache):
@@ -558,7 +572,8 @@ def test_fetch_authoritative_reads_l2_not_l1_and_says_when_it_cannot(own_redis, 
     writer.set("auth:ver:user:1", "token-1")
     in_l1 = lambda: reader.get("auth:ver:user:1") == "token-1" and reader.stats()["by_type"]["auth"]["l1_hits"] >= 1  # noqa: E731
     assert eventually(in_l1)  # now in reader's L1
-    own_redis.client().set("fault:1:auth:ver:user:1", writer._serializer.dumps("token-2"))  # behind every L1's back
+    full = "fault:1:auth:ver:user:1"
+    own_redis.client().set(full, writer._serializer.dumps("token-2", key=full))  # behind every L1's back
     assert reader.get("auth:ver:user:1") == "token-1"
     assert reader.fetch_authoritative(["auth:ver:user:1", "absent"]) == {"auth:ver:user:1": "token-2"}
     own_redis.stop()

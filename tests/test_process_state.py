@@ -85,6 +85,7 @@ DIFFERENT: dict[str, tuple[str | None, dict]] = {
     "socket_connect_timeout": (None, {"L1": L1, "SOCKET_CONNECT_TIMEOUT": 2.0}),
     "pool_timeout": (None, {"L1": L1, "POOL_TIMEOUT": 2.0}),
     "signing_key": (None, {"L1": L1, "SIGNING_KEY": "another key"}),
+    "signing_key_fallbacks": (None, {"L1": L1, "SIGNING_KEY_FALLBACKS": ["an older key"]}),
     "lease_timeout": (None, {"L1": L1, "LEASE_TIMEOUT": 9.0}),
     "lease_wait": (None, {"L1": L1, "LEASE_WAIT": 9.0}),
     "early_refresh_beta": (None, {"L1": L1, "EARLY_REFRESH_BETA": 0.0}),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime
 import decimal
 
-from hypothesis import given, settings, strategies as st
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from velro_cache.exceptions import CorruptEntry
+from velro_cache.exceptions import CorruptEntry, UnverifiedEntry
 from velro_cache.serializers import INT64_MAX, MSGPACK, MSGPACK_LZ4, PICKLE, Serializer
 
 SERIALIZER = Serializer(signing_key=b"k" * 32)
@@ -32,15 +34,18 @@ plain_data = st.recursive(
 )
 
 
-def wire(value):
-    data = SERIALIZER.dumps(value)
+KEY = "p:1:k"
+
+
+def wire(value, key=KEY):
+    data = SERIALIZER.dumps(value, key=key)
     return str(data).encode() if isinstance(data, int) else data
 
 
 @settings(max_examples=300, deadline=None)
 @given(plain_data)
 def test_plain_data_round_trips_exactly_through_the_wire(value):
-    got = SERIALIZER.loads(wire(value))
+    got = SERIALIZER.loads(wire(value), key=KEY)
     assert got == value
     assert type(got) is type(value)
 
@@ -49,24 +54,22 @@ def test_plain_data_round_trips_exactly_through_the_wire(value):
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_decode_or_raise_corrupt_entry(data):
     try:
-        SERIALIZER.loads(data)
+        SERIALIZER.loads(data, key=KEY)
     except CorruptEntry:
         pass
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.sampled_from([0xA1, 0xA2, 0xA3, 0xA4]), st.binary(max_size=200))
-def test_framed_garbage_decodes_or_raises_corrupt_entry(head, rest):
-    try:
-        SERIALIZER.loads(bytes([head]) + rest)
-    except CorruptEntry:
-        pass
+@given(st.sampled_from([0xA1, 0xA2, 0xA3, 0xA4, 0xB1, 0xB2, 0xB3, 0xB4]), st.binary(max_size=200))
+def test_framed_garbage_never_verifies(head, rest):
+    with pytest.raises(UnverifiedEntry):
+        SERIALIZER.loads(bytes([head]) + rest, key=KEY)
 
 
 def test_codec_choice():
-    assert SERIALIZER.dumps(5) == 5 and SERIALIZER.dumps(INT64_MAX) == INT64_MAX
-    assert isinstance(SERIALIZER.dumps(INT64_MAX + 1), bytes)  # beyond INCR's range
-    assert isinstance(SERIALIZER.dumps(True), bytes)  # bools are not counters
+    assert SERIALIZER.dumps(5, key=KEY) == 5 and SERIALIZER.dumps(INT64_MAX, key=KEY) == INT64_MAX
+    assert isinstance(SERIALIZER.dumps(INT64_MAX + 1, key=KEY), bytes)  # beyond INCR's range
+    assert isinstance(SERIALIZER.dumps(True, key=KEY), bytes)  # bools are not counters
     assert SERIALIZER.encode({"a": 1})[0] == MSGPACK
     assert SERIALIZER.encode("x" * 5000)[0] == MSGPACK_LZ4
     assert SERIALIZER.encode(datetime.datetime.now().astimezone().tzinfo)[0] in (PICKLE, PICKLE + 1)

@@ -23,7 +23,9 @@ same reason, in L1 + L2 mode integers are not held in L1 (another process's
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import sys
 import time
 import uuid
@@ -38,14 +40,15 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, CacheKey
 from django.core.exceptions import ImproperlyConfigured
 
 from . import fill
-from .exceptions import CorruptEntry, L2Unavailable, NotPlannable, UnserializableValue
+from .exceptions import CorruptEntry, L2Unavailable, NotPlannable, UnserializableValue, UnverifiedEntry
 from .options import TieredOptions, parse_options
-from .serializers import OBJECT, Serializer, derive_signing_key, pack_expiry
+from .serializers import OBJECT, Serializer, derive_signing_key
 from .stats import L1_SAMPLE, DataTypeCounters
 from .tiers.breaker import CLOSED
 from .tiers.copying import Reader, plan_copy
 from .tiers.memory import MISSING
 from .tiers.process import ProcessState, state_for
+from .tiers.redis import NotACounter, ttl_ms
 
 logger = logging.getLogger("velro_cache")
 
@@ -70,8 +73,41 @@ OUTAGE_ERRORS = (
 )
 
 
-def _signing_key(options: TieredOptions) -> bytes:
-    return derive_signing_key(options.signing_key or django_settings.SECRET_KEY)
+# A TTL this long (about 31,700 years) is "forever": Redis cannot take it as
+# PX, and LocMemCache keeps such a value (and one with timeout=inf) for ever.
+FOREVER_SECONDS = 1e12
+# incr/decr beyond what INCRBY can do retry their compare-and-set this often.
+INCR_ATTEMPTS = 16
+
+
+def _signing_keys(options: TieredOptions) -> tuple[bytes, list[bytes]]:
+    """The key frames are signed with, and the older keys they still verify with.
+
+    ``SIGNING_KEY`` with ``SIGNING_KEY_FALLBACKS``, or else keys derived from
+    ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS``: a rotation done the Django way
+    keeps every entry readable by old and new processes alike.
+    """
+    if options.signing_key:
+        current, older = options.signing_key, list(options.signing_key_fallbacks)
+    else:
+        current, older = django_settings.SECRET_KEY, list(getattr(django_settings, "SECRET_KEY_FALLBACKS", ()))
+    return derive_signing_key(current), [derive_signing_key(secret) for secret in older]
+
+
+def _encodable_key(full: str) -> str:
+    """``full`` itself, or for a key Redis cannot take (a lone surrogate) an injective stand-in.
+
+    LocMemCache accepts any str; Redis keys are UTF-8. The stand-in keeps the
+    text (prefix included, so ``clear`` finds it) with the surrogates replaced,
+    plus a hash of the exact code points so two such keys never collide. Used
+    in both modes so L1-only and L1+Redis agree.
+    """
+    try:
+        full.encode()
+        return full
+    except UnicodeEncodeError:
+        exact = full.encode("utf-8", "surrogatepass")
+        return exact.decode("utf-8", "replace") + "#" + hashlib.blake2b(exact, digest_size=16).hexdigest()
 
 
 class MisconfiguredCache(BaseCache):
@@ -113,8 +149,10 @@ class TieredCache(BaseCache):
         super().__init__(params)
         self._l1 = self._state.store
         self._stats = self._state.stats
+        signing_key, fallback_keys = _signing_keys(self.options)
         self._serializer = Serializer(
-            signing_key=_signing_key(self.options),
+            signing_key=signing_key,
+            fallback_keys=fallback_keys,
             pickle_fallback=self.options.pickle_fallback,
             compress_min_bytes=self.options.compress_min_bytes,
         )
@@ -171,6 +209,8 @@ class TieredCache(BaseCache):
             if entry is not None:
                 return entry
         full = self.make_key(key, version=version)
+        if not full.isascii():
+            full = _encodable_key(full)
         problems = list(memcache_key_warnings(full))
         for problem in problems:
             warnings.warn(problem, CacheKeyWarning, stacklevel=1)  # Django's own stack level
@@ -183,10 +223,21 @@ class TieredCache(BaseCache):
 
     # -- timeouts ---------------------------------------------------------------
     def _ttl(self, timeout: Any) -> float | None:
-        """Seconds to live (None = forever); zero or less means "do not keep"."""
+        """Seconds to live (None = forever); zero or less means "do not keep".
+
+        As LocMemCache: ``inf`` (and any TTL past ``FOREVER_SECONDS``) keeps
+        the value for ever, ``-inf`` deletes, and ``nan`` keeps it for ever
+        too (LocMemCache's expiry test is ``expiry <= now``, never true for
+        nan).
+        """
         if timeout is DEFAULT_TIMEOUT:
             timeout = self.default_timeout
-        return None if timeout is None else float(timeout)
+        if timeout is None:
+            return None
+        seconds = float(timeout)
+        if seconds >= FOREVER_SECONDS or math.isnan(seconds):
+            return None
+        return seconds
 
     def _l1_expiry(self, seconds: float | None) -> float | None:
         """Monotonic expiry for L1, capped by MAX_AGE."""
@@ -247,17 +298,21 @@ class TieredCache(BaseCache):
         """Hold a value in L1 (when L1 is on and, with a ticket, nothing changed since)."""
         if self._l2 is not None and type(value) is int:
             return False  # counters live in Redis only
-        payload, size = self._payload(value, encoded)
-        weight = size + sys.getsizeof(full) + ENTRY_OVERHEAD
+        payload, weight = self._l1_entry(full, value, encoded)
         return self._state.fill_l1(full, payload, weight, self._l1_expiry(seconds), ticket)
 
-    def _wire(self, value: Any, seconds: float | None, delta: float = 0.0) -> tuple[bytes | int, tuple[int, bytes] | None]:
-        """The Redis value and, when one was made, the encoded body (reused for L1)."""
+    def _l1_entry(self, full: str, value: Any, encoded: Any = None) -> tuple[tuple[Reader, Any], int]:
+        """The L1 payload of a value and its weight, key and entry overhead included."""
+        payload, size = self._payload(value, encoded)
+        return payload, size + sys.getsizeof(full) + ENTRY_OVERHEAD
+
+    def _wire(self, full: str, value: Any, seconds: float | None, delta: float = 0.0) -> tuple[bytes | int, tuple[int, bytes] | None]:
+        """The Redis value for ``full`` and, when one was made, the encoded body (reused for L1)."""
         expires_at = None if seconds is None else time.time() + seconds
         if type(value) is int:
-            return self._serializer.dumps(value, expires_at), None
+            return self._serializer.dumps(value, expires_at, key=full), None
         encoded = self._serializer.encode(value)
-        return self._serializer.frame(*encoded, expires_at, delta), encoded
+        return self._serializer.frame(*encoded, expires_at, delta, key=full), encoded
 
     # -- reads ------------------------------------------------------------------
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
@@ -305,8 +360,15 @@ class TieredCache(BaseCache):
             next(counters.misses)
             return False, None
         try:
-            frame = self._serializer.unframe(data)
+            frame = self._serializer.unframe(data, key=full)
             value = self._serializer.decode(frame.codec, frame.body)
+        except UnverifiedEntry as exc:
+            # Not ours to judge: another deployment's, the other side of a key
+            # rotation, or forged. A miss, and left where it is.
+            next(counters.corrupt)
+            next(counters.misses)
+            logger.warning("velro_cache: ignoring an unverified L2 entry at %r: %s", full, exc)
+            return False, None
         except CorruptEntry as exc:
             next(counters.corrupt)
             next(counters.misses)
@@ -326,7 +388,12 @@ class TieredCache(BaseCache):
         seconds = None if frame.expires_at is None else frame.expires_at - time.time()
         if seconds is not None and seconds <= 0:
             return
-        if self._store_l1(full, value, seconds, (frame.codec, frame.body), ticket):
+        try:
+            stored = self._store_l1(full, value, seconds, (frame.codec, frame.body), ticket)
+        except Exception as exc:  # a read never raises for what L1 cannot hold; L2 still serves it
+            logger.warning("velro_cache: not promoting %r into L1: %r", full, exc)
+            return
+        if stored:
             self._state.remember_load(full, frame.delta, frame.expires_at)
 
     def get_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
@@ -385,11 +452,11 @@ class TieredCache(BaseCache):
             return found
         datas = self._l2_call(self._l2.get_many, [full for _, full, _ in pairs])
         found = {}
-        for (key, _full, counters), data in zip(pairs, datas):
+        for (key, full, counters), data in zip(pairs, datas):
             if data is None:
                 continue
             try:
-                frame = self._serializer.unframe(data)
+                frame = self._serializer.unframe(data, key=full)
                 found[key] = self._serializer.decode(frame.codec, frame.body)
             except CorruptEntry:
                 next(counters.corrupt)
@@ -402,9 +469,18 @@ class TieredCache(BaseCache):
         if self._l2 is None:
             return False
         try:
-            return self._l2_call(self._l2.has_key, full)
+            data = self._l2_call(self._l2.get, full)
         except L2Unavailable:
             return False
+        # What get would say: bytes this deployment cannot verify are a miss, not a key.
+        return data is not None and self._verifies(full, data)
+
+    def _verifies(self, full: str, data: bytes) -> bool:
+        try:
+            self._serializer.unframe(data, key=full)
+        except CorruptEntry:
+            return False
+        return True
 
     # -- writes -----------------------------------------------------------------
     def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> None:
@@ -430,10 +506,14 @@ class TieredCache(BaseCache):
             self._delete_full([full for full, _ in items])
             return True
         if self._l2 is None:
+            # Every payload made before anything changes: a value that cannot
+            # be held (too deep even for pickle) leaves the old one in place.
+            entries = [(full, *self._l1_entry(full, value)) for full, value in items]
             self._state.forget_local([full for full, _ in items])  # voids in-flight fills' tickets
-            rejected = [full for full, value in items if not self._store_l1(full, value, seconds)]
+            expiry = self._l1_expiry(seconds)
+            rejected = [full for full, payload, weight in entries if not self._state.fill_l1(full, payload, weight, expiry, None)]
             return rejected if report else not rejected
-        wires = [self._wire(value, seconds) for _, value in items]
+        wires = [self._wire(full, value, seconds) for full, value in items]
         fulls = [full for full, _ in items]
         ticket = self._state.begin_write(fulls)
         try:
@@ -468,10 +548,10 @@ class TieredCache(BaseCache):
                 if keep:
                     self._store_l1(full, value, seconds)
                 return True
-        data, encoded = self._wire(value, seconds)
+        data, encoded = self._wire(full, value, seconds)
         ticket = self._state.begin_write([full])
         try:
-            added = self._l2_call(self._l2.add, full, data, seconds if keep else 0.001)
+            added = self._add_l2(full, data, seconds if keep else 0.001)
         except L2Unavailable:
             self._write_failed([full])
             return False
@@ -483,6 +563,29 @@ class TieredCache(BaseCache):
             self._settle(full, value, seconds, encoded, ticket)
         return True
 
+    def _add_l2(self, full: str, data: bytes | int, seconds: float | None) -> bool:
+        """SET NX in Redis, announced (other processes drop any L1 copy they kept).
+
+        Bytes in the way that this deployment cannot verify are a miss to it
+        (``get`` says so), so add takes their place as it would on any miss,
+        unless they changed meanwhile.
+        """
+        message = self._state.drop_message([full])
+        added, in_the_way = self._l2_call(self._l2.add, full, data, seconds, message)
+        if added or in_the_way is None or self._readable(full, in_the_way):
+            return added
+        px = ttl_ms(seconds)
+        return self._l2_call(self._l2.replace_if_equal, full, in_the_way, data, -1 if px is None else px, message)
+
+    def _readable(self, full: str, data: bytes) -> bool:
+        """Whether ``get`` would serve these bytes (rather than count a miss)."""
+        try:
+            frame = self._serializer.unframe(data, key=full)
+            self._serializer.decode(frame.codec, frame.body)
+        except CorruptEntry:
+            return False
+        return True
+
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         full, _ = self._key(key, version)
         seconds = self._ttl(timeout)
@@ -490,14 +593,33 @@ class TieredCache(BaseCache):
             return self._delete_full([full]) > 0
         if self._l2 is None:
             return self._l1.touch(full, self._l1_expiry(seconds))
-        expires_at = None if seconds is None else time.time() + seconds
         try:
-            touched = self._l2_call(self._l2.touch, full, seconds, pack_expiry(expires_at), self._state.drop_message([full]))
+            touched = self._touch_l2(full, seconds)
         except L2Unavailable:
             self._write_failed([full])
             return False
         self._state.forget_local([full])  # re-promoted with the new expiry on the next read
         return touched
+
+    def _touch_l2(self, full: str, seconds: float | None) -> bool:
+        """Give the key a new TTL and its frame the same expiry, re-signed.
+
+        The expiry is inside the MAC, so Redis cannot rewrite it alone: read,
+        re-sign, then replace only if unchanged. A write in between wins and
+        the touch still counts (it took effect just before that write).
+        """
+        data = self._l2_call(self._l2.get, full)
+        if data is None:
+            return False
+        try:
+            frame = self._serializer.unframe(data, key=full)
+        except CorruptEntry:
+            return False  # nothing this deployment can read: a miss, left alone
+        expires_at = None if seconds is None else time.time() + seconds
+        new = b"" if frame.codec == OBJECT else self._serializer.frame(frame.codec, frame.body, expires_at, frame.delta, key=full)
+        px = ttl_ms(seconds)
+        self._l2_call(self._l2.replace_if_equal, full, data, new, -1 if px is None else px, self._state.drop_message([full]))
+        return True
 
     def delete(self, key: Any, version: int | None = None) -> bool:
         full, _ = self._key(key, version)
@@ -529,6 +651,8 @@ class TieredCache(BaseCache):
         if self._l2 is not None:
             try:
                 value = self._l2_call(self._l2.incr, full, delta)
+                if value is NotACounter:
+                    value = self._incr_on_client(full, delta)
             except L2Unavailable:
                 # Without Redis the counter's value is unknown; the contract has
                 # no "unavailable", and ValueError is what a missing key gives.
@@ -546,6 +670,33 @@ class TieredCache(BaseCache):
             payload, size = self._payload(new_value)
             self._l1.set(full, payload, size + sys.getsizeof(full) + ENTRY_OVERHEAD, expires_at)
             return new_value
+
+    def _incr_on_client(self, full: str, delta: int) -> Any:
+        """incr where INCRBY cannot: past 64 bits, or on a value that is not a raw integer.
+
+        LocMemCache adds with Python's ``+`` (unbounded integers; a float or
+        Decimal grows too; a str raises TypeError); so does this, then writes
+        back with a compare-and-set that keeps the TTL. None: no such key (or
+        nothing this deployment can read there, a miss to it).
+        """
+        for _ in range(INCR_ATTEMPTS):
+            data, pttl = self._l2_call(self._l2.get_with_ttl, full)
+            if data is None:
+                return None
+            try:
+                frame = self._serializer.unframe(data, key=full)
+                old = self._serializer.decode(frame.codec, frame.body)
+            except CorruptEntry:
+                return None
+            new = old + delta
+            expires_at = frame.expires_at or (time.time() + pttl / 1000 if pttl > 0 else None)
+            wire = self._serializer.dumps(new, expires_at, key=full)
+            ticket = self._state.begin_write([full])
+            if self._l2_call(self._l2.replace_if_equal, full, data, wire, -2, self._state.drop_message([full])):
+                self._state.settle_write(full, None, 0, None, ticket)
+                return new
+            self._state.settle_write(full, None, 0, None, ticket)
+        raise L2Unavailable(f"incr of {full!r} lost {INCR_ATTEMPTS} races in a row")
 
     def clear(self) -> None:
         if self._l2 is not None:
@@ -634,7 +785,7 @@ class TieredCache(BaseCache):
             if self._store_l1(full, value, seconds, ticket=ticket):
                 self._state.remember_load(full, delta, expires_at)
             return
-        data, encoded = self._wire(value, seconds, delta)
+        data, encoded = self._wire(full, value, seconds, delta)
         try:
             stored = self._l2_call(self._l2.store_if_leased, full, token, data, seconds, self._state.drop_message([full]))
         except L2Unavailable:

@@ -26,6 +26,15 @@ class CorruptEntry(Exception):
     """Stored bytes that this serializer did not write, or that were damaged: read as a miss."""
 
 
+class UnverifiedEntry(CorruptEntry):
+    """Stored bytes whose MAC does not verify with any of this deployment's keys.
+
+    A miss that is never deleted for that reason: the bytes may be another
+    deployment's, or the other side of a key rotation's, and deleting them
+    would make the two delete each other's entries.
+    """
+
+
 class UnserializableValue(TypeError):
     """A value that cannot be stored with the configured encodings."""
 

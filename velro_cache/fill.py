@@ -134,6 +134,9 @@ def _filled_before_our_lease(cache: Fillable, full: str, counters: DataTypeCount
         found, value, _ = cache.peek_fill(full, counters, ticket)
     except L2Unavailable:
         return MISSING, ticket
+    except BaseException:
+        cache.release_fill_lease(full, token)
+        raise
     if not found:
         return MISSING, ticket
     cache.release_fill_lease(full, token)
@@ -141,20 +144,28 @@ def _filled_before_our_lease(cache: Fillable, full: str, counters: DataTypeCount
 
 
 def _run_and_store(cache: Fillable, full: str, loader: Callable[[], Any], timeout: Any, token: str | None, ticket: int) -> Any:
-    start = time.perf_counter()
+    """Run the loader and store its result; the lease is given back on every way out.
+
+    Whatever fails (the loader, a timeout callable, a value that cannot be
+    serialized, Redis, a KeyboardInterrupt), a lease left behind would make
+    every other process wait ``LEASE_WAIT`` for a value that never comes.
+    Releasing a lease a store already consumed is a no-op (it is checked by
+    token).
+    """
     try:
+        start = time.perf_counter()
         value = loader()
+        delta = time.perf_counter() - start
+        seconds = cache.seconds_for(timeout() if callable(timeout) else timeout)
+        if seconds is not None and seconds <= 0:
+            if token is not None:
+                cache.release_fill_lease(full, token)
+        elif token is not None or not cache.has_l2:  # without the lease, the lease holder's value is the one to keep
+            cache.store_fill(full, value, seconds, delta, token, ticket)
     except BaseException:
         if token is not None:
             cache.release_fill_lease(full, token)
         raise
-    delta = time.perf_counter() - start
-    seconds = cache.seconds_for(timeout() if callable(timeout) else timeout)
-    if seconds is not None and seconds <= 0:
-        if token is not None:
-            cache.release_fill_lease(full, token)
-    elif token is not None or not cache.has_l2:  # without the lease, the lease holder's value is the one to keep
-        cache.store_fill(full, value, seconds, delta, token, ticket)
     return value
 
 

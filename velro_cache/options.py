@@ -27,6 +27,7 @@ TOP_KEYS = {
     "SOCKET_CONNECT_TIMEOUT",
     "POOL_TIMEOUT",
     "SIGNING_KEY",
+    "SIGNING_KEY_FALLBACKS",
     "LEASE_TIMEOUT",
     "LEASE_WAIT",
     "EARLY_REFRESH_BETA",
@@ -64,6 +65,7 @@ class TieredOptions:
     socket_connect_timeout: float = 0.25
     pool_timeout: float = 0.5
     signing_key: str | None = None
+    signing_key_fallbacks: tuple[str, ...] = ()
     lease_timeout: float = 5.0
     lease_wait: float = 2.0
     early_refresh_beta: float = 1.0
@@ -269,5 +271,17 @@ def parse_options(location: Any, options: dict | None) -> TieredOptions:
             values["signing_key"] = options["SIGNING_KEY"]
         else:
             problems.append(Problem("velro_cache.E009", "error", "OPTIONS['SIGNING_KEY'] must be a non-empty string."))
+    if "SIGNING_KEY_FALLBACKS" in options:
+        fallbacks = options["SIGNING_KEY_FALLBACKS"]
+        if isinstance(fallbacks, (list, tuple)) and all(isinstance(key, str) and key for key in fallbacks):
+            values["signing_key_fallbacks"] = tuple(fallbacks)
+        else:
+            problems.append(
+                Problem(
+                    "velro_cache.E045",
+                    "error",
+                    f"OPTIONS['SIGNING_KEY_FALLBACKS'] must be a list of non-empty strings, got {fallbacks!r}.",
+                )
+            )
     problems.extend(_unknown_keys(options, TOP_KEYS, "OPTIONS key"))
     return TieredOptions(problems=tuple(problems), **values)

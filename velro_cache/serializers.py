@@ -3,16 +3,24 @@
 Three encodings, chosen per value:
 
 * integers (not bools) that fit in 64 bits are stored raw, as Redis' decimal
-  text, so ``INCRBY`` works on them atomically;
+  text, so ``INCRBY`` works on them atomically; they are read back strictly
+  (only what ``INCRBY`` writes: an optional ``-`` and digits without leading
+  zeros), so ``b"1_000"`` or ``b" 1"`` is a foreign value, not 1000;
 * plain data (``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None``,
   ``list``, ``dict``, and as msgpack extension types ``tuple``, ``set``,
   ``frozenset``, ``datetime``/``date``/``time``/``timedelta`` with no or fixed
   offsets, ``Decimal`` and ``UUID``) goes through msgpack, which is several
   times faster than pickle and cannot execute code when decoded;
-* anything else falls back to pickle, marked as such. On the wire (L2) a
-  pickled body carries a keyed BLAKE2b MAC, so bytes written into Redis by
-  anyone without the key are never unpickled: they decode as a corrupt entry.
+* anything else falls back to pickle, marked as such.
   ``PICKLE_FALLBACK=False`` forbids the fallback altogether.
+
+On the wire (L2) every frame, whatever its codec, carries a keyed BLAKE2b MAC
+over the Redis key it was written to, its header and its body: bytes written
+into Redis by anyone without the key, or a genuine frame copied to another
+key, are never decoded. They raise ``UnverifiedEntry``, a miss the backend
+counts and leaves in place (it may belong to a deployment with another key, or
+to the other side of a key rotation). Frames are signed with the current key
+and verified with it and every fallback key (``SECRET_KEY_FALLBACKS``).
 
 Bodies of ``compress_min_bytes`` or more are compressed with LZ4 (block
 format), picked over zstd by measurement: on a 2 KiB record LZ4 decompresses in
@@ -25,9 +33,10 @@ import datetime
 import hashlib
 import hmac
 import pickle
+import re
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from functools import partial
 from typing import Any, NamedTuple
@@ -35,25 +44,38 @@ from typing import Any, NamedTuple
 import lz4.block
 import msgpack
 
-from .exceptions import CorruptEntry, UnserializableValue
+from .exceptions import CorruptEntry, UnserializableValue, UnverifiedEntry
 
 # Codecs of a body. OBJECT is L1-only: an immutable value held as itself.
 OBJECT, MSGPACK, MSGPACK_LZ4, PICKLE, PICKLE_LZ4 = range(5)
 
-# First byte of a framed (wire) value. Chosen outside ASCII digits and "-" so
-# a raw integer can never be mistaken for a frame.
-_FRAME_BYTE = {MSGPACK: 0xA1, MSGPACK_LZ4: 0xA2, PICKLE: 0xA3, PICKLE_LZ4: 0xA4}
+# First byte of a framed (wire) value: the format version and the codec.
+# Chosen outside ASCII digits and "-" so a raw integer can never be mistaken
+# for a frame. Format 2 (0xB1-0xB4) authenticates every frame; format 1
+# (0xA1-0xA4, the previous release: MAC on pickle bodies only) reads as an
+# unverified miss, never decoded.
+_FRAME_BYTE = {MSGPACK: 0xB1, MSGPACK_LZ4: 0xB2, PICKLE: 0xB3, PICKLE_LZ4: 0xB4}
 _FRAME_CODEC = {byte: codec for codec, byte in _FRAME_BYTE.items()}
+_OLD_FORMAT_BYTES = frozenset((0xA1, 0xA2, 0xA3, 0xA4))
 MAC_BYTES = 16
 # A frame is: codec byte, expiry (big-endian float64 epoch seconds, 0 = never),
 # the seconds its loader took (float32, 0 = not loaded through get_or_load),
-# then for pickle bodies a MAC, then the body. The expiry travels with the
-# value so a promotion into L1 needs no PTTL round trip (``touch`` rewrites it
-# in place, see ``tiers.redis``); the load time lets every process refresh hot
-# keys early (XFetch) without asking Redis.
+# the MAC, then the body. The expiry travels with the value so a promotion
+# into L1 needs no PTTL round trip (``touch`` re-signs it, see
+# ``TieredCache.touch``); the load time lets every process refresh hot keys
+# early (XFetch) without asking Redis.
+# MAC = BLAKE2b-128 keyed, over len(key) | key | header | body: the key is
+# bound in, so a valid frame replayed under another key (another user's
+# authorization decision, another version of a value) does not verify.
 _EXPIRY = struct.Struct(">d")
 _DELTA = struct.Struct(">f")
+_KEY_LENGTH = struct.Struct(">I")
 HEADER_BYTES = 1 + _EXPIRY.size + _DELTA.size
+BODY_START = HEADER_BYTES + MAC_BYTES
+
+# Exactly what Redis INCRBY writes (and str(int) for int64): no sign but "-",
+# no leading zeros, no spaces or underscores, which int() would all accept.
+_RAW_INT = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -138,15 +160,38 @@ def pack_expiry(expires_at: float | None) -> bytes:
 
 
 def derive_signing_key(secret: str) -> bytes:
-    """A key for the pickle MAC, derived so SECRET_KEY itself never leaves Django."""
-    return hashlib.sha256(b"velro_cache.serializers.pickle:" + secret.encode()).digest()
+    """A key for the frame MAC, derived so SECRET_KEY itself never leaves Django.
+
+    The derivation's label names the frame format: a key derived for format 1
+    (pickle bodies only) never verifies a format 2 frame.
+    """
+    return hashlib.sha256(b"velro_cache.serializers.frame.v2:" + secret.encode()).digest()
+
+
+def parse_raw_int(data: bytes) -> int:
+    """A raw Redis integer, parsed as strictly as INCRBY writes it; else ``UnverifiedEntry``."""
+    if _RAW_INT.fullmatch(data) is None:
+        raise UnverifiedEntry("value was not written by velro_cache")
+    value = int(data)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise UnverifiedEntry("raw integer outside Redis' 64-bit range")
+    return value
 
 
 class Serializer:
     """Encodes values for L1 (``encode``/``decode``) and for the wire (``dumps``/``loads``)."""
 
-    def __init__(self, *, signing_key: bytes, pickle_fallback: bool = True, compress_min_bytes: int = 1024) -> None:
+    def __init__(
+        self,
+        *,
+        signing_key: bytes,
+        fallback_keys: Sequence[bytes] = (),
+        pickle_fallback: bool = True,
+        compress_min_bytes: int = 1024,
+    ) -> None:
         self.signing_key = signing_key
+        # Verified after the current key, in order: keys of a rotation still under way.
+        self.fallback_keys = tuple(key for key in fallback_keys if key != signing_key)
         self.pickle_fallback = pickle_fallback
         self.compress_min_bytes = compress_min_bytes
 
@@ -155,7 +200,9 @@ class Serializer:
         """Return ``(codec, body)`` for any storable value."""
         try:
             codec, body = MSGPACK, _pack_plain(value)
-        except (_NotPlain, ValueError, OverflowError):
+        except (_NotPlain, ValueError, OverflowError, RecursionError):
+            # RecursionError: a self-referencing or very deep value; pickle
+            # stores it as LocMemCache does (or refuses, before any write).
             codec, body = PICKLE, self._pickle(value)
         if len(body) >= self.compress_min_bytes:
             packed = lz4.block.compress(body)
@@ -193,50 +240,62 @@ class Serializer:
             raise CorruptEntry(f"undecodable {codec=} body: {exc!r}") from exc
 
     # -- wire frames (L2) -----------------------------------------------------
-    def dumps(self, value: Any, expires_at: float | None = None, delta: float = 0.0) -> int | bytes:
-        """Bytes for Redis, or an int that Redis stores as decimal text."""
+    def dumps(self, value: Any, expires_at: float | None = None, delta: float = 0.0, *, key: str) -> int | bytes:
+        """Bytes for Redis at ``key``, or an int that Redis stores as decimal text."""
         if type(value) is int and INT64_MIN <= value <= INT64_MAX:
             return value
         codec, body = self.encode(value)
-        return self.frame(codec, body, expires_at, delta)
+        return self.frame(codec, body, expires_at, delta, key=key)
 
-    def frame(self, codec: int, body: bytes, expires_at: float | None, delta: float = 0.0) -> bytes:
-        """Prefix a body with its codec byte, expiry and load time, plus a MAC for pickle bodies."""
+    def frame(self, codec: int, body: bytes, expires_at: float | None, delta: float = 0.0, *, key: str) -> bytes:
+        """Prefix a body with its codec byte, expiry, load time and the MAC binding them to ``key``."""
         head = bytes((_FRAME_BYTE[codec],)) + _EXPIRY.pack(expires_at or 0.0) + _DELTA.pack(delta)
-        if codec >= PICKLE:
-            return head + self._mac(body) + body
-        return head + body
+        return head + self._mac(self.signing_key, key, head, body) + body
 
-    def unframe(self, data: bytes) -> Frame:
-        """The parts of a wire value, MAC verified.
+    def reframe(self, data: bytes, expires_at: float | None, *, key: str) -> bytes:
+        """A verified frame with a new expiry, signed again (what ``touch`` writes)."""
+        frame = self.unframe(data, key=key)
+        return self.frame(frame.codec, frame.body, expires_at, frame.delta, key=key)
+
+    def unframe(self, data: bytes, *, key: str) -> Frame:
+        """The parts of a wire value read from ``key``, MAC verified.
 
         A raw integer comes back with codec OBJECT and no expiry: its expiry is
         not in the value (Redis keeps it), so callers must not promote it.
+        Raises ``UnverifiedEntry`` for anything this deployment did not sign
+        for this key, ``CorruptEntry`` for an authentic frame it cannot use.
         """
         if not data:
-            raise CorruptEntry("empty value")
+            raise UnverifiedEntry("empty value")
         codec = _FRAME_CODEC.get(data[0])
         if codec is None:
-            try:
-                return Frame(OBJECT, int(data), None, 0.0)
-            except ValueError:
-                raise CorruptEntry("value was not written by velro_cache") from None
-        if len(data) < HEADER_BYTES:
-            raise CorruptEntry("truncated frame")
+            if data[0] in _OLD_FORMAT_BYTES:
+                raise UnverifiedEntry("frame of an older format (unauthenticated)")
+            return Frame(OBJECT, parse_raw_int(data), None, 0.0)
+        if len(data) < BODY_START:
+            raise UnverifiedEntry("truncated frame")
+        head, mac, body = data[:HEADER_BYTES], data[HEADER_BYTES:BODY_START], data[BODY_START:]
+        if not self._verifies(mac, key, head, body):
+            raise UnverifiedEntry("frame with a bad MAC (another signing key, another key's frame, or forged)")
+        if codec >= PICKLE and not self.pickle_fallback:
+            raise CorruptEntry("pickled value found while PICKLE_FALLBACK is False")
         expires_at = _EXPIRY.unpack_from(data, 1)[0] or None
         delta = _DELTA.unpack_from(data, 1 + _EXPIRY.size)[0]
-        if codec < PICKLE:
-            return Frame(codec, data[HEADER_BYTES:], expires_at, delta)
-        if not self.pickle_fallback:
-            raise CorruptEntry("pickled value found while PICKLE_FALLBACK is False")
-        mac, body = data[HEADER_BYTES : HEADER_BYTES + MAC_BYTES], data[HEADER_BYTES + MAC_BYTES :]
-        if not hmac.compare_digest(mac, self._mac(body)):
-            raise CorruptEntry("pickled value with a bad signature")
         return Frame(codec, body, expires_at, delta)
 
-    def loads(self, data: bytes) -> Any:
-        frame = self.unframe(data)
+    def loads(self, data: bytes, *, key: str) -> Any:
+        frame = self.unframe(data, key=key)
         return self.decode(frame.codec, frame.body)
 
-    def _mac(self, body: bytes) -> bytes:
-        return hashlib.blake2b(body, key=self.signing_key, digest_size=MAC_BYTES).digest()
+    def _verifies(self, mac: bytes, key: str, head: bytes, body: bytes) -> bool:
+        if hmac.compare_digest(mac, self._mac(self.signing_key, key, head, body)):
+            return True
+        return any(hmac.compare_digest(mac, self._mac(old, key, head, body)) for old in self.fallback_keys)
+
+    @staticmethod
+    def _mac(secret: bytes, key: str, head: bytes, body: bytes) -> bytes:
+        # Length-prefixed key: (key, head+body) pairs cannot shift bytes between them.
+        encoded = key.encode()
+        mac = hashlib.blake2b(_KEY_LENGTH.pack(len(encoded)) + encoded + head, key=secret, digest_size=MAC_BYTES)
+        mac.update(body)
+        return mac.digest()

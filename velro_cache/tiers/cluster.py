@@ -184,11 +184,6 @@ class ClusterRedisTier(RedisTier):
             pipe.delete(lease_key(key))
         return sum(self._write_then_announce(pipe.execute, keys, message)[0::2])
 
-    def touch(self, key: str, seconds: float | None, packed_expiry: bytes, message: bytes) -> bool:
-        px = ttl_ms(seconds)
-        args = [-1 if px is None else px, packed_expiry]
-        return bool(self._write_then_announce(lambda: self._touch(keys=[key], args=args), [key], message))
-
     def clear(self, key_prefix: str, message: bytes) -> None:
         """``RedisTier.clear`` as it is: on a cluster its FLUSHDB and SCAN reach every primary.
 

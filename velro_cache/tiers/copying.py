@@ -52,7 +52,12 @@ MAX_PLAN_NODES = 2000
 def plan_copy(value: Any) -> tuple[Reader, int]:
     """The reader for ``value`` and an estimate of its memory in bytes."""
     budget = [MAX_PLAN_NODES]
-    return _plan(value, budget)
+    try:
+        return _plan(value, budget)
+    except RecursionError:
+        # A self-referencing or very deep value (350 levels do it): held
+        # serialized, as LocMemCache holds everything, never a failed set.
+        raise NotPlannable("too deep or self-referencing") from None
 
 
 def _plan(value: Any, budget: list[int]) -> tuple[Reader, int]:

@@ -32,31 +32,55 @@ from ..options import TieredOptions
 from .incarnation import checked
 
 LEASE_PREFIX = "velro_lease:"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
-# Rewrites the expiry stamped in a framed value together with the key's TTL, so
-# a value promoted into an L1 after ``touch`` never outlives its L2 copy.
-# ARGV[1]: new TTL in ms (-1 = none); ARGV[2]: the packed expiry bytes.
-_TOUCH = """
-local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
-local ms = tonumber(ARGV[1])
-local b = string.byte(v, 1)
-if b and b >= 161 and b <= 164 and string.len(v) >= 13 then
-  v = string.sub(v, 1, 1) .. ARGV[2] .. string.sub(v, 10)
-  if ms < 0 then redis.call('SET', KEYS[1], v) else redis.call('SET', KEYS[1], v, 'PX', ms) end
-elseif ms < 0 then
-  redis.call('PERSIST', KEYS[1])
-else
-  redis.call('PEXPIRE', KEYS[1], ms)
-end
+
+class NotACounter:
+    """What ``RedisTier.incr`` returns when INCRBY cannot add (a marker, never instantiated)."""
+
+
+# Replaces a value only if it is still the bytes the client read, so the
+# client can re-sign a frame (``touch`` with a new expiry, ``incr`` past 64
+# bits) without a lock: a concurrent write makes it a no-op (0). Every frame is
+# MAC'd header included, so Redis cannot rewrite one by itself.
+# KEYS: value, lease; ARGV: old bytes, new bytes ('' = keep the value, set the
+# TTL only), ttl ms (-1 = none, -2 = keep the current TTL), channel, message.
+_REPLACE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local ms = tonumber(ARGV[3])
+if ARGV[2] == '' then
+  if ms == -1 then redis.call('PERSIST', KEYS[1]) elseif ms >= 0 then redis.call('PEXPIRE', KEYS[1], ms) end
+elseif ms == -2 then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+elseif ms == -1 then redis.call('SET', KEYS[1], ARGV[2])
+else redis.call('SET', KEYS[1], ARGV[2], 'PX', ms) end
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 """
 
+# SET NX that announces itself: a process may still hold an L1 copy of a key
+# Redis evicted or expired early, and a successful add must drop it. On
+# failure it returns the bytes in the way, so the client can tell a value it
+# cannot verify (a miss to it) from a real one. KEYS: value, lease; ARGV:
+# data, ttl ms (-1 = none), channel, message.
+_ADD = """
+local ok
+if tonumber(ARGV[2]) < 0 then ok = redis.call('SET', KEYS[1], ARGV[1], 'NX')
+else ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') end
+if not ok then return {0, redis.call('GET', KEYS[1])} end
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return {1}
+"""
+
 # INCRBY only on an existing key: Django's contract wants ValueError for a
-# missing key, and checking first from the client would race a delete.
+# missing key, and checking first from the client would race a delete. The
+# result goes back as the stored text: INCRBY's integer reply becomes a Lua
+# number (a double) inside a script, which turns 2**63 - 1 into -2**63.
 _INCR_EXISTING = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return redis.call('GET', KEYS[1])
 """
 
 # Deletes a value only if it is still the given bytes: retiring a corrupt entry
@@ -171,7 +195,8 @@ class RedisTier:
         self._register_scripts(self.client.register_script)
 
     def _register_scripts(self, register: Callable[[str], Any]) -> None:
-        self._touch = register(_TOUCH)
+        self._replace_if_equal = register(_REPLACE_IF_EQUAL)
+        self._add = register(_ADD)
         self._incr = register(_INCR_EXISTING)
         self._delete_if_equal = register(_DELETE_IF_EQUAL)
         self._store_if_leased = register(_STORE_IF_LEASED)
@@ -199,12 +224,11 @@ class RedisTier:
         pipe.publish(self.channel, message)
         pipe.execute()
 
-    def add(self, key: str, data: bytes | int, seconds: float | None) -> bool:
-        """SET NX. No announcement: no process can hold a key L2 does not have."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(key, data, px=ttl_ms(seconds), nx=True)
-        pipe.delete(lease_key(key))
-        return bool(pipe.execute()[0])
+    def add(self, key: str, data: bytes | int, seconds: float | None, message: bytes) -> tuple[bool, bytes | None]:
+        """SET NX, announced when it succeeds; else (False, the bytes in the way)."""
+        px = ttl_ms(seconds)
+        reply = self._add(keys=[key, lease_key(key)], args=[data, -1 if px is None else px, self.channel, message])
+        return (True, None) if reply[0] else (False, reply[1])
 
     def delete_many(self, keys: Sequence[str], message: bytes) -> int:
         """Delete keys and their leases; the number of keys that existed."""
@@ -217,25 +241,39 @@ class RedisTier:
     def delete_if_equal(self, key: str, data: bytes) -> bool:
         return bool(self._delete_if_equal(keys=[key], args=[data]))
 
-    def touch(self, key: str, seconds: float | None, packed_expiry: bytes, message: bytes) -> bool:
-        px = ttl_ms(seconds)
-        pipe = self.client.pipeline(transaction=False)
-        self._touch(keys=[key], args=[-1 if px is None else px, packed_expiry], client=pipe)
-        pipe.publish(self.channel, message)
-        return bool(pipe.execute()[0])
+    def replace_if_equal(self, key: str, old: bytes, new: bytes | int, ttl: int, message: bytes) -> bool:
+        """Write ``new`` (b"" = only the TTL) if the key still holds ``old``; announced.
 
-    def incr(self, key: str, delta: int) -> int | None:
-        """The new value, or None when the key does not exist.
-
-        Raises ``TypeError`` when the stored value is not an integer, as
-        Django's contract asks (Redis says so with a ResponseError).
+        ``ttl``: milliseconds, -1 for none, -2 to keep the current one.
         """
+        args = [old, new, ttl, self.channel, message]
+        return bool(self._replace_if_equal(keys=[key, lease_key(key)], args=args))
+
+    def get_with_ttl(self, key: str) -> tuple[bytes | None, int]:
+        """The value and its PTTL in ms (negative: none), in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        data, pttl = pipe.execute()
+        return data, pttl
+
+    def incr(self, key: str, delta: int) -> int | None | type[NotACounter]:
+        """The new value, None when the key does not exist, or ``NotACounter``.
+
+        ``NotACounter`` when INCRBY cannot do it (the value is not a raw
+        64-bit integer, or the result or ``delta`` leave 64 bits): Python's
+        integers are unbounded, as LocMemCache's are, so the backend then adds
+        on the client and writes back with ``replace_if_equal``.
+        """
+        if not INT64_MIN <= delta <= INT64_MAX:
+            return NotACounter
         try:
-            return self._incr(keys=[key], args=[delta])
+            stored = self._incr(keys=[key], args=[delta])
         except redis.ResponseError as exc:
-            if "not an integer" in str(exc) or "out of range" in str(exc):
-                raise TypeError(f"cannot increment the value at {key!r}: {exc}") from None
+            if "not an integer" in str(exc) or "overflow" in str(exc):
+                return NotACounter
             raise
+        return None if stored is None else int(stored)
 
     def clear(self, key_prefix: str, message: bytes) -> None:
         """Delete this cache's keys: by prefix when there is one, else FLUSHDB as Django does."""
