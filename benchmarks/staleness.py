@@ -38,6 +38,7 @@ class Scenario:
 
 SCENARIOS = (
     Scenario("none", "none"),
+    Scenario("none, no proxy", "none", (("proxied", False),)),  # the proxy's own delay, as a control
     Scenario("none, readers spinning", "none", (("pause", 0.0), ("writers", 1))),
     Scenario("kill", "kill"),
     Scenario("stop", "stop"),

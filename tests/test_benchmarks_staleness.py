@@ -12,7 +12,7 @@ def test_staleness_quick_run_reports_every_scenario(tmp_path):
     markdown, data = load(tmp_path, "staleness")
     rows = section(data, "Stale reads per scenario")["rows"]
     assert [row["scenario"] for row in rows] == [
-        "none", "none, readers spinning", "kill", "stop", "silent-socket", "flush", "restore",
+        "none", "none, no proxy", "none, readers spinning", "kill", "stop", "silent-socket", "flush", "restore",
     ]
     for row in rows:
         assert row["reads"] > 0 and row["operations"] >= row["reads"]

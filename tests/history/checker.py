@@ -141,7 +141,7 @@ def check(events: Iterable[Sequence[Any]]) -> Verdict:
 
 def _judge(read: Op, key_writes: _KeyWrites | None, verdict: Verdict) -> None:
     served = key_writes.by_id.get(read.id) if key_writes is not None else None
-    if served is None or served.kind != "w":
+    if key_writes is None or served is None or served.kind != "w":
         verdict.impossible.append(f"worker {read.worker} read {read.key!r} -> {read.id!r}, which no write of that key stored")
         return
     if served.start > read.end:

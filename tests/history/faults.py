@@ -68,6 +68,7 @@ class Fault:
     name = "none"
     bound = Bound(0.0)
     keys: int | None = None  # how many keys its histories use; None: the run's default (a few)
+    mix: dict[str, int] | None = None  # operation weights; None: the worker's DEFAULT_MIX
 
     def inject(self, target: Target, hold: float) -> None:
         """Start the fault; the run waits ``hold`` seconds (a fault may use them) before ``recover``."""
@@ -97,6 +98,12 @@ class Stop(Fault):
 
     name = "stop"
     bound = Bound(FAULT_BOUND)
+    # Reads far outnumber writes, as on a site: readers then hold every key in
+    # L1 when Redis freezes, and serve it from there while the writers' calls
+    # time out and return. With frequent writes and deletes some reads miss L1,
+    # wait on the frozen Redis, open their breaker and drop L1 early, which
+    # hides the stale copies by chance rather than by design.
+    mix = {"get": 90, "get_many": 5, "set": 3, "set_many": 1, "delete": 1, "delete_many": 0}
 
     def inject(self, target: Target, hold: float) -> None:
         target.server.pause()

@@ -45,15 +45,18 @@ class Plan:
     seed: int
     workers: int = 4
     writers: int = 2  # workers 0..writers-1 write and read; the others only read
+    threads: int = 2  # per worker process, sharing its L1 (a threaded web worker)
     keys: int = 0  # 0: the fault's choice (FAULTS[fault].keys), else DEFAULT_KEYS
     lead: float = 0.6
     hold: float = 1.2
     tail: float = 0.6
     pause: float = 0.001  # at most this long between two operations of one worker
-    mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    proxied: bool = True  # through the TcpProxy (needed by silent-socket); False: straight to redis-server
+    mix: dict[str, int] = field(default_factory=dict)  # empty: the fault's choice (FAULTS[fault].mix), else DEFAULT_MIX
 
     def __post_init__(self) -> None:
         self.keys = self.keys or FAULTS[self.fault].keys or DEFAULT_KEYS
+        self.mix = self.mix or dict(FAULTS[self.fault].mix or DEFAULT_MIX)
 
     @classmethod
     def randomized(cls, seed: int, **overrides: Any) -> Plan:
@@ -65,6 +68,7 @@ class Plan:
             seed=seed,
             workers=rng.randint(3, 4),
             writers=rng.randint(1, 2),
+            threads=rng.randint(1, 3),
             keys=FAULTS[fault].keys or rng.randint(3, 5),
             lead=rng.uniform(0.4, 1.0),
             hold=rng.uniform(0.8, 1.8),
@@ -133,7 +137,7 @@ def run_history(plan: Plan, workdir: Path | None = None) -> Outcome:
         proxy = TcpProxy(server.port)
         stack.callback(proxy.stop)
         stack.callback(proxy.release)
-        workers = start_workers(proxy.url(0), control.url(0), plan.workers)
+        workers = start_workers(proxy.url(0) if plan.proxied else server.url(0), control.url(0), plan.workers)
         for worker in workers:
             stack.callback(worker.stop)
         return _drive(plan, Target(server, proxy, workdir), workers)
@@ -147,7 +151,7 @@ def _drive(plan: Plan, target: Target, workers: list[WorkerProcess]) -> Outcome:
     keys = [f"k{n}" for n in range(plan.keys)]
     for number, (worker, out) in enumerate(zip(workers, outs, strict=True)):
         worker.send(op="run", keys=keys, seed=plan.seed, mix=plan.mix, writes=number < plan.writers,
-                    pause=plan.pause, start_at=start_at, until=until, out=str(out))
+                    threads=plan.threads, pause=plan.pause, start_at=start_at, until=until, out=str(out))
     time.sleep(max(0.0, start_at + plan.lead - time.monotonic()))
     injected = time.monotonic()
     fault.inject(target, plan.hold)

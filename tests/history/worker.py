@@ -29,7 +29,7 @@ import time
 import traceback
 from typing import Any
 
-from tests.support import serve_commands
+from tests.support import run_threads, serve_commands
 
 SECRET_KEY = "velro-cache-tests"  # as tests.settings, so every process's frames verify
 VERSION_KEY = "history:version"
@@ -77,12 +77,12 @@ def _setup(url: str, prefix: str) -> Any:
 class History:
     """The operations of one run, issued and recorded by one worker."""
 
-    def __init__(self, cache: Any, control: Any, worker: int, command: dict[str, Any]) -> None:
+    def __init__(self, cache: Any, control: Any, worker: int, command: dict[str, Any], thread: int = 0) -> None:
         self.cache = cache
         self.control = control
         self.worker = worker
         self.keys: list[str] = command["keys"]
-        self.rng = random.Random(f"{command['seed']}:{worker}")
+        self.rng = random.Random(f"{command['seed']}:{worker}:{thread}")
         mix = command.get("mix") or DEFAULT_MIX
         if not command.get("writes", True):  # a reader: its L1 copies change only by what it hears
             mix = {kind: weight for kind, weight in mix.items() if kind in READS}
@@ -177,15 +177,26 @@ def _version_of(value: Any) -> int | str | None:
 def _handle(cache: Any, control: Any, worker: int, command: dict[str, Any]) -> Any:
     op = command["op"]
     if op == "run":
-        history = History(cache, control, worker, command)
-        history.run(command["start_at"], command["until"])
-        with open(command["out"], "w") as out:
-            json.dump({"events": history.events, "errors": history.errors}, out)
-        return {"events": len(history.events), "errors": len(history.errors)}
+        return _run(cache, control, worker, command)
     if op == "stats":
         stats = cache.stats()
         return {"coherence": stats["l2"]["coherence"], "breaker": stats["l2"]["breaker"]["state"]}
     raise ValueError(f"unknown op {op!r}")
+
+
+def _run(cache: Any, control: Any, worker: int, command: dict[str, Any]) -> dict[str, int]:
+    """Run the history on ``threads`` threads sharing the process's cache, as a threaded web worker serves requests.
+
+    Threads matter: while one request waits out a Redis timeout, the others
+    keep being served from the process's L1, which is when a stale copy shows.
+    """
+    histories = [History(cache, control, worker, command, thread) for thread in range(command.get("threads", 1))]
+    run_threads([lambda history=history: history.run(command["start_at"], command["until"]) for history in histories])
+    events = [event for history in histories for event in history.events]
+    errors = [error for history in histories for error in history.errors]
+    with open(command["out"], "w") as out:
+        json.dump({"events": events, "errors": errors}, out)
+    return {"events": len(events), "errors": len(errors)}
 
 
 def main() -> None:
