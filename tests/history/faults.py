@@ -69,6 +69,7 @@ class Fault:
     bound = Bound(0.0)
     keys: int | None = None  # how many keys its histories use; None: the run's default (a few)
     mix: dict[str, int] | None = None  # operation weights; None: the worker's DEFAULT_MIX
+    quiet: float = 0.0  # seconds before the injection in which no worker writes (reads instead)
 
     def inject(self, target: Target, hold: float) -> None:
         """Start the fault; the run waits ``hold`` seconds (a fault may use them) before ``recover``."""
@@ -98,12 +99,15 @@ class Stop(Fault):
 
     name = "stop"
     bound = Bound(FAULT_BOUND)
-    # Reads far outnumber writes and nothing is deleted, as on a site: readers
-    # then hold every key in L1 when Redis freezes, and serve it from there
-    # while the writers' calls time out and return. With frequent writes and
-    # deletes some reads miss L1, wait on the frozen Redis, open their breaker
-    # and drop L1 early, which hides the stale copies by chance, not by design.
+    # Reads far outnumber writes and nothing is deleted, and Redis freezes
+    # after a short pause in the writes, as on a site where writes are rare:
+    # readers then hold every key in L1 when Redis freezes, and serve it from
+    # there while the writers' calls time out and return. Freezing right after
+    # a write or delete makes some reads miss L1, wait on the frozen Redis,
+    # open their breaker and drop L1 early, which hides the stale copies by
+    # chance (about one history in three), not by design.
     mix = {"get": 90, "get_many": 5, "set": 4, "set_many": 1}
+    quiet = 0.1
 
     def inject(self, target: Target, hold: float) -> None:
         target.server.pause()

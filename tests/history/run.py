@@ -149,10 +149,12 @@ def _drive(plan: Plan, target: Target, workers: list[WorkerProcess]) -> Outcome:
     until = start_at + plan.lead + plan.hold + plan.tail
     outs = [target.workdir / f"worker-{number}.json" for number in range(len(workers))]
     keys = [f"k{n}" for n in range(plan.keys)]
+    inject_at = start_at + plan.lead
+    quiet = [inject_at - fault.quiet, inject_at] if fault.quiet else None
     for number, (worker, out) in enumerate(zip(workers, outs, strict=True)):
         worker.send(op="run", keys=keys, seed=plan.seed, mix=plan.mix, writes=number < plan.writers,
-                    threads=plan.threads, pause=plan.pause, start_at=start_at, until=until, out=str(out))
-    time.sleep(max(0.0, start_at + plan.lead - time.monotonic()))
+                    threads=plan.threads, pause=plan.pause, quiet=quiet, start_at=start_at, until=until, out=str(out))
+    time.sleep(max(0.0, inject_at - time.monotonic()))
     injected = time.monotonic()
     fault.inject(target, plan.hold)
     fault.hold(target, plan.hold)

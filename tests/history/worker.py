@@ -88,6 +88,7 @@ class History:
             mix = {kind: weight for kind, weight in mix.items() if kind in READS}
         self.kinds, self.weights = list(mix), list(mix.values())
         self.pause = command.get("pause", 0.001)
+        self.quiet = tuple(command.get("quiet") or (0.0, 0.0))  # no writes in [from, until): a read instead
         self.events: list[Event] = []
         self.errors: list[str] = []
 
@@ -96,6 +97,8 @@ class History:
             time.sleep(min(0.001, max(0.0, start_at - time.monotonic())))
         while time.monotonic() < until:
             kind = self.rng.choices(self.kinds, self.weights)[0]
+            if kind not in READS and self.quiet[0] <= time.monotonic() < self.quiet[1]:
+                kind = "get"
             getattr(self, f"_{kind}")()
             if self.pause:
                 time.sleep(self.rng.uniform(0, self.pause))
