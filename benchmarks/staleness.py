@@ -84,11 +84,11 @@ def one_trial(fault: str, workdir: Path, number: int) -> float:
     """Seconds the reader served the replaced value after the write (or the fault)."""
     sys.path.insert(0, str(ROOT))
     from tests.redis_server import RedisServer
-    from tests.tcp_proxy import TcpProxy
+    from tests.tcp_proxy import SilencingProxy
 
     server = RedisServer(workdir)
     server.start()
-    proxy = TcpProxy(server.port)
+    proxy = SilencingProxy(server.port)
     prefix = f"stale-{number}"
     reader = _reader(proxy.url() if fault == "silent socket" else server.url(), prefix)
     writer = _writer(server.url(), prefix)

@@ -25,7 +25,7 @@ import pytest
 from tests.cache_worker import Worker
 from tests.settings import redis_url
 from tests.support import eventually
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import SilencingProxy
 from velro_cache.tiers import process
 
 pytestmark = pytest.mark.django_db(databases=[])
@@ -83,7 +83,7 @@ def test_get_or_set_in_a_request_after_a_delete_loads_again(workers):
 
 @pytest.fixture
 def proxy(own_redis):
-    proxy = TcpProxy(own_redis.port)
+    proxy = SilencingProxy(own_redis.port)
     yield proxy
     proxy.close()
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.support import eventually
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import SilencingProxy
 from velro_cache.tiers.memory import MISSING
 
 pytestmark = pytest.mark.django_db(databases=[])
@@ -37,7 +37,7 @@ def last_stale_read(cache, key: str, stale: str, since: float, seconds: float = 
 
 @pytest.fixture
 def proxy(own_redis):
-    proxy = TcpProxy(own_redis.port)
+    proxy = SilencingProxy(own_redis.port)
     yield proxy
     proxy.close()
 
