@@ -251,11 +251,11 @@ def test_a_rolled_back_revoke_changes_nothing(generation, team):
     assert authz.authorize(viewer, generation, "read")
 
 
-def test_explicit_bumps_for_writes_without_signals(generation, team):
+def test_writes_without_signals_are_captured_and_explicit_bumps_still_work(generation, team):
     viewer = member(team, Role.VIEWER)
     assert authz.authorize(viewer, generation, "read")
-    TeamMembership.objects.filter(user=viewer).update(role="nobody")  # no signal
-    assert authz.authorize(viewer, generation, "read")  # stale until told
+    TeamMembership.objects.filter(user=viewer).update(role="nobody")  # no signal: write capture bumps
+    assert not authz.authorize(viewer, generation, "read")
     authz.invalidate_user(viewer)
     assert not authz.authorize(viewer, generation, "read")
     TeamMembership.objects.filter(user=viewer).update(role=Role.VIEWER)
@@ -371,6 +371,7 @@ identities = st.tuples(
 class _Named:
     def __init__(self, key_name: str) -> None:
         self.key_name = key_name
+        self.fingerprint = "f1ngerpr"
 
 
 def key_of(identity) -> str:

@@ -1,4 +1,4 @@
-"""The Django app: registers the system checks when Django starts."""
+"""The Django app: registers the system checks and installs write capture when Django starts."""
 
 from django.apps import AppConfig
 
@@ -10,7 +10,10 @@ class VelroCacheConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the checks)
+        from .conf import settings
         from .db import schedule, writes  # noqa: F401  (connect the view refreshes after writes and on a schedule)
-        from .invalidation import load_declarations
+        from .invalidation import capture, load_declarations
 
         load_declarations()  # the modules VELRO_CACHE["INVALIDATION"] names
+        if settings.CAPTURE_WRITES:
+            capture.enable()  # every statement on every connection, this one and those to come
