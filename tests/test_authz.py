@@ -420,3 +420,25 @@ def test_checks_report_bad_settings_and_declarations():
     problems = Broken(Generation).problems()
     assert len(problems) == 2 and "'nobody'" in problems[0] and "'squad'" in problems[1]
     assert authz.registry.for_model(Generation).problems() == []
+
+
+def test_a_policy_tightened_in_settings_never_reads_decisions_cached_under_the_old_one(generation, team):
+    """A deploy that raises "read" to editors: the viewer's cached allow (in Redis, in L1) is under another key."""
+    from studio.permissions import GenerationPolicy
+
+    viewer = member(team, Role.VIEWER)
+    assert authz.authorize(viewer, generation, "read")  # cached under the current policy's fingerprint
+
+    class Tightened(GenerationPolicy):
+        actions = {**GenerationPolicy.actions, "read": Role.EDITOR}
+
+    original = authz.registry.for_model(Generation)
+    authz.registry.unregister(Generation)
+    try:
+        tightened = authz.registry.register(Generation, Tightened)
+        assert tightened.fingerprint != original.fingerprint
+        assert not authz.authorize(viewer, generation, "read")
+    finally:
+        authz.registry.unregister(Generation)
+        authz.registry._policies[Generation] = original
+    assert authz.authorize(viewer, generation, "read")
