@@ -146,7 +146,8 @@ def _report(args: argparse.Namespace, plan: dict[str, int], database: str, cache
             "median µs off": round(off_s["median µs"], 1), "median µs on": round(on_s["median µs"], 1),
             "p90 µs off": round(off_s["p90 µs"], 1), "p90 µs on": round(on_s["p90 µs"], 1),
         })
-    report.table("Per write", ["path", "queries off", "queries on", "extra", "median µs off", "median µs on", "p90 µs off", "p90 µs on"], rows, [
+    columns = ["path", "queries off", "queries on", "extra", "median µs off", "median µs on", "p90 µs off", "p90 µs on"]
+    report.table("Per write", columns, rows, [
         "Time on includes the retirement the write schedules (namespace tokens written to L1 and Redis, "
         "applied at once in autocommit); off retires nothing, which is what made those paths stale.",
     ])

@@ -34,7 +34,9 @@ def test_the_tables_a_statement_writes(sql, tables):
     assert capture.tables_written(sql) == tables
 
 
-@pytest.mark.parametrize("sql", ["SELECT 1", "  select * from studio_generation for update", "SAVEPOINT s1", "RELEASE SAVEPOINT s1", "SET x = 1"])
+@pytest.mark.parametrize(
+    "sql", ["SELECT 1", "  select * from studio_generation for update", "SAVEPOINT s1", "RELEASE SAVEPOINT s1", "SET x = 1"]
+)
 def test_reads_and_transaction_control_are_not_writes(sql):
     assert capture.write_verb(sql) is None
 
