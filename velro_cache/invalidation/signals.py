@@ -1,4 +1,10 @@
-"""Model signals -> retirements scheduled for commit.
+"""Declared invalidation's side of write capture, and the signals that see relations.
+
+``DeclarationSubscriber`` hears every write from ``capture``: a saved or
+deleted row with its old values read from the database (precise: the
+declarations' namespaces for the old row and the new one, nothing when no
+declared field changed), or a table written with rows unknown (coarse: the
+data types the model's declarations use).
 
 Receivers are connected per registered model (and its subclasses and
 proxies), not for every model: a ``post_delete`` receiver stops Django from
