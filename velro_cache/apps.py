@@ -17,3 +17,7 @@ class VelroCacheConfig(AppConfig):
         load_declarations()  # the modules VELRO_CACHE["INVALIDATION"] names
         if settings.CAPTURE_WRITES:
             capture.enable()  # every statement on every connection, this one and those to come
+        if settings.LISTEN_EXTERNAL_WRITES:
+            from .db import notify
+
+            notify.enable()  # writes made outside Django, announced by CaptureWrites triggers
