@@ -88,3 +88,19 @@ def test_a_rolled_back_write_retires_nothing_and_a_committed_one_retires_on_comm
             raise RuntimeError
         assert namespaces.current_tokens(own_cache, [f"team:{team.pk}", "team"]) == token  # not before the commit
     assert namespaces.current_tokens(own_cache, ["team"]) != token[1:]
+
+
+def test_a_raw_write_to_an_m2m_through_table_retires_the_model_and_add_is_left_to_m2m_changed(own_cache):
+    """auth_user_groups is part of what User's declarations read: a raw INSERT retires User's data types."""
+    from django.contrib.auth.models import Group, User
+
+    from velro_cache import namespaces
+
+    user, group = baker.make(User), baker.make(Group)
+    before = namespaces.current_tokens(own_cache, ["session"])
+    user.groups.add(group)  # m2m_changed retires precisely (no declared field: nothing); its INSERT is covered
+    assert namespaces.current_tokens(own_cache, ["session"]) == before
+    other = baker.make(Group)
+    with connection.cursor() as cursor:
+        cursor.execute("insert into auth_user_groups (user_id, group_id) values (%s, %s)", [user.pk, other.pk])
+    assert namespaces.current_tokens(own_cache, ["session"]) != before
