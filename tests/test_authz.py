@@ -251,11 +251,11 @@ def test_a_rolled_back_revoke_changes_nothing(generation, team):
     assert authz.authorize(viewer, generation, "read")
 
 
-def test_explicit_bumps_for_writes_without_signals(generation, team):
+def test_writes_without_signals_are_captured_and_explicit_bumps_still_work(generation, team):
     viewer = member(team, Role.VIEWER)
     assert authz.authorize(viewer, generation, "read")
-    TeamMembership.objects.filter(user=viewer).update(role="nobody")  # no signal
-    assert authz.authorize(viewer, generation, "read")  # stale until told
+    TeamMembership.objects.filter(user=viewer).update(role="nobody")  # no signal: write capture bumps
+    assert not authz.authorize(viewer, generation, "read")
     authz.invalidate_user(viewer)
     assert not authz.authorize(viewer, generation, "read")
     TeamMembership.objects.filter(user=viewer).update(role=Role.VIEWER)
@@ -371,6 +371,7 @@ identities = st.tuples(
 class _Named:
     def __init__(self, key_name: str) -> None:
         self.key_name = key_name
+        self.fingerprint = "f1ngerpr"
 
 
 def key_of(identity) -> str:
@@ -419,3 +420,25 @@ def test_checks_report_bad_settings_and_declarations():
     problems = Broken(Generation).problems()
     assert len(problems) == 2 and "'nobody'" in problems[0] and "'squad'" in problems[1]
     assert authz.registry.for_model(Generation).problems() == []
+
+
+def test_a_policy_tightened_in_settings_never_reads_decisions_cached_under_the_old_one(generation, team):
+    """A deploy that raises "read" to editors: the viewer's cached allow (in Redis, in L1) is under another key."""
+    from studio.permissions import GenerationPolicy
+
+    viewer = member(team, Role.VIEWER)
+    assert authz.authorize(viewer, generation, "read")  # cached under the current policy's fingerprint
+
+    class Tightened(GenerationPolicy):
+        actions = {**GenerationPolicy.actions, "read": Role.EDITOR}
+
+    original = authz.registry.for_model(Generation)
+    authz.registry.unregister(Generation)
+    try:
+        tightened = authz.registry.register(Generation, Tightened)
+        assert tightened.fingerprint != original.fingerprint
+        assert not authz.authorize(viewer, generation, "read")
+    finally:
+        authz.registry.unregister(Generation)
+        authz.registry._policies[Generation] = original
+    assert authz.authorize(viewer, generation, "read")

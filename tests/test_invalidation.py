@@ -7,6 +7,8 @@ point, and a test-case transaction never commits.
 
 from __future__ import annotations
 
+import secrets
+
 import threading
 import uuid
 from contextlib import suppress
@@ -216,6 +218,9 @@ def test_a_save_of_fields_nothing_depends_on_retires_nothing(django_assert_num_q
         token.save(update_fields=["last_used_at"])  # every ApiToken declaration lists fields without it
         with django_assert_num_queries(0):
             assert cached_read(key, lambda: "reloaded") == "cached"
+        token.save(update_fields=["key"])  # saved unchanged: the database row says nothing changed
+        assert cached_read(key, lambda: "reloaded") == "cached"
+        token.key = secrets.token_hex(20)
         token.save(update_fields=["key"])
         assert cached_read(key, lambda: "reloaded") == "reloaded"
     finally:
@@ -280,18 +285,28 @@ def test_queryset_update_through_the_mixin_sees_old_and_new_values(generation, t
     assert (prompt(generation.pk), team_feed(team_a.pk), team_feed(team_b.pk)) == ("moved", [], [generation.pk])
 
 
+@pytest.mark.parametrize("shape", ["values", "values_list"])
+def test_an_update_after_values_through_the_mixin_commits_and_invalidates(generation, team_a, team_b, shape):
+    """It raised AttributeError (a dict has no pk) and rolled the update back."""
+    assert (prompt(generation.pk), team_feed(team_b.pk)) == ("first", [])
+    rows = getattr(invalidating(Generation.objects).filter(pk=generation.pk), shape)("prompt").update(team=team_b, prompt="moved")
+    assert rows == 1
+    assert (prompt(generation.pk), team_feed(team_a.pk), team_feed(team_b.pk)) == ("moved", [], [generation.pk])
+
+
 def test_the_queryset_class_itself_invalidates(generation):
     assert prompt(generation.pk) == "first"
     InvalidatingQuerySet(Generation).filter(pk=generation.pk).update(prompt="second")
     assert prompt(generation.pk) == "second"
 
 
-def test_a_plain_update_sends_no_signal_and_raw_sql_needs_the_explicit_api(generation):
+def test_a_plain_update_and_raw_sql_are_captured_and_the_explicit_api_still_works(generation):
     assert prompt(generation.pk) == "first"
-    Generation.objects.filter(pk=generation.pk).update(prompt="plain")
-    assert prompt(generation.pk) == "first"  # documented: bulk paths must go through the mixin or invalidate()
+    Generation.objects.filter(pk=generation.pk).update(prompt="plain")  # no signal: write capture sees the UPDATE
+    assert prompt(generation.pk) == "plain"
     with connection.cursor() as cursor:
         cursor.execute("UPDATE studio_generation SET prompt = %s WHERE id = %s", ["raw", generation.pk])
+    assert prompt(generation.pk) == "raw"
     velro_cache.invalidate(generation)
     assert prompt(generation.pk) == "raw"
 

@@ -8,6 +8,7 @@ import uuid
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from model_bakery import baker
 
 from studio.models import Generation, Team
@@ -27,13 +28,24 @@ def run(*args: str) -> tuple[str, str]:
     return out.getvalue(), err.getvalue()
 
 
+def behind_the_apps_back(sql: str, params: list) -> None:
+    """A write on a DB-API connection of its own, as psql would make it: Django's write capture never sees it."""
+    raw = connection.get_new_connection(connection.get_connection_params())
+    try:
+        cursor = raw.cursor()
+        cursor.execute(sql.replace("%s", "?") if connection.vendor == "sqlite" else sql, params)
+        raw.commit()
+    finally:
+        raw.close()
+
+
 @pytest.fixture
 def stale_generation():
     """A generation whose row changed behind the app's back: the cache still has the old prompt."""
     team = baker.make(Team)
     generation = baker.make(Generation, prompt="first", team=team)
     assert generation_meta(generation.pk)["prompt"] == "first"
-    Generation.objects.filter(pk=generation.pk).update(prompt="changed in psql")
+    behind_the_apps_back("UPDATE studio_generation SET prompt = %s WHERE id = %s", ["changed in psql", generation.pk])
     assert generation_meta(generation.pk)["prompt"] == "first"
     return generation
 

@@ -1,4 +1,4 @@
-"""The Django app: registers the system checks and the request-start confirmation when Django starts."""
+"""The Django app: registers the system checks, installs write capture and the request-start confirmation when Django starts."""
 
 from django.apps import AppConfig
 
@@ -10,8 +10,15 @@ class VelroCacheConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks, freshness  # noqa: F401  (registers the checks)
+        from .conf import settings
         from .db import schedule, writes  # noqa: F401  (connect the view refreshes after writes and on a schedule)
-        from .invalidation import load_declarations
+        from .invalidation import capture, load_declarations
 
         load_declarations()  # the modules VELRO_CACHE["INVALIDATION"] names
         freshness.connect()  # read-your-writes at every request's start
+        if settings.CAPTURE_WRITES:
+            capture.enable()  # every statement on every connection, this one and those to come
+        if settings.LISTEN_EXTERNAL_WRITES:
+            from .db import notify
+
+            notify.enable()  # writes made outside Django, announced by CaptureWrites triggers

@@ -67,7 +67,7 @@ def check_ttl_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
     return _settings_problems(current_settings(), ("E010", "E011", "E013", "E020", "E021", "E022", "E023", "W020"))
 
 
-# -- invalidation (E024-E027) ----------------------------------------------------------------------
+# -- invalidation (E024-E029; E028/E029 come from the settings parse) -----------------------------------------
 
 
 @register()

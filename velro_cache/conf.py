@@ -79,10 +79,16 @@ class VelroSettings:
     # Each TTL is multiplied by a random 1 ± TTL_JITTER.
     TTL_JITTER: float = 0.1
 
-    # -- invalidation (checks E024-E027) --
+    # -- invalidation (checks E024-E029) --
     # Modules to import at startup that declare model -> cached data
     # dependencies (velro_cache.invalidation.register).
     INVALIDATION: tuple[str, ...] = ()
+    # Write capture (velro_cache.invalidation.capture): every statement on a
+    # table that feeds cached data or decisions is seen. Off only to measure it.
+    CAPTURE_WRITES: bool = True
+    # Listen for writes made outside Django to tables migrated with
+    # velro_cache.db.operations.CaptureWrites (PostgreSQL NOTIFY).
+    LISTEN_EXTERNAL_WRITES: bool = False
     # The cache that cached reads and invalidations use.
     CACHE_ALIAS: str = "default"
 
@@ -233,7 +239,8 @@ def _ttl_and_key_settings(raw: dict[str, Any], problems: list[Problem]) -> dict[
 
 
 def _invalidation_settings(raw: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
-    """E024 (modules that are not dotted paths are left out) and E026 (an alias that is not a name).
+    """E024 (modules that are not dotted paths are left out), E026 (an alias that is not a name),
+    E028/E029 (CAPTURE_WRITES / LISTEN_EXTERNAL_WRITES not a bool).
 
     Whether the modules exist and the alias is in CACHES is checked against the
     project by ``velro_cache.checks`` (E025, E026), not here.
@@ -246,7 +253,9 @@ def _invalidation_settings(raw: dict[str, Any], problems: list[Problem]) -> dict
     if not isinstance(alias, str):
         problems.append(_error("E026", f"VELRO_CACHE['CACHE_ALIAS'] must be the name of a cache in CACHES, got {alias!r}."))
         alias = DEFAULTS.CACHE_ALIAS
-    return {"INVALIDATION": tuple(modules), "CACHE_ALIAS": alias}
+    capture = _checked(raw, "CAPTURE_WRITES", lambda v: isinstance(v, bool), problems, "E028", "True or False")
+    listen = _checked(raw, "LISTEN_EXTERNAL_WRITES", lambda v: isinstance(v, bool), problems, "E029", "True or False")
+    return {"INVALIDATION": tuple(modules), "CACHE_ALIAS": alias, "CAPTURE_WRITES": capture, "LISTEN_EXTERNAL_WRITES": listen}
 
 
 # -- materialized views (L3) ----------------------------------------------------------------

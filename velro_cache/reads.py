@@ -42,7 +42,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
 from .invalidation.retirement import resolve_cache
 from .invalidation.transactions import dirty_namespaces
-from .keys import SEPARATOR, KeyLike, as_key
+from .keys import SEPARATOR, KeyLike, as_key, data_type_segment
 from .namespaces import TOKEN_KEY_TYPE, current_tokens, levels, stamp, token_key
 from .ttl import base_ttl, record_read, ttl_for
 
@@ -198,7 +198,10 @@ def _namespaces(key: KeyLike, tags: Iterable[KeyLike] = ()) -> tuple[str, tuple[
     if tags:
         if isinstance(tags, str):
             tags = (tags,)
-        names = tuple(dict.fromkeys([*names, *(as_key(tag) for tag in tags)]))
+        # A tag carries its data type's token too, so retiring the data type
+        # (a model's coarse retirement: a write whose rows are unknown) reaches it.
+        tagged = [as_key(tag) for tag in tags]
+        names = tuple(dict.fromkeys([*names, *(part for tag in tagged for part in (data_type_segment(tag), tag))]))
     return logical, names
 
 

@@ -4,8 +4,8 @@
 - ``api``: ``authorize``, ``authorize_many``, ``role_for``, explicit bumps.
 - ``context``: the per-request context (versions read once per request).
 - ``decisions``: decision keys, the lookup through the cache, the one query on a miss.
-- ``versions``: the per-user and global version tokens.
-- ``invalidation``: model signals -> bumps on commit.
+- ``versions``: the per-user and global version tokens (namespace tokens).
+- ``invalidation``: write capture -> bumps on commit.
 - ``middleware`` / ``backends``: ``request.authz`` and ``user.has_perm(perm, obj)``.
 
 See docs/authorization.md.

@@ -1,7 +1,9 @@
 """Decisions: their keys, the lookup through the cache, and the database answer on a miss.
 
-A decision key is ``auth:user:<id>:v:<user token>:<global token>:<model>:<pk>:<action>``
-holding ``True`` or ``False`` (denies are cached too). The tokens make every
+A decision key is ``auth:user:<id>:v:<user token>:<global token>:<model>:<policy fingerprint>:<pk>:<action>``
+holding ``True`` or ``False`` (denies are cached too). The fingerprint is a
+digest of the policy (roles, actions, owner, sources): a tightened policy
+names other keys. The tokens make every
 key a user's decisions were cached under unreachable once that user's (or
 the global) version is bumped. On a miss the user's role on the object comes
 from the database (``ObjectPolicy.roles_of``: one query for any number of
@@ -32,7 +34,7 @@ def key_prefix(user_id: Any, user_token: str, global_token: str) -> str:
 
 def decision_key(prefix: str, policy: ObjectPolicy, pk: Any, action: str) -> str:
     # build_key joins normalized parts, so prefix + ":" + suffix == build_key(all parts).
-    return prefix + SEPARATOR + build_key(policy.key_name, pk, action)
+    return prefix + SEPARATOR + build_key(policy.key_name, policy.fingerprint, pk, action)
 
 
 def computed(policy: ObjectPolicy, user_id: Any, pks: Sequence[Any], action: str) -> dict[Any, bool]:

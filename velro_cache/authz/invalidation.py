@@ -1,101 +1,57 @@
-"""Model signals -> version bumps on commit, for every path that grants or revokes.
+"""Every write that can grant or revoke -> version bumps on commit, through write capture.
 
-Connected when a policy is registered, for exactly the models that decide
-roles:
+``velro_cache.invalidation.capture`` sees every statement on the tables that
+decide roles (the protected models, the role sources, the user model; proxies
+and multi-table children by their concrete model) and tells this subscriber:
 
-- the protected model: its owner changed (bump old and new owner), a field a
-  role source joins on changed (a generation moved to another team: bump the
-  members of both teams: decisions are per (user, object) and every one of
-  them changed; a team move is rare, so this keeps the per-request read at
-  two tokens instead of adding per-team or per-object tokens to every check);
-- each role source (memberships, shares): a row saved or deleted (bump its
-  user, and the previous user when the row was moved);
-- the user model: ``is_active`` or ``is_superuser`` changed (bump the user).
+- ``row_changed(model, before, after)``: a ``save()`` (``before`` read from
+  the database in the same transaction, locked, never what the instance
+  remembered) or a deleted row (``after`` is None). Bumped: a protected
+  object's old and new owner, and the role-source users of its old and new
+  ``via`` values (a generation moved to another team: the members of both);
+  when it is deleted, its owner and those users too (a pk reused later must
+  not inherit their decisions); a role source row's old and new user; a user
+  whose ``is_active``/``is_superuser`` changed or who is deleted.
+- ``table_written(model, verb, sql)``: rows unknown (``QuerySet.update``,
+  ``bulk_update``, ``bulk_create``, raw SQL): the global version is bumped,
+  unless the statement is an ``UPDATE`` that names none of the columns that
+  decide roles (``UPDATE auth_user SET last_login = ...``), or an ``INSERT``
+  of protected objects or users (new rows carry no cached decision).
 
-Deleting a team cascades to its memberships, whose deletes bump their users.
-Values at load time are remembered in ``post_init`` (only those already
-loaded: a deferred field is never fetched for this); when unknown, a save
-bumps anyway. Writes that send no signal call ``authz.invalidate_user``.
+Bumps are scheduled with ``velro_cache.invalidation.transactions`` (the one
+"remember, then act on commit" module), so a rollback bumps nothing.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db.models import signals
+from django.db import models
 
+from ..invalidation import capture
 from . import versions
 from .context import note_bump
 from .policy import ObjectPolicy, RoleSource, registry
 
-LOADED = "_velro_authz_loaded"
-_UNKNOWN = object()
 USER_FLAGS = ("is_active", "is_superuser")
 
 
-def _remember(instance: Any, attnames: tuple[str, ...]) -> None:
-    instance.__dict__[LOADED] = {name: instance.__dict__.get(name, _UNKNOWN) for name in attnames}
-
-
-def _before(instance: Any, attname: str) -> Any:
-    return instance.__dict__.get(LOADED, {}).get(attname, _UNKNOWN)
-
-
-def _changed(instance: Any, attname: str) -> bool:
-    return _before(instance, attname) != instance.__dict__.get(attname, _UNKNOWN) or _before(instance, attname) is _UNKNOWN
-
-
 def _bump(user_ids: set[Any], using: str) -> None:
-    """Bump these users; when one of them cannot be known (a deferred field), everyone."""
-    if _UNKNOWN in user_ids:
-        versions.bump_global(using)
-        note_bump()
-        return
     user_ids.discard(None)
     if user_ids:
         versions.bump_users(user_ids, using)
         note_bump()
 
 
-def _touches(update_fields: Any, attnames: set[str], instance: Any) -> bool:
-    if update_fields is None:
-        return True
-    names = set()
-    for name in update_fields:
-        field = instance._meta.get_field(name)
-        names |= {field.name, field.attname}
-    return bool(names & attnames)
-
-
-# -- the protected model ------------------------------------------------------------------
-
-
-class ProtectedModelWatcher:
-    def __init__(self, policy: ObjectPolicy) -> None:
-        self.policy = policy
-        self.owner = policy.owner_attname()
-        self.vias = {policy.model._meta.get_field(s.via).attname: s for s in policy.sources if s.via != "pk"}
-        self.attnames = tuple(filter(None, [self.owner, *self.vias]))
-
-    def loaded(self, sender: Any, instance: Any, **kwargs: Any) -> None:
-        _remember(instance, self.attnames)
-
-    def saved(self, sender: Any, instance: Any, created: bool, update_fields: Any, using: str, **kwargs: Any) -> None:
-        if not created and _touches(update_fields, set(self.attnames), instance):
-            users: set[Any] = set()
-            if self.owner and _changed(instance, self.owner):
-                users |= {_before(instance, self.owner), getattr(instance, self.owner)}
-            for attname, source in self.vias.items():
-                if _changed(instance, attname):
-                    users |= _source_users(source, {_before(instance, attname), getattr(instance, attname)}, using)
-            _bump(users, using)
-        _remember(instance, self.attnames)
+def _bump_everyone(using: str) -> None:
+    versions.bump_global(using)
+    note_bump()
 
 
 def _source_users(source: RoleSource, values: set[Any], using: str) -> set[Any]:
-    if _UNKNOWN in values:
-        return {_UNKNOWN}  # cannot tell which team it left: _bump falls back to a global bump
+    """The users a role source gives a role through these ``via`` values (one query)."""
     values.discard(None)
     if not values:
         return set()
@@ -103,55 +59,102 @@ def _source_users(source: RoleSource, values: set[Any], using: str) -> set[Any]:
     return set(rows.values_list(source.user_attname(), flat=True))
 
 
-# -- role sources and users ---------------------------------------------------------------
+def _value(row: models.Model | None, attname: str) -> Any:
+    return None if row is None else row.__dict__.get(attname, getattr(row, attname, None))
 
 
-class SourceWatcher:
-    def __init__(self, source: RoleSource) -> None:
-        self.user = source.user_attname()
-
-    def loaded(self, sender: Any, instance: Any, **kwargs: Any) -> None:
-        _remember(instance, (self.user,))
-
-    def saved(self, sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
-        _bump({_before(instance, self.user), getattr(instance, self.user)}, using)
-        _remember(instance, (self.user,))
-
-    def deleted(self, sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
-        _bump({getattr(instance, self.user), _before(instance, self.user)}, using)
+def _concrete(model: type[models.Model]) -> type[models.Model]:
+    return model._meta.concrete_model or model
 
 
-class UserWatcher:
-    def __init__(self) -> None:
-        self.flags = tuple(name for name in USER_FLAGS if any(f.attname == name for f in get_user_model()._meta.concrete_fields))
-
-    def loaded(self, sender: Any, instance: Any, **kwargs: Any) -> None:
-        _remember(instance, self.flags)
-
-    def saved(self, sender: Any, instance: Any, created: bool, update_fields: Any, using: str, **kwargs: Any) -> None:
-        touched = not created and _touches(update_fields, set(self.flags), instance)
-        if touched and any(_changed(instance, name) for name in self.flags):
-            _bump({instance.pk}, using)
-        _remember(instance, self.flags)
+def _names_any(sql: str, columns: set[str]) -> bool:
+    """Whether an ``UPDATE`` may set one of these columns (a word match: false positives only cost a bump)."""
+    if not sql:
+        return True
+    return any(re.search(rf"\b{re.escape(column)}\b", sql, re.IGNORECASE) for column in columns)
 
 
-# -- wiring -------------------------------------------------------------------------------
+class AuthorizationSubscriber:
+    """Bumps for every path that grants or revokes (see the module docstring)."""
 
-def _connect(model: Any, watcher: Any, uid: str) -> None:
-    signals.post_init.connect(watcher.loaded, sender=model, weak=False, dispatch_uid=f"velro_authz:init:{uid}")
-    signals.post_save.connect(watcher.saved, sender=model, weak=False, dispatch_uid=f"velro_authz:save:{uid}")
-    if hasattr(watcher, "deleted"):
-        signals.post_delete.connect(watcher.deleted, sender=model, weak=False, dispatch_uid=f"velro_authz:delete:{uid}")
+    def watched_models(self) -> list[type[models.Model]]:
+        found: list[type[models.Model]] = []
+        for policy in registry.policies():
+            found += [policy.model, *(source.model for source in policy.sources)]
+        if found:
+            found.append(get_user_model())
+        return found
+
+    # -- rows known ---------------------------------------------------------------------
+    def row_changed(self, model: type[models.Model], before: models.Model | None, after: models.Model | None, using: str) -> None:
+        users: set[Any] = set()
+        for policy in registry.policies():
+            if _concrete(policy.model) is model:
+                users |= self._protected(policy, before, after, using)
+            for source in policy.sources:
+                if _concrete(source.model) is model and (before is None or after is None or self._source_moved(source, before, after)):
+                    users |= {_value(before, source.user_attname()), _value(after, source.user_attname())}
+        if _concrete(get_user_model()) is model and before is not None:
+            if after is None or any(_value(before, flag) != _value(after, flag) for flag in self._flags()):
+                users.add(before.pk)
+        _bump(users, using)
+
+    def _protected(self, policy: ObjectPolicy, before: Any, after: Any, using: str) -> set[Any]:
+        if before is None:
+            return set()  # a new object: nobody has a decision cached for it (its pk was retired when deleted)
+        users: set[Any] = set()
+        owner = policy.owner_attname()
+        if owner and (after is None or _value(before, owner) != _value(after, owner)):
+            users |= {_value(before, owner), _value(after, owner)}
+        for source in policy.sources:
+            if source.via == "pk":
+                if after is None:
+                    users |= _source_users(source, {before.pk}, using)
+                continue
+            via = policy.model._meta.get_field(source.via).attname
+            if after is None or _value(before, via) != _value(after, via):
+                users |= _source_users(source, {_value(before, via), _value(after, via)}, using)
+        return users
+
+    @staticmethod
+    def _source_moved(source: RoleSource, before: Any, after: Any) -> bool:
+        names = [source.user_attname(), source.match_attname(), source.model._meta.get_field(source.role).attname]
+        return any(_value(before, name) != _value(after, name) for name in names)
+
+    @staticmethod
+    def _flags() -> tuple[str, ...]:
+        attnames = {f.attname for f in get_user_model()._meta.concrete_fields}
+        return tuple(name for name in USER_FLAGS if name in attnames)
+
+    # -- rows unknown -------------------------------------------------------------------
+    def table_written(self, model: type[models.Model], verb: str, sql: str, using: str) -> None:
+        concrete = _concrete(model)
+        deciding: set[str] = set()
+        sources = False
+        for policy in registry.policies():
+            if _concrete(policy.model) is concrete:
+                vias = (policy.model._meta.get_field(s.via).column for s in policy.sources if s.via != "pk")
+                deciding |= {policy.owner_attname() or "", *vias}
+            if any(_concrete(source.model) is concrete for source in policy.sources):
+                sources = True
+        if _concrete(get_user_model()) is concrete:
+            deciding |= set(self._flags())
+        deciding.discard("")
+        if sources:
+            _bump_everyone(using)  # a grant, a revoke, a move: rows unknown
+        elif verb == "INSERT":
+            return  # new protected objects or users carry no cached decision
+        elif verb != "UPDATE" or _names_any(sql, deciding):
+            _bump_everyone(using)
+
+
+subscriber = AuthorizationSubscriber()
 
 
 def watch(policy: ObjectPolicy) -> None:
-    """Connect the bumps a newly registered policy needs (idempotent per model)."""
-    label = policy.model._meta.label
-    _connect(policy.model, ProtectedModelWatcher(policy), f"object:{label}")
-    for source in policy.sources:
-        _connect(source.model, SourceWatcher(source), f"source:{source.model._meta.label}:{source.user}")
-    user_model = get_user_model()
-    _connect(user_model, UserWatcher(), f"user:{user_model._meta.label}")
+    """A policy registered: its models are watched from now on."""
+    capture.changed()
 
 
 registry.on_register.append(watch)
+capture.subscribe(subscriber)

@@ -29,6 +29,7 @@ from django.db import models
 from django.db.models import Case, OuterRef, Subquery, Value, When
 
 from ..exceptions import AlreadyRegistered, NotRegistered
+from ..keys import digest
 
 DEFAULT_ROLES = ("viewer", "editor", "owner")
 DEFAULT_ACTIONS = {"read": "viewer", "media": "viewer", "write": "editor", "delete": "owner", "share": "owner"}
@@ -133,6 +134,18 @@ class ObjectPolicy:
         self._required = {action: self.rank(role) for action, role in self.actions.items()}
         self.key_name = self.key_name or model._meta.label_lower
         self.sources = tuple(self.sources)
+        self.fingerprint = self._fingerprint()
+
+    def _fingerprint(self) -> str:
+        """A digest of what decides: roles, action map, owner, sources. In every decision key, so a
+        policy changed in settings (a deploy) never reads decisions cached under the old one."""
+        sources = [
+            (str(s._model if isinstance(s._model, str) else s._model._meta.label), s.match, s.via, s.user, s.role,
+             sorted((s.roles or {}).items()) if s.roles is not None else None)
+            for s in self.sources
+        ]
+        described = repr((self.roles, sorted(self._required.items()), self.owner, self.owner_role, sources))
+        return digest(described.encode())[:8]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} for {self.model._meta.label}>"

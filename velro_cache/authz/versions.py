@@ -1,38 +1,45 @@
 """Authorization version tokens: what makes a committed revoke win over every L1.
 
 Every cached decision's key embeds two tokens: the user's and a global one.
-A request reads both once, from Redis (``fetch_authoritative``, never L1), so
-a request that starts after a bump cannot even name an old decision.
+They are namespace tokens (``velro_cache.namespaces``: the one token
+mechanism), of the namespaces ``authz:user:<id>`` and ``authz`` (the data type itself,
+so a retirement coarsened to the data type bumps everyone). A
+request reads both once, from Redis (``fetch_authoritative``, never L1), so a
+request that starts after a bump cannot even name an old decision.
 
-A bump deletes the token after the transaction commits (through
-``velro_cache.invalidation``'s on-commit machinery); the next reader creates
-a fresh random one with ``cache.add``. Random, not a counter: a token lost
-with Redis (flushed, restarted, or a delete replayed after an outage) and
-created again can never equal one still embedded in old keys.
+A bump retires the namespace after the transaction commits (through
+``velro_cache.invalidation``'s on-commit machinery): a new random token is
+written. Random, not a counter: a token lost with Redis (flushed, restarted)
+and created again can never equal one still embedded in old keys.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable
 from typing import Any
 
+from .. import namespaces
 from ..exceptions import L2Unavailable
 from ..invalidation.retirement import Retirement
 from ..invalidation.transactions import dirty_namespaces, schedule
 from ..keys import build_key
 
-PREFIX = build_key("authz", "ver")
-GLOBAL_KEY = build_key("authz", "ver", "global")
-TOKEN_BYTES = 6
+NAMESPACE = "authz"
+# The global version is the data type's own token: a retirement that coarsens
+# many users' namespaces to "authz" (over COARSEN_OVER of them) bumps everyone.
+GLOBAL_NAMESPACE = NAMESPACE
+GLOBAL_KEY = namespaces.token_key(GLOBAL_NAMESPACE)
+
+
+def user_namespace(user_id: Any) -> str:
+    return build_key(NAMESPACE, "user", user_id)
 
 
 def user_key(user_id: Any) -> str:
-    return build_key("authz", "ver", "user", user_id)
+    return namespaces.token_key(user_namespace(user_id))
 
 
-def new_token() -> str:
-    return secrets.token_urlsafe(TOKEN_BYTES)
+new_token = namespaces.new_token
 
 
 def read_tokens(cache: Any, user_id: Any) -> tuple[str, str]:
@@ -61,25 +68,21 @@ def _complete(found: dict[str, Any], keys: list[str]) -> bool:
     return all(isinstance(found.get(key), str) for key in keys)
 
 
-def bump(keys: Iterable[str], using: str) -> None:
-    """Retire tokens when the current transaction on ``using`` commits (at once outside one).
-
-    The keys are retired as namespaces too, only so that ``dirty_namespaces``
-    tells a context in this thread that a bump is still waiting for commit.
-    """
-    names = set(keys)
-    if names:
-        schedule(Retirement(namespaces=set(names), keys=set(names)), using)
+def bump(names: Iterable[str], using: str) -> None:
+    """Retire these namespaces when the current transaction on ``using`` commits (at once outside one)."""
+    wanted = set(names)
+    if wanted:
+        schedule(Retirement(namespaces=wanted), using)
 
 
 def bump_users(user_ids: Iterable[Any], using: str) -> None:
-    bump({user_key(user_id) for user_id in user_ids if user_id is not None}, using)
+    bump({user_namespace(user_id) for user_id in user_ids if user_id is not None}, using)
 
 
 def bump_global(using: str) -> None:
-    bump({GLOBAL_KEY}, using)
+    bump({GLOBAL_NAMESPACE}, using)
 
 
 def bump_waiting() -> bool:
     """Whether this thread has a bump that waits for its transaction to commit."""
-    return any(name.startswith(PREFIX) for name in dirty_namespaces())
+    return any(name == NAMESPACE or name.startswith(NAMESPACE + ":") for name in dirty_namespaces())

@@ -3,7 +3,9 @@
 One module per concern, each importing only those listed before it:
 
 - ``sql``: the per-database SQL (PostgreSQL native, SQLite emulated).
-- ``operations``: CreateMaterializedView / DropMaterializedView / RefreshMaterializedView.
+- ``notify``: the trigger's SQL, Django's sessions marked, the LISTEN thread that retires.
+- ``operations``: CreateMaterializedView / DropMaterializedView / RefreshMaterializedView, and
+  CaptureWrites (a trigger that NOTIFYs writes made outside Django; ``notify`` listens).
 - ``registry``: which views exist, their sources, periods and databases (``register_view``).
 - ``refreshlog``: the ``ViewRefresh`` rows every refresh writes, and staleness read from them.
 - ``refresh``: the engine: refresh now, one refresh of a view at a time (``refresh_view``).

@@ -1,4 +1,4 @@
-"""Migration operations for materialized views.
+"""Migration operations for materialized views, and ``CaptureWrites`` (writes made outside Django).
 
 They sit in ordinary migrations next to the ``CreateModel(managed=False)`` of
 the model that reads the view: the model owns the migration *state*, these
@@ -249,4 +249,51 @@ class RefreshMaterializedView(Operation):
         return f"refresh_materialized_view_{self.name}"
 
 
-__all__ = ["CreateMaterializedView", "DropMaterializedView", "RefreshMaterializedView"]
+
+
+class CaptureWrites(Operation):
+    """Make writes to ``table`` made outside Django (psql, another service) retire what depends on it.
+
+    Installs a statement-level trigger that NOTIFYs ``velro_cache_writes``
+    with the table name on commit (``velro_cache.db.notify``); processes with
+    ``VELRO_CACHE["LISTEN_EXTERNAL_WRITES"] = True`` listen and retire.
+    Reversible (drops the trigger). PostgreSQL only: elsewhere it does nothing
+    (SQLite has no other writers to announce and no NOTIFY).
+    """
+
+    reversible = True
+    reduces_to_sql = True
+
+    def __init__(self, table: str, hints: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(table, str) or not table:
+            raise ValueError(f"CaptureWrites needs a table name, got {table!r}")
+        self.table = table
+        self.hints = dict(hints or {})
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        kwargs = {"hints": self.hints} if self.hints else {}
+        return self.__class__.__qualname__, [self.table], kwargs
+
+    def state_forwards(self, app_label: str, state: Any) -> None:
+        pass  # a trigger is no part of the model state
+
+    def _run(self, app_label: str, schema_editor: Any, build: Any) -> None:
+        if schema_editor.connection.vendor != "postgresql" or not _allowed(self, app_label, schema_editor):
+            return
+        _execute(schema_editor, build(self.table, schema_editor.quote_name))
+
+    def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        from .notify import create_trigger_sql
+
+        self._run(app_label, schema_editor, create_trigger_sql)
+
+    def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        from .notify import drop_trigger_sql
+
+        self._run(app_label, schema_editor, drop_trigger_sql)
+
+    def describe(self) -> str:
+        return f"Announce writes made outside Django to {self.table} (trigger + NOTIFY)"
+
+
+__all__ = ["CaptureWrites", "CreateMaterializedView", "DropMaterializedView", "RefreshMaterializedView"]

@@ -1,8 +1,10 @@
 """Model-driven invalidation: declare once which cached data each model feeds.
 
 - ``declarations``: ``ModelCache``, ``register`` and the registry.
-- ``signals``: post_save / post_delete / m2m_changed -> retirements.
-- ``bulk``: the queryset mixin for update / bulk_create / bulk_update.
+- ``capture``: an execute wrapper on every connection: every write, whatever made it.
+- ``signals``: capture's subscriber (precise with old rows from the database,
+  coarse by table), plus pre_delete / post_delete / m2m_changed for relations.
+- ``bulk``: the queryset mixin (no longer needed with capture; kept).
 - ``transactions``: retire on commit; dirty reads inside a writing transaction.
 - ``retirement``: retiring namespaces and keys in the cache.
 - ``api``: ``invalidate()`` for raw SQL and everything else.

@@ -12,7 +12,6 @@ from ..keys import KeyLike, as_key
 from ..ttl import ttl_rules
 from .declarations import registry
 from .retirement import Retirement, combined
-from .signals import LOADED
 from .transactions import schedule
 
 
@@ -35,10 +34,12 @@ def retirement_for(target: Any) -> Retirement:
         declarations = registry.declarations_for(type(target))
         if not declarations:
             _unregistered(type(target))
-        # Values at load time count too: an instance changed in memory and
-        # written by raw SQL must retire what depended on its old values.
-        remembered = target.__dict__.get(LOADED)
-        return combined(d.retirement(target, remembered) for d in declarations)
+        # The row as the database has it counts too (one query by pk): an
+        # instance changed in memory must also retire what its stored values fed.
+        stored = None
+        if target.pk is not None:
+            stored = type(target)._base_manager.using(target._state.db or DEFAULT_DB_ALIAS).filter(pk=target.pk).first()
+        return combined(d.retirement(row) for d in declarations for row in (target, stored) if row is not None)
     if isinstance(target, type) and issubclass(target, models.Model):
         declarations = registry.declarations_for(target)
         if not declarations:

@@ -1,4 +1,10 @@
-"""Bulk writes send no signals; this queryset mixin invalidates for them.
+"""Bulk writes send no signals; this queryset mixin invalidates for them precisely.
+
+Write capture (``capture``) now sees these writes whatever queryset makes
+them and retires what depends on the model's table (coarse), so the mixin
+and ``invalidating()`` are no longer needed for correctness; they remain,
+under the same public names, for projects that want the affected rows'
+own namespaces retired as well (two extra queries per ``update``).
 
 ``QuerySet.update``, ``bulk_create`` and ``bulk_update`` write rows without
 ``post_save``. Through the mixin each one computes what the affected rows'
@@ -68,7 +74,10 @@ class InvalidatingQuerySetMixin:
         if not declarations or _inside_bulk.get():
             return super().update(**values)  # type: ignore[misc]
         with transaction.atomic(using=self.db, savepoint=False):
-            before = list(self._locked())
+            # By pk, then as instances: after .values()/.values_list() this
+            # queryset yields dicts or tuples, not instances.
+            pks = list(self._locked().values_list("pk", flat=True))
+            before = list(self.model._base_manager.using(self.db).filter(pk__in=pks))
             rows = super().update(**values)  # type: ignore[misc]
             after = self.model._base_manager.using(self.db).filter(pk__in=[obj.pk for obj in before])
             schedule(_retirement(declarations, [*before, *after]), self.db)

@@ -1,4 +1,10 @@
-"""Model signals -> retirements scheduled for commit.
+"""Declared invalidation's side of write capture, and the signals that see relations.
+
+``DeclarationSubscriber`` hears every write from ``capture``: a saved or
+deleted row with its old values read from the database (precise: the
+declarations' namespaces for the old row and the new one, nothing when no
+declared field changed), or a table written with rows unknown (coarse: the
+data types the model's declarations use).
 
 Receivers are connected per registered model (and its subclasses and
 proxies), not for every model: a ``post_delete`` receiver stops Django from
@@ -19,11 +25,11 @@ from django.apps import apps
 from django.db import models
 from django.db.models import signals
 
+from . import capture
 from .declarations import ModelCache, registry
 from .retirement import Retirement, combined
 from .transactions import schedule
 
-LOADED = "_velro_cache_loaded"  # values at load time, for changed foreign keys
 DELETING = "_velro_cache_deleting"
 CLEARING = "_velro_cache_clearing"
 
@@ -39,29 +45,46 @@ def _retirement(declarations: tuple[ModelCache, ...], instance: models.Model, re
     return combined(declaration.retirement(instance, remembered) for declaration in declarations)
 
 
-def _loaded(sender: type, instance: models.Model, **kwargs: Any) -> None:
-    declarations = registry.declarations_for(sender)
-    if declarations:
-        instance.__dict__[LOADED] = _remember(declarations, instance)
+def _changed_fields(model: type[models.Model], before: models.Model, after: models.Model) -> list[str]:
+    """Fields whose database value differs from the saved one (deferred fields were not saved)."""
+    values = after.__dict__
+    return [
+        f.name for f in model._meta.concrete_fields
+        if f.attname in values and getattr(before, f.attname) != values[f.attname]
+    ]
 
 
-def _saved(sender: type, instance: models.Model, created: bool, update_fields: Any, using: str, **kwargs: Any) -> None:
-    declarations = registry.declarations_for(sender)
-    if not declarations:
-        return
-    remembered = None if created else instance.__dict__.get(LOADED)
-    retirement = Retirement()
-    for declaration in declarations:
-        if created or declaration.is_affected(update_fields):
-            retirement |= declaration.retirement(instance, remembered)
-    schedule(retirement, using)
-    instance.__dict__[LOADED] = _remember(declarations, instance)
+class DeclarationSubscriber:
+    """Hears every write through ``capture``: precise where the rows are known, coarse where not."""
+
+    def watched_models(self) -> list[type[models.Model]]:
+        return registry.models()
+
+    def row_changed(self, model: type[models.Model], before: models.Model | None, after: models.Model | None, using: str) -> None:
+        """A row saved or deleted, with its old values read from the database (``before``)."""
+        declarations = registry.declarations_for(type(after) if after is not None else model)
+        if before is not None and after is not None:
+            changed = _changed_fields(model, before, after)
+            declarations = tuple(d for d in declarations if d.is_affected(changed))
+        retirement = Retirement()
+        for declaration in declarations:
+            for row in (before, after):
+                if row is not None:
+                    retirement |= declaration.retirement(row)
+        schedule(retirement, using)
+
+    def table_written(self, model: type[models.Model], verb: str, sql: str, using: str) -> None:
+        """Rows unknown (``update()``, bulk paths, raw SQL): retire every data type the model's declarations use."""
+        schedule(combined(d.coarse_retirement() for d in registry.declarations_for(model)), using)
+
+
+subscriber = DeclarationSubscriber()
 
 
 def _deleting(sender: type, instance: models.Model, **kwargs: Any) -> None:
     declarations = registry.declarations_for(sender)
     if declarations:
-        instance.__dict__[DELETING] = _retirement(declarations, instance, instance.__dict__.get(LOADED))
+        instance.__dict__[DELETING] = _retirement(declarations, instance)
 
 
 def _deleted(sender: type, instance: models.Model, using: str, **kwargs: Any) -> None:
@@ -70,7 +93,7 @@ def _deleted(sender: type, instance: models.Model, using: str, **kwargs: Any) ->
         return
     retirement = instance.__dict__.pop(DELETING, None)
     if retirement is None:
-        retirement = _retirement(declarations, instance, instance.__dict__.get(LOADED))
+        retirement = _retirement(declarations, instance)
     schedule(retirement, using)
 
 
@@ -130,8 +153,6 @@ signals.m2m_changed.connect(_m2m_changed, weak=False, dispatch_uid="velro_cache.
 # -- wiring -------------------------------------------------------------------------------------
 
 _RECEIVERS = (
-    (signals.post_init, _loaded),
-    (signals.post_save, _saved),
     (signals.pre_delete, _deleting),
     (signals.post_delete, _deleted),
 )
@@ -160,4 +181,10 @@ def sync_receivers(model: type[models.Model]) -> None:
                 signal.disconnect(sender=sender, dispatch_uid=_uid(signal, sender))
 
 
-registry.on_change.append(sync_receivers)
+def _registry_changed(model: type[models.Model]) -> None:
+    sync_receivers(model)
+    capture.changed()
+
+
+registry.on_change.append(_registry_changed)
+capture.subscribe(subscriber)
