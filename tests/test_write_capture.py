@@ -32,12 +32,13 @@ from tests.test_authz_processes import WORKERS, _setup, check, request, server  
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
 # Write capture retires on commit; another process's L1 hears it through the
-# coherence channel (docs/consistency.md). Until read-your-writes across
-# processes lands (issue 10 item 5, not this module), a read starting within
-# this lag of the commit may still see the old value: the invalidation matrix
-# tolerates stale reads only that early, and none after. A path capture missed
-# stays stale for the TTL, so it still fails.
-COHERENCE_LAG = float(os.environ.get("VELRO_CAPTURE_LAG", "0.05"))
+# coherence channel, and read-your-writes (velro_cache.freshness) makes every
+# request that starts after the commit wait for it. So the matrix is strict: no
+# stale read at all after the write returned. VELRO_CAPTURE_LAG (seconds)
+# tolerates stale reads that start that early, for diagnosing a run with
+# READ_YOUR_WRITES off; a path capture missed stays stale for the TTL and fails
+# either way.
+COHERENCE_LAG = float(os.environ.get("VELRO_CAPTURE_LAG", "0"))
 ROUNDS = int(os.environ.get("VELRO_CAPTURE_ROUNDS", "2"))  # each case twice: the warm allows land on different workers
 
 
