@@ -254,8 +254,9 @@ class TieredCache(BaseCache):
         breaker = self._state.breaker
         if not breaker.allow():
             raise L2Unavailable("circuit open")
-        if self._state.pending and breaker.state == CLOSED:
-            # Deliver what Redis missed before this call reads anything it could undo.
+        if (self._state.pending or self._state.replaying.locked()) and breaker.state == CLOSED:
+            # Deliver what Redis missed (or wait for another thread's delivery)
+            # before this call reads anything those invalidations replace.
             self._state.replay_pending()
         try:
             result = method(*args)

@@ -158,6 +158,9 @@ class ProcessState:
         self.flights = KeyLocks()
         self.writes = WriteLog()
         self.pending = PendingInvalidations()
+        # Held while a replay is delivered: a read that finds the pending set
+        # empty because another thread took it must still wait for the delivery.
+        self.replaying = threading.Lock()
         self.loaded: dict[str, tuple[float, float | None]] = {}  # key -> (load seconds, epoch expiry)
         self.l2: RedisTier | None = None
         self.listener: CoherenceListener | None = None
@@ -198,6 +201,7 @@ class ProcessState:
         would never be released in the child.
         """
         self.store.lock = threading.RLock()
+        self.replaying = threading.Lock()
         self.store.clear()
         self.stats.reset_locks()
         self._start_process_parts()
@@ -340,10 +344,15 @@ class ProcessState:
         self._enable_l1_if_coherent()
 
     def _on_heartbeat(self) -> None:
-        """Redis answered the listener: recover without waiting for traffic."""
-        if self.breaker.state != CLOSED and self.breaker.allow():
+        """Redis answered the listener: recover without waiting for traffic.
+
+        With invalidations held back by an outage, probe at once rather than
+        after the breaker's back-off, and deliver them: until they are, other
+        processes read from Redis the values those writes replaced.
+        """
+        if self.breaker.state != CLOSED and (self.pending or self.breaker.allow()):
             self._probe_l2()
-        elif self.pending and self.breaker.state == CLOSED:
+        if self.pending and self.breaker.state == CLOSED:
             self.replay_pending()
 
     def _probe_l2(self) -> None:
@@ -367,7 +376,15 @@ class ProcessState:
             self._enable_l1_if_coherent()
 
     def replay_pending(self) -> None:
-        """Deliver the invalidations an outage held back; keep them if Redis fails again."""
+        """Deliver the invalidations an outage held back; keep them if Redis fails again.
+
+        One delivery at a time, and callers wait for one in flight: until it
+        lands, Redis still holds what those invalidations replace.
+        """
+        with self.replaying:
+            self._deliver_pending()
+
+    def _deliver_pending(self) -> None:
         keys, prefixes = self.pending.take()
         if not keys and not prefixes or self.l2 is None:
             return
