@@ -89,9 +89,13 @@ def _fresh_postgres_database(name: str) -> dict[str, Any]:
     return {"ENGINE": "django.db.backends.postgresql", "NAME": name, **PG}
 
 
-def _database(quick: bool) -> tuple[dict[str, Any], str]:
-    # A smoke run (the test suite's) must not drop the database of a full run in progress.
-    name = f"{DATABASE}_quick" if quick else DATABASE
+def bench_database(base: str, quick: bool) -> tuple[dict[str, Any], str]:
+    """A fresh database for a benchmark (PostgreSQL when it answers, else SQLite) and its label.
+
+    A smoke run (the test suite's) gets its own name, so it never drops the
+    database of a full run in progress.
+    """
+    name = f"{base}_quick" if quick else base
     if _postgres_answers():
         return _fresh_postgres_database(name), f"PostgreSQL ({name} at {PG['HOST']}:{PG['PORT']})"
     path = os.path.join(tempfile.mkdtemp(prefix="velro-bench-"), "bench.sqlite3")
@@ -311,7 +315,7 @@ def _report(args: argparse.Namespace, plan: dict[str, int], setup: dict[str, str
 
 def run(args: argparse.Namespace) -> Report:
     plan = QUICK if args.quick else FULL
-    database, database_label = _database(args.quick)
+    database, database_label = bench_database(DATABASE, args.quick)
     prefix = f"bench-inval-{uuid.uuid4().hex[:8]}"
     cache_config, cache_label = _cache(prefix)
     _configure(database, cache_config)

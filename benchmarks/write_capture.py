@@ -31,22 +31,11 @@ from typing import Any
 
 from . import common
 from .common import Report
-from .invalidation import PG, _cache, _configure, _fresh_postgres_database, _postgres_answers
+from .invalidation import _cache, _configure, bench_database
 
 FULL = {"rounds": 20, "per_round": 25, "bulk": 100}
 QUICK = {"rounds": 2, "per_round": 5, "bulk": 20}
 DATABASE = "velro_bench_write_capture"
-
-
-def _database(quick: bool) -> tuple[dict[str, Any], str]:
-    import os
-    import tempfile
-
-    name = f"{DATABASE}_quick" if quick else DATABASE
-    if _postgres_answers():
-        return _fresh_postgres_database(name), f"PostgreSQL ({name} at {PG['HOST']}:{PG['PORT']})"
-    path = os.path.join(tempfile.mkdtemp(prefix="velro-bench-"), "bench.sqlite3")
-    return {"ENGINE": "django.db.backends.sqlite3", "NAME": path}, "SQLite (no PostgreSQL answered)"
 
 
 def _paths(bulk: int) -> dict[str, Callable[[int], None]]:
@@ -96,7 +85,7 @@ def _measure(write: Callable[[int], None], n: int) -> tuple[list[int], float]:
 
 def run(args: argparse.Namespace) -> Report:
     plan = QUICK if args.quick else FULL
-    database, database_label = _database(args.quick)
+    database, database_label = bench_database(DATABASE, args.quick)
     cache_config, cache_label = _cache(f"bench-capture-{uuid.uuid4().hex[:8]}")
     _configure(database, cache_config)
     from django.core.cache import cache

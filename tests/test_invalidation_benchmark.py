@@ -30,3 +30,18 @@ def test_the_invalidation_benchmark_runs_and_reports(tmp_path: Path) -> None:
     assert freshness["reads checked"] > 0 and freshness["stale"] == 0
     assert {b["name"].split(" ")[0] for b in data["budgets"]} == {"≥", "no"}
     assert "## Budgets" in markdown and "PATCH /api/generations/<id>/" in markdown
+
+
+def test_write_capture_benchmark_counts_the_extra_queries_per_write_path(tmp_path):
+    """benchmarks/write_capture.py runs and reports every path; a read never pays a query for capture."""
+    from tests.test_benchmarks_run import load, run_quick, section
+
+    run_quick("benchmarks.write_capture", out=tmp_path)
+    _, data = load(tmp_path, "write_capture")
+    rows = {row["path"]: row for row in section(data, "Per write")["rows"]}
+    assert {"save() of one instance", "QuerySet.update, 1 row", "read by pk"} <= set(rows)
+    assert any(path.startswith("bulk_update") for path in rows)
+    read = rows["read by pk"]
+    assert read["queries on"] == read["queries off"]
+    save = rows["save() of one instance"]
+    assert save["queries on"] - save["queries off"] <= 1
