@@ -76,6 +76,10 @@ def _lagging(port: int, probe: Callable[[], Any], write: Callable[[], None], exp
 
 
 # -- revocation paths: (user, generation, action, revoke) with the allow warm -------------------------
+# One small function per write path, on purpose: the matrix's point is that
+# each path is a case a reader can check against the list, so the
+# near-identical shapes (here and in test_authz_processes.py's randomized
+# revokes, which stress a few of the same paths under load) stay spelled out.
 
 
 def _membership(user: User) -> TeamMembership:
