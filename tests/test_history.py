@@ -49,19 +49,7 @@ def assert_within_bound(outcome: Outcome) -> None:
         pytest.fail(f"{'; '.join(problems)} (spec: {bound.describe()})\n{outcome.describe()}", pytrace=False)
 
 
-# A known gap, reported as left in issue 10: under SIGSTOP a write whose call
-# returned while Redis was frozen was dropped by the breaker (queued for
-# replay), and after SIGCONT another process can read the value it replaced
-# from Redis before the writer replays it. The L1 side of the bound holds
-# (``tests/test_staleness_bound.py``); this history still shows the L2 side.
-STOP_GAP = "a write dropped while Redis was frozen is replayed only after other processes can read the old value"
-
-
-def _param(fault):
-    return pytest.param(fault, marks=pytest.mark.xfail(reason=STOP_GAP, strict=False)) if fault == "stop" else fault
-
-
-@pytest.mark.parametrize("fault", [_param(fault) for fault in FAULTS])
+@pytest.mark.parametrize("fault", list(FAULTS))
 def test_history_under_fault(fault, tmp_path):
     """One history per fault, fixed seed: what the spec allows under it, and nothing more."""
     outcome = run_history(Plan(fault=fault, seed=1000 + list(FAULTS).index(fault)), tmp_path)
@@ -78,12 +66,6 @@ def test_randomized_history(tmp_path):
     seed = int(os.environ.get("VELRO_HISTORY_SEED") or random.SystemRandom().randrange(1 << 30))
     plan = Plan.randomized(seed)
     outcome = run_history(plan, tmp_path)
-    if plan.fault == "stop":
-        try:
-            assert_within_bound(outcome)
-        except BaseException:
-            pytest.xfail(f"{STOP_GAP} (seed {seed})")
-        return
     assert_within_bound(outcome)
 
 

@@ -45,7 +45,9 @@ def test_after_a_restart_l2_and_l1_are_used_again(own_redis, tiered_on):
         return own_redis.client().get("fault:1:k") is not None and cache.stats()["l1"]["enabled"]
 
     assert eventually(back, limit=8)
-    assert cache.get("k") == "after"
+    # Within the staleness bound of the recovery Redis's answers are misses
+    # (another process may still deliver a write it held); then they are used.
+    assert eventually(lambda: cache.get("k") == "after", limit=1)
     assert cache.stats()["l2"]["breaker"]["state"] == CLOSED
 
 
@@ -111,7 +113,7 @@ def test_lost_channel_turns_l1_off_until_it_is_back(own_redis, tiered_on):
     assert eventually(lambda: cache.stats()["l2"]["coherence"]["losses"] >= 1)
     assert eventually(lambda: cache.stats()["l1"]["enabled"] and cache.stats()["l2"]["coherence"]["connected"])
     assert cache.stats()["l1"]["entries"] == 0  # dropped: messages may have been missed
-    assert cache.get("k") == "v"  # from L2 again
+    assert eventually(lambda: cache.get("k") == "v", limit=1)  # from L2 again, once the bound since the return has passed
 
 
 def test_a_replayed_invalidation_is_not_undone_by_the_read_that_triggered_it(own_redis, tiered_on):

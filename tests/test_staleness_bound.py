@@ -141,3 +141,92 @@ def test_the_bound_is_the_option():
 
     assert parse_options("redis://127.0.0.1:6379/0", {"STALENESS_BOUND": 0.5}).staleness_bound == 0.5
     assert parse_options("redis://127.0.0.1:6379/0", {}).staleness_bound == 0.1
+
+
+def busy_through_outage(cache, seconds: float) -> None:
+    """Requests all through an outage, as a busy worker's: each failed probe doubles its breaker's back-off.
+
+    Misses, so L1 cannot answer them and each one that the breaker lets
+    through really goes to the dead server.
+    """
+    deadline = time.monotonic() + seconds
+    number = 0
+    while time.monotonic() < deadline:
+        cache.get(f"absent-{number}")
+        number += 1
+        time.sleep(0.005)
+    assert cache._state.breaker.state != "closed"
+
+
+def test_a_write_dropped_while_redis_was_down_reaches_redis_within_the_bound(own_redis, tiered_on):
+    """The writer's breaker is still open when another process already writes to the restarted Redis.
+
+    The other process's value lands in Redis; the writer's later write is
+    dropped (held as a pending invalidation). Until the writer delivers it,
+    every process reads the replaced value from Redis: that must end within
+    the bound of the write's return, not after the writer's breaker back-off
+    or its listener's reconnect back-off.
+    """
+    writer, other = tiered_on(own_redis.url()), tiered_on(own_redis.url())
+    warm(other, writer)
+    own_redis.stop()
+    busy_through_outage(writer, 0.8)  # long enough for the breaker's and the listener's back-off to grow
+    own_redis.start()
+    other.set("k", "old", None)  # the other process is back first: Redis holds "old"
+    writer.set("k", "new", None)  # dropped: the writer's breaker is still open
+    written = time.monotonic()
+    assert last_stale_read(other, "k", "old", written) < BOUND + SLACK
+
+
+def test_a_write_dropped_while_redis_was_frozen_reaches_redis_within_the_bound(own_redis, tiered_on):
+    """SIGSTOP: the writer's breaker opened on the frozen server, so its write is never sent, only held.
+
+    (A write that merely timed out was sent: the frozen server runs it when
+    it wakes, so it needs no replay.) After SIGCONT every process reads the
+    replaced value, from Redis or an L1 whose confirmations resumed, until
+    the writer delivers the held delete: that must be within the bound of
+    the write's return, not on the listener's next slow tick. Several short
+    freezes, so the resume falls anywhere between two of its ticks.
+    """
+    writer, other = tiered_on(own_redis.url(), SOCKET_TIMEOUT=0.02), tiered_on(own_redis.url())
+    worst = 0.0
+    for round_ in range(4):
+        warm(other, writer, value=f"v{round_}")
+        own_redis.pause()
+        try:
+            busy_through_outage(writer, 0.15)
+            writer.set("k", "new", None)  # refused by the open breaker: held for replay
+            assert writer._state.pending
+        finally:
+            own_redis.resume()
+        written = time.monotonic()
+        worst = max(worst, last_stale_read(other, "k", f"v{round_}", written, seconds=0.6))
+    assert worst < BOUND + SLACK
+
+
+def test_a_reader_idle_through_a_freeze_does_not_serve_what_a_held_write_replaced(own_redis, tiered_on):
+    """A reader that made no call while Redis was frozen reads it right after SIGCONT.
+
+    The writer's write was held (its breaker had opened) and is delivered a
+    moment after the resume; a read in that moment would get the replaced
+    value from Redis, long after the write returned. The reader's
+    confirmations lapsed during the freeze, so it asks Redis again before it
+    trusts an answer, and the late PONGs it then handles tell it Redis was
+    frozen: it treats Redis's answers as misses for the bound.
+    """
+    writer, reader = tiered_on(own_redis.url(), SOCKET_TIMEOUT=0.02), tiered_on(own_redis.url())
+    worst = 0.0
+    for round_ in range(4):
+        writer.set("k", f"v{round_}", None)
+        assert eventually(lambda: reader._l2.get(reader.make_key("k")) is not None)
+        reader._state.forget_all_local()  # the reader reads from Redis, not its L1
+        own_redis.pause()
+        try:
+            busy_through_outage(writer, 0.15)
+            writer.set("k", "new", None)  # held: the writer's breaker is open
+            written = time.monotonic()
+            time.sleep(0.15)
+        finally:
+            own_redis.resume()
+        worst = max(worst, last_stale_read(reader, "k", f"v{round_}", written, seconds=0.5))
+    assert worst < BOUND + SLACK

@@ -254,10 +254,11 @@ class TieredCache(BaseCache):
         breaker = self._state.breaker
         if not breaker.allow():
             raise L2Unavailable("circuit open")
-        if (self._state.pending or self._state.replaying.locked()) and breaker.state == CLOSED:
+        if (self._state.pending or self._state.replaying.locked()) and not self._state.replay_pending():
             # Deliver what Redis missed (or wait for another thread's delivery)
-            # before this call reads anything those invalidations replace.
-            self._state.replay_pending()
+            # before this call reads anything those invalidations replace; a
+            # half-open probe too, or it would read the replaced values.
+            raise L2Unavailable("invalidations held back by an outage could not be delivered")
         try:
             result = method(*args)
         except OUTAGE_ERRORS as exc:
@@ -276,6 +277,25 @@ class TieredCache(BaseCache):
             raise
         breaker.record_success()
         return result
+
+    def _l2_read(self, method: Callable[..., Any], *args: Any) -> Any:
+        """An L2 read whose answer is used only while this process trusts Redis to hold every returned write.
+
+        Right after an outage it does not (``ProcessState.l2_reads_trusted``):
+        another process may still hold a write it could not deliver, and Redis
+        the value that write replaced. The call is still made (it may be the
+        breaker's probe); its answer becomes a miss.
+        """
+        result = self._l2_call(method, *args)
+        if self._l2_answer_distrusted():
+            raise L2Unavailable("Redis just came back: its answers wait out the staleness bound")
+        return result
+
+    def _l2_answer_distrusted(self) -> bool:
+        if self._state.l2_reads_trusted():
+            return False
+        next(self._stats.l2_distrusted)
+        return True
 
     def _write_failed(self, fulls: list[str]) -> None:
         """Redis did not take a write: drop local copies, replay as deletes later."""
@@ -347,7 +367,7 @@ class TieredCache(BaseCache):
         ticket = self._state.writes.ticket()
         start = time.perf_counter()
         try:
-            data = self._l2_call(self._l2.get, full)
+            data = self._l2_read(self._l2.get, full)
         except L2Unavailable:
             next(counters.misses)
             return default
@@ -420,7 +440,7 @@ class TieredCache(BaseCache):
             ticket = self._state.writes.ticket()
             start = time.perf_counter()
             try:
-                datas = self._l2_call(self._l2.get_many, [full for _, full, _ in pending])
+                datas = self._l2_read(self._l2.get_many, [full for _, full, _ in pending])
                 self._stats.latency["l2"].observe(time.perf_counter() - start)
             except L2Unavailable:
                 pass
@@ -451,7 +471,7 @@ class TieredCache(BaseCache):
                     reader, stored = payload
                     found[key] = stored if reader is None else reader(stored)
             return found
-        datas = self._l2_call(self._l2.get_many, [full for _, full, _ in pairs])
+        datas = self._l2_read(self._l2.get_many, [full for _, full, _ in pairs])
         found = {}
         for (key, full, counters), data in zip(pairs, datas):
             if data is None:
@@ -470,7 +490,7 @@ class TieredCache(BaseCache):
         if self._l2 is None:
             return False
         try:
-            data = self._l2_call(self._l2.get, full)
+            data = self._l2_read(self._l2.get, full)
         except L2Unavailable:
             return False
         # What get would say: bytes this deployment cannot verify are a miss, not a key.
@@ -775,6 +795,8 @@ class TieredCache(BaseCache):
 
     def peek_fill(self, full: str, counters: DataTypeCounters, ticket: int) -> tuple[bool, Any, bool]:
         data, leased = self._l2_call(self._l2.peek_fill, full)
+        if data is not None and self._l2_answer_distrusted():
+            data = None  # a miss, but the lease taken stands: this caller fills
         if data is None:
             return False, None, leased
         found, value = self._accept_from_l2(full, data, counters, ticket)

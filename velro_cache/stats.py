@@ -110,6 +110,7 @@ class CacheStats:
         self.latency = {tier: LatencyHistogram() for tier in TIERS}
         self.l1_tick = itertools.count()
         self.l2_errors = itertools.count()
+        self.l2_distrusted = itertools.count()  # L2 answers discarded right after an outage (tiers.process)
         self.sets = itertools.count()
         self.deletes = itertools.count()
 
@@ -145,6 +146,7 @@ class CacheStats:
             "latency_p50": {tier: hist.quantile(0.5) for tier, hist in self.latency.items()},
             "latency_p99": {tier: hist.quantile(0.99) for tier, hist in self.latency.items()},
             "l2_errors": _read(self.l2_errors),
+            "l2_distrusted": _read(self.l2_distrusted),
             "sets": _read(self.sets),
             "deletes": _read(self.deletes),
         }

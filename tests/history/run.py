@@ -105,11 +105,17 @@ class Outcome:
         """Stale reads that started between injection and one second after recovery."""
         return self.verdict.stale_within(self.injected, self.recovered + 1.0)
 
+    def timeline(self) -> str:
+        """The fault's instants on the workers' clock, so a stale read can be placed against them."""
+        instants = {"injected": self.injected, **self.marks, "recovered": self.recovered}
+        return "timeline: " + ", ".join(f"{name} {at:.4f}" for name, at in sorted(instants.items(), key=lambda kv: kv[1]))
+
     def describe(self) -> str:
         plan = self.plan
         return (
             f"fault {plan.fault!r}, seed {plan.seed} (replay: VELRO_HISTORY_SEED={plan.seed}), {plan.workers} workers, "
             f"{plan.keys} keys, fault held {plan.hold:.2f} s; {self.hits} reads hit; {len(self.errors)} errors raised\n"
+            + self.timeline() + "\n"
             + self.verdict.summary()
             + ("\n  first error:\n" + self.errors[0] if self.errors else "")
         )

@@ -132,8 +132,8 @@ class CoherenceListener:
         on_drop: Callable[[list[str] | None], None],  # None: the whole cache was cleared
         on_lost: Callable[[str], None],
         on_ready: Callable[[], None],
-        on_tick: Callable[[], None] = lambda: None,
-        on_confirm: Callable[[float], None] = lambda sent: None,
+        on_confirm: Callable[[float, float], None] = lambda sent, overdue: None,
+        hurry: Callable[[], bool] = lambda: False,
         heartbeat: float = 0.5,
         ping_every: float = 0.025,
         endpoints: SingleRedis | ClusterNodes | None = None,
@@ -146,8 +146,8 @@ class CoherenceListener:
         self._on_drop = on_drop
         self._on_lost = on_lost
         self._on_ready = on_ready
-        self._on_tick = on_tick
         self._on_confirm = on_confirm
+        self._hurry = hurry
         self.ping_every = ping_every
         # Pings go out from this thread and from request threads (``sync``);
         # one lock keeps their bytes from interleaving on the socket.
@@ -187,8 +187,20 @@ class CoherenceListener:
             except Exception as exc:  # any failure means the channel may have missed messages
                 self._lose(f"{type(exc).__name__}: {exc}")
                 self.endpoints.failed()
-            self._stop.wait(backoff)
+            self._back_off(backoff)
             backoff = min(backoff * 2, 0.5)
+
+    def _back_off(self, seconds: float) -> None:
+        """Wait before reconnecting, but only a ping interval once this process holds undelivered invalidations.
+
+        Checked every ping interval, so a write dropped during the wait cuts
+        it short: until the reconnect delivers it, other processes read from
+        Redis the value it replaced.
+        """
+        deadline = time.monotonic() + seconds
+        while not self._stop.wait(min(self.ping_every, max(0.0, deadline - time.monotonic()))):
+            if self._hurry() or time.monotonic() >= deadline:
+                return
 
     def _session(self) -> None:
         client, data = self.endpoints.connect(self.heartbeat * 2)
@@ -242,7 +254,6 @@ class CoherenceListener:
             if now - last_tick >= self.heartbeat:
                 last_tick = now
                 self._check_epoch(client)
-                self._on_tick()
             if now - last_pong > self.heartbeat * PONG_GRACE:
                 raise TimeoutError("missed heartbeats")
 
@@ -265,7 +276,7 @@ class CoherenceListener:
             if sent > self._confirmed:
                 self._confirmed = sent
             self._confirmed_changed.notify_all()
-        self._on_confirm(sent)
+        self._on_confirm(sent, self._last_sent - sent)
 
     def request_sync(self) -> float | None:
         """Start confirming that everything published before now is applied; the time to wait for.

@@ -168,6 +168,14 @@ class ProcessState:
         self.l1_enabled = not options.redis_urls
         self._trust_lock = threading.Lock()
         self._trust_floor = 0.0
+        # For ``l2_reads_trusted``: answers from Redis are misses until
+        # ``l2_distrusted_until`` (monotonic; the bound after an outage ends),
+        # ``heard`` is the send time of the latest answered PING (0: none yet),
+        # and after a lapse a failed re-confirmation is not retried before
+        # ``_reconfirm_after``.
+        self.l2_distrusted_until = 0.0
+        self.heard = 0.0
+        self._reconfirm_after = 0.0
         if not options.redis_urls:
             return
         self.store.trusted_until = 0.0  # until the listener's first PONG
@@ -183,8 +191,8 @@ class ProcessState:
             on_drop=self.apply_remote_drop,
             on_lost=self._on_channel_lost,
             on_ready=self._on_channel_ready,
-            on_tick=self._on_heartbeat,
             on_confirm=self._on_confirm,
+            hurry=lambda: bool(self.pending),
             ping_every=options.staleness_bound / 4,
             endpoints=ClusterNodes(options.redis_urls) if options.cluster else None,
         )
@@ -278,17 +286,63 @@ class ProcessState:
         self.loaded[key] = (delta, expires_at)
 
     # -- trusting L1: the staleness bound and read-your-writes ----------------------------
-    def _on_confirm(self, sent: float) -> None:
+    def _on_confirm(self, sent: float, overdue: float) -> None:
         """A PING sent at ``sent`` came back: every message before it is applied, so L1 is current as of then.
 
         Hits are served until ``sent`` plus the bound, so a write whose message
         is lost or delayed (Redis stopped, a silent socket, this thread starved)
         is served stale for at most the bound. Confirmations older than a
         failed sync (``distrust``) are ignored: they predate what it waited for.
+        ``overdue``: how long the listener went on pinging while this PING was
+        unanswered; past the bound, Redis was not answering (an outage, not
+        this thread's starvation, which stops the pinging too).
         """
+        bound = self.options.staleness_bound
         with self._trust_lock:
+            self.heard = max(self.heard, sent)
             if sent >= self._trust_floor:
-                self.store.trusted_until = max(self.store.trusted_until, sent + self.options.staleness_bound)
+                self.store.trusted_until = max(self.store.trusted_until, sent + bound)
+        if overdue > bound:
+            self._distrust_l2_for(bound)
+        if self.pending or self.breaker.state != CLOSED:
+            self._recover_after_outage()
+
+    def l2_reads_trusted(self) -> bool:
+        """May an answer from Redis be used? Not within the staleness bound of an outage's end.
+
+        During an outage another process's write may have been dropped (held
+        for replay), leaving in Redis the value it replaced; that process
+        delivers it within a ping of Redis answering it again. So this process
+        uses Redis's answers only once it has heard Redis for the bound since
+        the outage ended for it: not while its breaker is not closed, not
+        within the bound after it closes, after its subscription comes back or
+        after a PING answered late (a freeze this process made no call
+        during). When its own confirmations have lapsed it asks again (one
+        PING, waited for at most the bound) before it trusts an answer.
+        Before the first confirmation nothing can have been missed.
+        """
+        now = time.monotonic()
+        if self.breaker.state != CLOSED or now < self.l2_distrusted_until:
+            return False
+        heard = self.heard
+        if heard == 0.0 or now - heard <= self.options.staleness_bound:
+            return True
+        return self._reconfirm(now)
+
+    def _reconfirm(self, now: float) -> bool:
+        """Confirmations lapsed (a frozen or unreachable Redis, or a starved listener): is Redis answering?"""
+        listener = self.listener
+        if listener is None or now < self._reconfirm_after:
+            return False
+        bound = self.options.staleness_bound
+        start = listener.request_sync()
+        if start is None or not listener.wait_synced(start, bound):
+            self._reconfirm_after = time.monotonic() + bound  # a dead channel must not cost every read the bound
+            return False
+        return time.monotonic() >= self.l2_distrusted_until
+
+    def _distrust_l2_for(self, seconds: float) -> None:
+        self.l2_distrusted_until = max(self.l2_distrusted_until, time.monotonic() + seconds)
 
     def distrust(self, since: float) -> None:
         """Serve no L1 hit until a PING sent at or after ``since`` is answered."""
@@ -339,16 +393,20 @@ class ProcessState:
         # A confirmed subscription proves Redis answers: probe the breaker now
         # rather than after its back-off, so L2 and L1 return within the
         # listener's reconnect time.
+        if self.listener is not None and self.listener.losses:
+            self._distrust_l2_for(self.options.staleness_bound)  # back after a loss: see l2_reads_trusted
         if self.breaker.state != CLOSED:
             self._probe_l2()
         self._enable_l1_if_coherent()
 
-    def _on_heartbeat(self) -> None:
-        """Redis answered the listener: recover without waiting for traffic.
+    def _recover_after_outage(self) -> None:
+        """Redis answered the listener: recover now, without waiting for traffic or a back-off.
 
-        With invalidations held back by an outage, probe at once rather than
-        after the breaker's back-off, and deliver them: until they are, other
-        processes read from Redis the values those writes replaced.
+        Called on every PONG (every quarter of the staleness bound), so the
+        invalidations an outage held back are delivered within one ping of
+        Redis answering: until they are, other processes read from Redis the
+        values those writes replaced. With nothing held back, an open breaker
+        is probed only when its back-off allows.
         """
         if self.breaker.state != CLOSED and (self.pending or self.breaker.allow()):
             self._probe_l2()
@@ -373,21 +431,24 @@ class ProcessState:
             self._disable_l1()
         elif new == CLOSED:
             logger.warning("velro_cache: Redis is back, circuit closed")
+            self._distrust_l2_for(self.options.staleness_bound)
             self._enable_l1_if_coherent()
 
-    def replay_pending(self) -> None:
+    def replay_pending(self) -> bool:
         """Deliver the invalidations an outage held back; keep them if Redis fails again.
 
         One delivery at a time, and callers wait for one in flight: until it
-        lands, Redis still holds what those invalidations replace.
+        lands, Redis still holds what those invalidations replace. Returns
+        whether Redis has what was held back: False when delivery failed, here
+        or in the delivery this call waited for (it put its set back).
         """
         with self.replaying:
-            self._deliver_pending()
+            return self._deliver_pending()
 
-    def _deliver_pending(self) -> None:
+    def _deliver_pending(self) -> bool:
         keys, prefixes = self.pending.take()
         if not keys and not prefixes or self.l2 is None:
-            return
+            return not self.pending
         try:
             for prefix in prefixes:
                 self.l2.clear(prefix, self.clear_message())
@@ -397,13 +458,14 @@ class ProcessState:
             logger.warning("velro_cache: replaying %d invalidations failed (%s); will retry", len(keys) + len(prefixes), exc)
             self.pending.restore(keys, prefixes)
             self.breaker.force_open()
-            return
+            return False
         # Our own announcement is ignored by our listener: drop local copies here,
         # noting the change so a read that began before the replay cannot refill them.
         if prefixes:
             self.forget_all_local()
         elif keys:
             self.forget_local(sorted(keys))
+        return True
 
 
 _states: dict[TieredOptions, ProcessState] = {}
