@@ -9,10 +9,10 @@ rounds so both see the same machine state:
 - ``save()`` of one loaded instance (the old row read by pk, ``FOR UPDATE``);
 - ``QuerySet.update`` of one row and ``bulk_update`` of 100 rows (no extra
   query: the table is retired coarsely);
-- ``create()`` then ``delete()`` of a generation (the DELETE's rows selected by
-  its WHERE; a generation is also an authorization-protected object, whose
-  delete looks up its team's members to bump them: a second extra query,
-  over the budget, reported as such);
+- ``create()`` then ``delete()`` of a generation (the DELETE hands back its
+  rows with ``RETURNING``; a generation is also an authorization-protected
+  object, whose delete looks up its team's members to bump them: the one
+  extra query);
 - a read (``filter(pk=...).first()``): the wrapper's only cost is one regex match.
 
 Queries are counted without ``BEGIN``/``COMMIT``; time is wall time per

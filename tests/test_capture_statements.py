@@ -56,6 +56,31 @@ def test_a_save_pays_one_extra_query_and_a_read_none(django_assert_num_queries):
     assert sql[0].startswith("SELECT") and sql[0].rstrip().endswith("FOR UPDATE") and sql[1].startswith("UPDATE"), sql
 
 
+def _statements(write) -> list[str]:
+    with CaptureQueriesContext(connection) as captured:
+        write()
+    return [query["sql"] for query in captured.captured_queries if query["sql"] not in ("BEGIN", "COMMIT")]
+
+
+def test_a_delete_of_a_protected_object_pays_at_most_one_extra_query():
+    """Budget: one extra query per write. The deleted rows come back from the DELETE itself (RETURNING).
+
+    A generation is authorization-protected: its delete must bump its team's
+    members (a pk reused later must not inherit their decisions), which is
+    the one extra query; the rows' own values cost none.
+    """
+    team = baker.make(Team)
+    off_generation, on_generation = baker.make(Generation, team=team), baker.make(Generation, team=team)
+    capture.disable()
+    try:
+        off = _statements(off_generation.delete)
+    finally:
+        capture.enable()
+    on = _statements(on_generation.delete)
+    assert len(on) - len(off) <= 1, (off, on)
+    assert not Generation.objects.filter(pk__in=[off_generation.pk, on_generation.pk]).exists()
+
+
 def test_every_connection_is_captured_also_those_opened_later_in_other_threads():
     assert capture.capture in connection.execute_wrappers
 

@@ -16,8 +16,10 @@ installed on every connection as it is created (and on those that exist at
   instances each see the other's value), and subscribers get ``row_changed``
   with the old row and the saved instance: precise;
 - ``DELETE FROM t WHERE ...`` (``delete()``, ``QuerySet.delete``, cascades,
-  fast deletes, raw SQL): the same ``WHERE`` selects the rows first (one
-  query, locked), subscribers get ``row_changed`` for each: precise;
+  fast deletes, raw SQL): on PostgreSQL, a delete by primary key values (how
+  Django deletes what it collected) hands back its own rows with
+  ``RETURNING *`` (no extra query); any other ``WHERE`` selects the rows first
+  (one query, locked). Subscribers get ``row_changed`` for each: precise;
 - anything else (``QuerySet.update``, ``bulk_update``, ``bulk_create``, m2m
   through rows, raw ``INSERT``/``UPDATE``/``TRUNCATE``): the rows are unknown,
   subscribers get ``table_written`` and retire everything that depends on the
@@ -53,6 +55,8 @@ _TARGET = re.compile(
 )
 _DELETE = re.compile(rf"\s*DELETE\s+FROM\s+({_QUALIFIED})\s+WHERE\s+(.+)", re.IGNORECASE | re.DOTALL)
 _NOT_A_PLAIN_WHERE = re.compile(r"\bRETURNING\b|\bUSING\b|;", re.IGNORECASE)
+# ``WHERE <pk> IN (%s, ...)`` or ``= %s``: how Django deletes collected rows, at most one row per value.
+_BY_VALUES = re.compile(rf"\s*({_QUALIFIED})\s*(?:=\s*%s|IN\s*\(\s*%s(?:\s*,\s*%s)*\s*\))\s*$", re.IGNORECASE)
 # More rows than this in one DELETE are retired coarsely: reading them all
 # would cost more than retiring the tables' data types.
 PRECISE_ROWS = 256
@@ -296,7 +300,7 @@ def _execute_delete(
     table: str, depends: list[tuple[Subscriber, type[models.Model]]], execute: Callable[..., Any],
     sql: str, params: Any, context: dict[str, Any], using: str,
 ) -> Any:
-    """``DELETE FROM t WHERE c``: ``SELECT * FROM t WHERE c`` first, locked, for the rows' own values."""
+    """``DELETE FROM t WHERE c``: the rows' own values, from ``RETURNING`` or a locked ``SELECT`` first."""
     model = _concrete(depends[0][1])
     parsed = _DELETE.match(sql)
     precise = (
@@ -311,12 +315,11 @@ def _execute_delete(
         for subscriber, each in depends:
             subscriber.table_written(each, "DELETE", sql, using)
         return result
-    connection = connections[using]
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-    with transaction.atomic(using=using, savepoint=False):
-        select = f"SELECT * FROM {parsed.group(1)} WHERE {parsed.group(2)}{lock}"
-        rows = list(model._base_manager.db_manager(using).raw(select, params)[: PRECISE_ROWS + 1])
-        result = execute(sql, params, False, context)
+    if _returns_its_rows(model, parsed.group(2), params, using):
+        result = execute(f"{sql} RETURNING *", params, False, context)
+        rows = _returned(model, context["cursor"], using)
+    else:
+        rows, result = _select_then_delete(model, parsed.group(1), parsed.group(2), execute, sql, params, context, using)
     for subscriber, each in depends:
         if len(rows) > PRECISE_ROWS:
             subscriber.table_written(each, "DELETE", sql, using)
@@ -324,6 +327,57 @@ def _execute_delete(
             for row in rows:
                 subscriber.row_changed(model, row, None, using)
     return result
+
+
+def _returns_its_rows(model: type[models.Model], where: str, params: Any, using: str) -> bool:
+    """Whether the DELETE can hand back its own rows: PostgreSQL, by primary key values, few enough.
+
+    ``RETURNING *`` costs no extra query (the budget is one per write), needs no
+    lock (the delete holds it) and is bounded by the statement's own values, so
+    a large ``WHERE`` never ships every deleted row back.
+    """
+    if connections[using].vendor != "postgresql":
+        return False
+    match = _BY_VALUES.match(where)
+    return (
+        match is not None
+        and _unquote(match.group(1)) == model._meta.pk.column.lower()
+        and len(params or ()) <= PRECISE_ROWS
+    )
+
+
+def _returned(model: type[models.Model], cursor: Any, using: str) -> list[models.Model]:
+    """The rows of ``RETURNING *`` as instances, each field through its ``from_db_value`` as a query would."""
+    connection = connections[using]
+    concrete = model._meta.concrete_fields
+    position = {column.name: index for index, column in enumerate(cursor.description)}
+    order = [position[f.column] for f in concrete]  # from_db takes values in concrete-field order
+    names = [f.attname for f in concrete]
+    rows = []
+    for values in cursor.fetchall():
+        converted = [_from_db(f, values[index], connection) for f, index in zip(concrete, order, strict=True)]
+        rows.append(model.from_db(using, names, converted))
+    return rows
+
+
+def _from_db(field: models.Field, value: Any, connection: Any) -> Any:
+    if value is None or not hasattr(field, "from_db_value"):
+        return value
+    return field.from_db_value(value, None, connection)
+
+
+def _select_then_delete(
+    model: type[models.Model], table: str, where: str, execute: Callable[..., Any],
+    sql: str, params: Any, context: dict[str, Any], using: str,
+) -> tuple[list[models.Model], Any]:
+    """Elsewhere: ``SELECT * ... WHERE`` (locked where the database can) in the delete's transaction, then the DELETE."""
+    connection = connections[using]
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with transaction.atomic(using=using, savepoint=False):
+        select = f"SELECT * FROM {table} WHERE {where}{lock}"
+        rows = list(model._base_manager.db_manager(using).raw(select, params)[: PRECISE_ROWS + 1])
+        result = execute(sql, params, False, context)
+    return rows, result
 
 
 # -- installing ---------------------------------------------------------------------------------
