@@ -77,6 +77,27 @@ def test_djangos_own_writes_are_not_announced(listening):
     assert listening.heard == heard + 1  # notifications arrive in commit order: Django's would have come first
 
 
+def test_a_write_made_while_the_listener_reconnects_is_retired_once_it_is_back(listening):
+    """PostgreSQL keeps no NOTIFY for a session that is gone: a write in the gap is caught by the reconnect.
+
+    The listener's backend is terminated for real (``pg_terminate_backend``),
+    the external write commits while it is away, and once it LISTENs again
+    the value must not stay stale.
+    """
+    from studio.reads import generation_meta
+
+    generation = baker.make(Generation, prompt="first")
+    assert generation_meta(generation.pk)["prompt"] == "first"
+    external(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE %s AND pid <> pg_backend_pid()",
+        [f"LISTEN {notify.CHANNEL}%"],
+    )
+    assert eventually(lambda: not listening.listening.is_set(), 5)
+    external("UPDATE studio_generation SET prompt = %s WHERE id = %s", ["while away", generation.pk])
+    assert listening.listening.wait(10)
+    assert eventually(lambda: generation_meta(generation.pk)["prompt"] == "while away", 5)
+
+
 def test_the_operation_is_reversible_and_deconstructs():
     operation = CaptureWrites("studio_generation")
     assert operation.deconstruct() == ("CaptureWrites", ["studio_generation"], {})

@@ -92,6 +92,7 @@ class Listener:
         self._thread: threading.Thread | None = None
         self.listening = threading.Event()  # set once LISTEN is in place (tests wait for it)
         self.heard = 0
+        self.caught_up = 0  # reconnects after which every captured table was retired
 
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -118,6 +119,7 @@ class Listener:
         return conn
 
     def _run(self) -> None:
+        reconnecting = False
         while not self._stop.is_set():
             try:
                 conn = self._connect()
@@ -126,6 +128,8 @@ class Listener:
                 self._stop.wait(RECONNECT_AFTER)
                 continue
             try:
+                if reconnecting:
+                    self._catch_up(conn)
                 self.listening.set()
                 while not self._stop.is_set():
                     for notice in conn.notifies(timeout=0.5):
@@ -133,10 +137,28 @@ class Listener:
                         retire_table(notice.payload, self.using)
             except Exception:  # noqa: BLE001 - a lost connection: reconnect; a retirement error is logged
                 log.warning("velro_cache: external-write listener failed; reconnecting", exc_info=True)
-                self._stop.wait(RECONNECT_AFTER)
             finally:
                 self.listening.clear()
                 conn.close()
+            reconnecting = True
+            self._stop.wait(RECONNECT_AFTER)
+
+    def _catch_up(self, conn: Any) -> None:
+        """Back after a loss: PostgreSQL kept no NOTIFY for the session that went away, so retire every captured table.
+
+        Run after ``LISTEN`` is in place, so a write committed from now on is
+        heard and one committed while away is covered here (coarse, as for any
+        write whose rows are unknown). Not on the first connect: a process that
+        starts missed nothing its cache holds, and a retirement per worker
+        start would empty the shared caches on every deploy.
+        """
+        rows = conn.execute(
+            "SELECT DISTINCT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE t.tgname LIKE %s",
+            [trigger_name("%")],
+        ).fetchall()
+        for (table,) in rows:
+            retire_table(table, self.using)
+        self.caught_up += 1
 
 
 listener = Listener()
