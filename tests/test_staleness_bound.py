@@ -230,3 +230,17 @@ def test_a_reader_idle_through_a_freeze_does_not_serve_what_a_held_write_replace
             own_redis.resume()
         worst = max(worst, last_stale_read(reader, "k", f"v{round_}", written, seconds=0.5))
     assert worst < BOUND + SLACK
+
+
+def test_a_flush_noticed_through_the_epoch_does_not_make_redis_answers_misses(own_redis, tiered_on):
+    """A FLUSHDB (Django's clear() without a key prefix) drops values, not writes: nothing is held elsewhere.
+
+    L1 is dropped when the epoch changes, but Redis's answers stay usable at
+    once; only a subscription back after a loss waits out the bound.
+    """
+    writer, reader = tiered_on(own_redis.url(), prefix=""), tiered_on(own_redis.url(), prefix="")
+    losses = reader._state.listener.losses
+    writer.clear()  # FLUSHDB: the epoch key goes with it
+    assert eventually(lambda: reader._state.listener.losses > losses and reader._state.listener.ready)
+    writer.set("k", "after the flush", None)
+    assert reader.get("k") == "after the flush"

@@ -131,7 +131,7 @@ class CoherenceListener:
         *,
         on_drop: Callable[[list[str] | None], None],  # None: the whole cache was cleared
         on_lost: Callable[[str], None],
-        on_ready: Callable[[], None],
+        on_ready: Callable[[bool], None],  # True: a new session after a lost one (see _become_ready)
         on_confirm: Callable[[float, float], None] = lambda sent, overdue: None,
         hurry: Callable[[], bool] = lambda: False,
         heartbeat: float = 0.5,
@@ -165,6 +165,7 @@ class CoherenceListener:
         self.ready_event = threading.Event()
         self.messages_applied = 0
         self.losses = 0
+        self.sessions = 0  # subscriptions confirmed, counting reconnects
         self._epoch: bytes | None = None
 
     def start(self) -> None:
@@ -211,7 +212,8 @@ class CoherenceListener:
             self._confirm(pubsub)
             self._epoch = self._read_epoch(data)
             self.connected = True
-            self._become_ready()
+            self.sessions += 1
+            self._become_ready(resumed=self.sessions > 1)
             self._listen(pubsub, data)
         finally:
             self.connected = False
@@ -310,7 +312,7 @@ class CoherenceListener:
         if current != self._epoch:
             self._lose("Redis was flushed or restarted empty")
             self._epoch = self._read_epoch(client)
-            self._become_ready()
+            self._become_ready(resumed=False)
 
     def _apply(self, message: dict) -> None:
         try:
@@ -333,7 +335,12 @@ class CoherenceListener:
         logger.warning("velro_cache: coherence channel lost (%s); L1 is off until it is back", reason)
         self._on_lost(reason)
 
-    def _become_ready(self) -> None:
+    def _become_ready(self, *, resumed: bool) -> None:
+        """``resumed``: a subscription confirmed after a lost one (an outage may have dropped writes).
+
+        False for the first subscription and after a flush noticed through the
+        epoch: a flush drops values, not writes, so nothing is held elsewhere.
+        """
         self.ready = True
-        self._on_ready()
+        self._on_ready(resumed)
         self.ready_event.set()

@@ -389,11 +389,11 @@ class ProcessState:
     def _on_channel_lost(self, reason: str) -> None:
         self._disable_l1()
 
-    def _on_channel_ready(self) -> None:
+    def _on_channel_ready(self, resumed: bool) -> None:
         # A confirmed subscription proves Redis answers: probe the breaker now
         # rather than after its back-off, so L2 and L1 return within the
         # listener's reconnect time.
-        if self.listener is not None and self.listener.losses:
+        if resumed:
             self._distrust_l2_for(self.options.staleness_bound)  # back after a loss: see l2_reads_trusted
         if self.breaker.state != CLOSED:
             self._probe_l2()
