@@ -1,10 +1,11 @@
-"""django-redis's own backend suite (``tests/test_backend.py`` of its sdist) run against TieredCache on L1 + Redis.
+"""django-redis's own backend suite (``tests/test_backend.py`` of its sdist) run against TieredCache on L1 + Redis and L1 + Redis Cluster.
 
 The suite comes from the source distribution of the installed django-redis
 version (``make django-redis-suite``; make test does it), unmodified, as
 Django's own cache suite is run in test_django_contract.py. Its ``cache``
 fixture is ours: the default alias as a TieredCache on the real Redis
-(database 10), under a key prefix of the test's own.
+(database 10), and on a real three-primary Redis Cluster, under a key prefix
+of the test's own.
 
 Left out, by name, each for a stated reason (``NOT_RUN``):
 
@@ -26,6 +27,7 @@ from importlib.metadata import version as installed_version
 
 import pytest
 
+from tests.redis_cluster import cluster_urls
 from tests.settings import ROOT, redis_url
 
 SUITE_DIR = ROOT / ".cache" / "django-redis-tests" / installed_version("django-redis")
@@ -61,16 +63,17 @@ DIFFERS_BY_DESIGN = {
 NOT_RUN = SET_AND_HASH_HELPERS | set(DJANGO_REDIS_INTERNALS) | set(DIFFERS_BY_DESIGN)
 
 
-@pytest.fixture
-def cache(settings):
-    """The default alias as a TieredCache (L1 + the real Redis), cleared afterwards."""
+@pytest.fixture(params=["l1+redis", "l1+cluster"])
+def cache(request, settings):
+    """The default alias as a TieredCache (L1 + the real Redis, or a real Redis Cluster), cleared afterwards."""
     from django.core.cache import caches
 
+    location = redis_url(SUITE_REDIS_DB) if request.param == "l1+redis" else cluster_urls()
     settings.CACHES = {
         **settings.CACHES,
         "default": {
             "BACKEND": "velro_cache.backends.TieredCache",
-            "LOCATION": redis_url(SUITE_REDIS_DB),
+            "LOCATION": location,
             "KEY_PREFIX": f"djr-{uuid.uuid4().hex[:8]}",
         },
     }
