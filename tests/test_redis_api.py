@@ -141,6 +141,17 @@ def test_the_raw_client_is_the_caches_redis(l2_cache, settings):
         get_redis_connection("plain")
 
 
+def test_a_misconfigured_cache_refuses_the_django_redis_calls_with_the_check_message():
+    from django.core.exceptions import ImproperlyConfigured
+
+    from velro_cache.backends import TieredCache
+
+    broken = TieredCache(None, {"OPTIONS": {"POOL_SIZE": "many"}})
+    for call in (lambda: broken.ttl("k"), lambda: broken.expire("k", 1), lambda: broken.keys("*"), lambda: broken.lock("k")):
+        with pytest.raises(ImproperlyConfigured, match="velro_cache.E006"):
+            call()
+
+
 # -- L1 only ------------------------------------------------------------------------------------
 def test_l1_only_acts_on_the_l1_and_refuses_what_needs_redis(make_cache):
     cache = make_cache(l2=False)

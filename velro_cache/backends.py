@@ -128,6 +128,8 @@ class MisconfiguredCache(BaseCache):
         raise ImproperlyConfigured(self.message)
 
     add = get = set = touch = delete = clear = get_many = set_many = delete_many = has_key = incr = _refuse
+    # redis_api's django-redis calls, refused alike rather than an AttributeError.
+    ttl = pttl = expire = pexpire = expire_at = pexpire_at = persist = lock = keys = iter_keys = delete_pattern = get_client = _refuse
 
     def close(self, **kwargs: Any) -> None:
         """Called by Django after every request; nothing to close."""
