@@ -105,6 +105,15 @@ def test_a_lock_excludes_other_processes_and_its_release_reaches_their_l1(l2_cac
     assert other.lock("job").acquire(blocking=False)
 
 
+def test_a_lock_that_times_out_takes_other_processes_l1_copies_with_it(l2_cache, make_cache):
+    other = make_cache(like=l2_cache)
+    assert l2_cache.lock("job", timeout=1).acquire(blocking=False)
+    assert eventually(lambda: other.get("job") is not None and in_l1(other, "job"))
+    time.sleep(1.2)  # never released: Redis expires the lock
+    assert not other.has_key("job") and other.get("job") is None
+    assert other.lock("job").acquire(blocking=False)
+
+
 def test_set_nx_is_add_across_processes(cache, make_cache):
     assert cache.set("k", 1, nx=True) is True
     assert cache.set("k", 2, nx=True) is False

@@ -105,7 +105,10 @@ class CacheLock(Lock):
     the token is a signed frame of a random text (still unique per acquire,
     which is what makes a release by another holder impossible). A release
     deletes the key behind the backend's back: it drops any L1 copy a ``get``
-    of the lock key promoted, here and in every other process.
+    of the lock key promoted, here and in every other process; a lock that
+    times out instead takes such copies with it, as the token's frame expires
+    with the lock (``extend`` lengthens only the Redis TTL, so a copy then
+    expires early: a re-read, never a stale answer).
     """
 
     def __init__(self, *args: Any, new_token: Any, on_release: Any, **kwargs: Any) -> None:
@@ -116,7 +119,8 @@ class CacheLock(Lock):
     def acquire(
         self, sleep: float | None = None, blocking: bool | None = None, blocking_timeout: float | None = None, token: Any = None
     ) -> Any:
-        return super().acquire(sleep=sleep, blocking=blocking, blocking_timeout=blocking_timeout, token=token or self._new_token())
+        token = token or self._new_token(self.timeout)
+        return super().acquire(sleep=sleep, blocking=blocking, blocking_timeout=blocking_timeout, token=token)
 
     def do_release(self, expected_token: Any) -> None:
         super().do_release(expected_token)
@@ -342,8 +346,9 @@ class RedisApiMixin:
 
     @staticmethod
     def reverse_key(full: str) -> str:
-        """The user's key of a physical ``prefix:version:key`` (Django's default key function)."""
-        return full.split(":", 2)[2]
+        """The user's key of a physical ``prefix:version:key`` (Django's default key function), as django-redis reverses it."""
+        parts = full.split(":", 2)
+        return parts[2] if len(parts) == 3 else full  # a custom KEY_FUNCTION's key: the physical one
 
     def iter_keys(self, search: str, itersize: int | None = None, version: int | None = None) -> Iterator[str]:
         """The keys matching a glob, lazily; raises ``L2Unavailable`` when Redis cannot answer."""
@@ -377,8 +382,10 @@ class RedisApiMixin:
 def _lock_class(cache: RedisApiMixin, full: str) -> Any:
     """A CacheLock class bound to one cache key (redis-py builds the lock itself from ``lock_class``)."""
 
-    def new_token() -> bytes:
-        return cache._serializer.dumps(uuid.uuid4().hex, None, key=full)
+    def new_token(timeout: float | None) -> bytes:
+        """A signed random text expiring with the lock: an L1 copy a ``get`` promoted never outlives it."""
+        expires_at = None if timeout is None else time.time() + timeout
+        return cache._serializer.dumps(uuid.uuid4().hex, expires_at, key=full)
 
     class BoundCacheLock(CacheLock):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
