@@ -313,11 +313,17 @@ class RedisApiMixin:
         )
 
     def _announce_released(self, full: str) -> None:
+        """After a release Redis took: every process drops its copy of the token.
+
+        Not held back for replay when the announcement fails, unlike a write's:
+        the replay deletes the key, which by then may be another holder's lock.
+        A copy left elsewhere expires with the lock's timeout (or L1's MAX_AGE).
+        """
         self._state.forget_local([full])
         try:
             self._l2_call(self._l2.client.publish, self._l2.channel, self._state.drop_message([full]))
         except L2Unavailable:
-            self._state.pending.add([full], self.key_prefix)
+            pass
 
     # -- key scans ----------------------------------------------------------------------
     def make_pattern(self, pattern: str, version: int | None = None, prefix: str | None = None) -> str:
