@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-sqlite lint test-matrix bench services django-suite clean
+.PHONY: demo test test-sqlite lint test-matrix bench services django-suite django-redis-suite clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ services:
 django-suite: $(STAMP)
 	$(PY) scripts/fetch_django_tests.py
 
+## make django-redis-suite: django-redis's own backend suite, from the sdist of the installed version (tests/test_django_redis_suite.py).
+django-redis-suite: $(STAMP)
+	$(PY) scripts/fetch_django_redis_tests.py
+
 ## make test: install what is missing, make sure PostgreSQL and Redis answer, run the whole suite, then the SQLite leg.
-test: $(STAMP) services django-suite lint
+test: $(STAMP) services django-suite django-redis-suite lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) test-sqlite
 

@@ -42,6 +42,7 @@ from django.core.exceptions import ImproperlyConfigured
 from . import fill
 from .exceptions import CorruptEntry, L2Unavailable, NotPlannable, UnserializableValue, UnverifiedEntry
 from .options import TieredOptions, parse_options
+from .redis_api import RedisApiMixin
 from .serializers import OBJECT, Serializer, derive_signing_key
 from .stats import L1_SAMPLE, DataTypeCounters
 from .tiers.breaker import CLOSED
@@ -127,13 +128,15 @@ class MisconfiguredCache(BaseCache):
         raise ImproperlyConfigured(self.message)
 
     add = get = set = touch = delete = clear = get_many = set_many = delete_many = has_key = incr = _refuse
+    # redis_api's django-redis calls, refused alike rather than an AttributeError.
+    ttl = pttl = expire = pexpire = expire_at = pexpire_at = persist = lock = keys = iter_keys = delete_pattern = get_client = _refuse
 
     def close(self, **kwargs: Any) -> None:
         """Called by Django after every request; nothing to close."""
 
 
-class TieredCache(BaseCache):
-    """A Django cache backend with an in-process L1 and an optional Redis L2."""
+class TieredCache(RedisApiMixin, BaseCache):
+    """A Django cache backend with an in-process L1 and an optional Redis L2 (django-redis's extras: ``redis_api``)."""
 
     def __new__(cls, location: Any = None, params: dict[str, Any] | None = None) -> Any:
         options = parse_options(location, (params or {}).get("OPTIONS"))
@@ -504,7 +507,9 @@ class TieredCache(BaseCache):
         return True
 
     # -- writes -----------------------------------------------------------------
-    def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> None:
+    def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None, nx: bool = False) -> Any:
+        if nx:  # django-redis's SET NX: add's answer
+            return self.add(key, value, timeout, version)
         full, _ = self._key(key, version)
         if not self._set_many_full([(full, value)], self._ttl(timeout)):
             logger.warning("velro_cache: %r was not cached: larger than the L1 budget", full)
@@ -667,7 +672,9 @@ class TieredCache(BaseCache):
         self._state.forget_local(fulls)
         return existed
 
-    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+    def incr(self, key: Any, delta: int = 1, version: int | None = None, ignore_key_check: bool = False) -> int:
+        if ignore_key_check:  # django-redis's: a missing key starts at delta
+            return self._incr_or_create(key, delta, version)
         full, _ = self._key(key, version)
         if self._l2 is not None:
             try:
@@ -726,9 +733,6 @@ class TieredCache(BaseCache):
             except L2Unavailable:
                 self._state.pending.add_clear(self.key_prefix)
         self._state.forget_all_local()
-
-    def close(self, **kwargs: Any) -> None:
-        """Nothing to release per request: the L1 and the Redis pool are process-wide."""
 
     # -- async ------------------------------------------------------------------
     async def aget(self, key: Any, default: Any = None, version: int | None = None) -> Any:

@@ -43,6 +43,10 @@ class L2Unavailable(Exception):
     """L2 was skipped (breaker open) or failed; callers fall back, never raise to a view."""
 
 
+class L2Required(NotImplementedError):
+    """A django-redis style call that only Redis can answer (``lock``, ``get_client``) on an L1-only cache."""
+
+
 class NotPlannable(Exception):
     """A value whose L1 copy cannot be planned ahead; L1 keeps its encoded bytes instead."""
 
