@@ -24,7 +24,9 @@ BACKEND = "tests.async_bridge.AsyncBridgedTieredCache"
 # flush makes every process distrust Redis's answers for the staleness bound
 # (tiers.coherence, the epoch), sync and async alike, and the bridge's slower
 # calls would land inside that window. The "prefix" alias keeps its own.
-SETTINGS = caches_setting_for_tests(base={"KEY_PREFIX": "aio-suite"}, BACKEND=BACKEND, exclude={"cull", "zero_cull"}, LOCATION=redis_url(13))
+SETTINGS = caches_setting_for_tests(
+    base={"KEY_PREFIX": "aio-suite"}, BACKEND=BACKEND, exclude={"cull", "zero_cull"}, LOCATION=redis_url(13)
+)
 
 
 @override_settings(CACHES=SETTINGS)
