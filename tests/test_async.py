@@ -64,10 +64,8 @@ async def test_an_async_loader_is_awaited_once_for_32_coroutines(acache):
     assert await acache.aget("slow") == "loaded"
 
 
-async def test_every_method_runs_on_the_loop_without_a_thread(make_cache):
-    cache = make_cache()
-    await cache.aget("warm-up")  # the loop's client is made here
-    asyncio.get_running_loop().set_default_executor(RefusingExecutor())
+async def exercise_every_method(cache) -> None:
+    """Each a* method once, with the answer Django's contract gives."""
     await cache.aset("k", "v", 60)
     assert await cache.aget("k") == "v"
     assert await cache.aadd("k", "other") is False
@@ -82,10 +80,29 @@ async def test_every_method_runs_on_the_loop_without_a_thread(make_cache):
     assert await cache.adelete("k") is True
     assert await cache.adelete("k") is False
     await cache.adelete_many(["a", "b"])
+    assert await cache.aget_many(["a", "b"]) == {}
     assert await cache.aget_or_set("gs", lambda: "made", 60) == "made"
     await cache.aclear()
     assert await cache.aget_many(["new", "gs"]) == {}
     await cache.aclose()
+
+
+async def test_every_method_runs_on_the_loop_without_a_thread(make_cache):
+    cache = make_cache()
+    await cache.aget("warm-up")  # the loop's client is made here
+    asyncio.get_running_loop().set_default_executor(RefusingExecutor())
+    await exercise_every_method(cache)
+
+
+async def test_every_method_on_a_redis_cluster(make_cache):
+    """A cluster's L2 calls run in worker threads for now (tiers.aredis.ThreadedTier): same answers."""
+    cache = make_cache(mode="l1+cluster")
+    await exercise_every_method(cache)
+    other = make_cache(like=cache)
+    await cache.aset("seen", "old", 60)
+    assert await other.aget("seen") == "old"
+    await cache.aset("seen", "new", 60)
+    assert await asyncio.to_thread(eventually, lambda: other.get("seen") == "new", 5)
 
 
 async def test_an_async_write_reaches_another_processes_l1(make_cache):
@@ -177,3 +194,23 @@ async def test_an_outage_never_raises_and_its_writes_are_replayed(own_redis, tie
     # The held write is delivered as a delete: nobody keeps "before".
     assert await asyncio.to_thread(eventually, lambda: other.get("held", "gone") == "gone", 10)
     assert await asyncio.to_thread(eventually, lambda: own_redis.client().get("aio:1:held") is None, 10)
+
+
+async def test_a_cancelled_probe_does_not_close_the_breaker(own_redis, tiered_on):
+    """A coroutine cancelled while it probes a silent Redis (a timeout around the call) proves nothing."""
+    from velro_cache.tiers.breaker import CLOSED
+
+    cache = tiered_on(own_redis.url(0), prefix="aio-cancel")
+    await cache.aset("k", "v", 60)  # the loop's connection is open
+    breaker = cache._state.breaker
+    own_redis.pause()
+    try:
+        breaker.force_open()
+        await asyncio.sleep(breaker.reset_timeout + 0.05)  # the next call is the half-open probe
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(cache.ahas_key("absent"), 0.05)
+        assert breaker.state != CLOSED
+        assert await cache.aget("k", "miss") == "miss"  # still served as an outage, not from a silent Redis
+    finally:
+        own_redis.resume()
+    assert await asyncio.to_thread(eventually, lambda: cache.get("k") == "v", 10)
