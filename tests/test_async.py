@@ -214,3 +214,21 @@ async def test_a_cancelled_probe_does_not_close_the_breaker(own_redis, tiered_on
     finally:
         own_redis.resume()
     assert await asyncio.to_thread(eventually, lambda: cache.get("k") == "v", 10)
+
+
+def test_closed_loops_do_not_keep_their_connections(make_cache):
+    """``asyncio.run`` per call (a script, a sync view calling async code) must not pile up Redis connections."""
+    import gc
+
+    from velro_cache.tiers import aredis
+
+    cache = make_cache()
+    clients = lambda: cache._l2.client.info("clients")["connected_clients"]  # noqa: E731
+    asyncio.run(cache.aget("absent-0"))
+    gc.collect()
+    before = clients()
+    for index in range(100):
+        asyncio.run(cache.aget(f"absent-{index}"))  # a new loop, a new client, an L2 round trip
+    gc.collect()
+    assert aredis.open_loops() <= 1
+    assert eventually(lambda: clients() - before <= 3, 5), clients() - before

@@ -8,8 +8,10 @@ instead of a thread blocking on it.
 
 A ``redis.asyncio`` connection belongs to the event loop that opened it, so
 clients are kept per running loop (and per sync tier, i.e. per cache
-configuration and process): ``tier_for`` makes one on a loop's first call.
-A forked child starts with none, as it starts with no sync pool either.
+configuration and process): ``tier_for`` makes one on a loop's first call,
+and forgets those of closed loops, whose sockets the garbage collector then
+closes. A forked child starts with none, as it starts with no sync pool
+either.
 
 Connections run the incarnation check on connect, as the sync pool's do
 (``tiers.incarnation``): a Redis that came back older is retired before an
@@ -245,10 +247,11 @@ class ThreadedTier:
         return method
 
 
-# loop -> sync tier -> its async twin on that loop. Weak on both sides: a
-# closed, collected loop takes its clients with it, and so does a discarded
-# cache configuration.
-_tiers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Any, Any]] = weakref.WeakKeyDictionary()
+# loop -> sync tier -> its async twin on that loop. The loops are held
+# strongly: a loop's connections refer to it, so a weak key would never die.
+# Closed loops are swept out whenever a new loop makes its first call, which
+# leaves their clients to the garbage collector (closing their sockets).
+_tiers: dict[asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Any, Any]] = {}
 _tiers_lock = threading.Lock()
 
 
@@ -259,11 +262,26 @@ def tier_for(sync_tier: RedisTier, options: TieredOptions) -> Any:
     tier = per_loop.get(sync_tier) if per_loop is not None else None
     if tier is None:
         with _tiers_lock:
+            if loop not in _tiers:
+                _sweep_closed_loops()
             per_loop = _tiers.setdefault(loop, weakref.WeakKeyDictionary())
             tier = per_loop.get(sync_tier)
             if tier is None:
                 tier = per_loop[sync_tier] = _new_tier(sync_tier, options)
     return tier
+
+
+def _sweep_closed_loops() -> None:
+    """Forget the clients of loops that were closed (``asyncio.run`` ended, a thread's loop shut down)."""
+    for loop in [loop for loop in _tiers if loop.is_closed()]:
+        del _tiers[loop]
+
+
+def open_loops() -> int:
+    """How many event loops hold clients now (tests: closed loops are let go)."""
+    with _tiers_lock:
+        _sweep_closed_loops()
+        return len(_tiers)
 
 
 def _new_tier(sync_tier: RedisTier, options: TieredOptions) -> Any:
@@ -277,7 +295,7 @@ def _new_tier(sync_tier: RedisTier, options: TieredOptions) -> Any:
 def _forget_after_fork() -> None:
     """A child's loops are its own: the parent's clients (and a lock another thread held) stay behind."""
     global _tiers, _tiers_lock
-    _tiers = weakref.WeakKeyDictionary()
+    _tiers = {}
     _tiers_lock = threading.Lock()
 
 
