@@ -232,3 +232,26 @@ def test_closed_loops_do_not_keep_their_connections(make_cache):
     gc.collect()
     assert aredis.open_loops() <= 1
     assert eventually(lambda: clients() - before <= 3, 5), clients() - before
+
+
+def test_threads_with_their_own_loops_share_one_cache(make_cache):
+    """Each thread's loop gets its own client; the L1, counters and coherence stay the process's."""
+    from tests.support import run_threads
+
+    cache = make_cache()
+
+    def on_own_loop(index: int):
+        async def work():
+            for round_ in range(20):
+                await cache.aset(f"t{index}", round_, 60)
+                assert await cache.aget(f"t{index}") == round_
+                await cache.aset(f"s{index}", {"round": round_}, 60)
+                assert await cache.aget(f"s{index}") == {"round": round_}
+            return await cache.aget_or_set("shared-once", lambda: index, 60)
+
+        return asyncio.run(work())
+
+    winners = run_threads([lambda i=i: on_own_loop(i) for i in range(4)])
+    assert len(set(winners)) == 1  # one loader's value for every thread's loop
+    assert cache.get_many([f"s{i}" for i in range(4)]) == {f"s{i}": {"round": 19} for i in range(4)}
+    assert cache.stats()["l2"]["breaker"]["state"] == "closed"
