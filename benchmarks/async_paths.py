@@ -107,14 +107,13 @@ def _operations(tiered: Any, djredis: Any) -> dict[str, dict[str, tuple]]:
         for key in fulls:
             tiered._l1.delete(key)
 
-    def paths(name: str, args: tuple, before: Callable[[], Any] | None = None, dr_args: tuple | None = None) -> dict[str, tuple]:
-        dr_args = args if dr_args is None else dr_args
+    def paths(name: str, args: tuple, before: Callable[[], Any] | None = None, dr_before: Callable[[], Any] | None = None) -> dict:
         return {
             T_ASYNC: (getattr(tiered, "a" + name), args, before, True),
             T_SYNC: (getattr(tiered, name), args, before, False),
             T_HOP: (_hop(tiered, name), args, before, True),
-            DR_ASYNC: (getattr(djredis, "a" + name), dr_args, None, True),
-            DR_SYNC: (getattr(djredis, name), dr_args, None, False),
+            DR_ASYNC: (getattr(djredis, "a" + name), args, dr_before, True),
+            DR_SYNC: (getattr(djredis, name), args, dr_before, False),
         }
 
     return {
@@ -122,7 +121,9 @@ def _operations(tiered: Any, djredis: Any) -> dict[str, dict[str, tuple]]:
         "get (L2 hit)": paths("get", ("hit",), drop_l1),
         "set": paths("set", ("written", VALUE, 300)),
         f"get_many({BATCH}) (L2 hits)": paths("get_many", (many,), drop_many),
-        "incr": paths("incr", ("counter",)),
+        # The counter is set again (untimed) before each incr: on a loaded machine a key lost to a
+        # failed write would otherwise end the run with "Key not found".
+        "incr": paths("incr", ("counter",), lambda: tiered.set("counter", 0, None), lambda: djredis.set("counter", 0, None)),
     }
 
 
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> Report:
     loop = asyncio.new_event_loop()
     try:
         with common.library_warnings() as warned:
-            rows, tails = _latency_rows(loop, tiered, djredis, plan)
+            rows, tails, checks = _latency_rows(loop, tiered, djredis, plan)
             burst_rows = _burst_rows(loop, tiered, djredis, plan)
             throughput_rows = _throughput_rows(loop, tiered, djredis, plan)
     finally:
@@ -196,8 +197,9 @@ def run(args: argparse.Namespace) -> Report:
     notes = [
         "Medians per call in µs. Ratios are medians of the native async path over the other path",
         "(below 1: the native path is faster). A `get (L1 hit)` never reaches Redis on TieredCache's native and sync",
-        "paths; django-redis has no L1, so its rows are Redis round trips throughout. In the `L2 hit` rows every",
-        "TieredCache get was an L2 hit: its counters show no L1 hit and no miss while they ran (checked by the run).",
+        "paths; django-redis has no L1, so its rows are Redis round trips throughout. The `L2 hit` rows are checked",
+        "on TieredCache's own counters (a miss there: Redis too slow under load, the breaker opened):",
+        *(f"- {line}" for line in checks),
         *common.warnings_note(warned),
     ]
     report.table("Latency per call", columns, rows, notes)
@@ -221,15 +223,16 @@ def run(args: argparse.Namespace) -> Report:
     return report
 
 
-def _latency_rows(loop: asyncio.AbstractEventLoop, tiered: Any, djredis: Any, plan: dict) -> tuple[list[dict], list[dict]]:
-    """Per operation: the medians with their ratios, and the p99s."""
-    rows, tails = [], []
+def _latency_rows(loop: asyncio.AbstractEventLoop, tiered: Any, djredis: Any, plan: dict) -> tuple[list[dict], list[dict], list[str]]:
+    """Per operation: the medians with their ratios, the p99s, and how many forced L2 hits were not."""
+    rows, tails, checks = [], [], []
     for operation, cases in _operations(tiered, djredis).items():
         before = tiered.stats()["totals"]
         samples = _interleaved(loop, cases, plan["calls"], plan["rounds"])
         after = tiered.stats()["totals"]
-        if "L2 hit" in operation and (after["l1_hits"] != before["l1_hits"] or after["misses"] != before["misses"]):
-            raise RuntimeError(f"{operation}: a timed TieredCache get was not an L2 hit ({before} -> {after})")
+        if "L2 hit" in operation:
+            not_l2 = after["l1_hits"] - before["l1_hits"] + after["misses"] - before["misses"]
+            checks.append(f"{operation}: {not_l2} of {after['requests'] - before['requests']} TieredCache gets were not L2 hits")
         medians = {path: common.median_us(samples[path]) for path in PATHS}
         row: dict[str, Any] = {"operation": operation, **{f"{path} µs": medians[path] for path in PATHS}}
         row["async × sync"] = common.ratio(medians[T_ASYNC], medians[T_SYNC])
@@ -237,7 +240,7 @@ def _latency_rows(loop: asyncio.AbstractEventLoop, tiered: Any, djredis: Any, pl
         row["async × django-redis async"] = common.ratio(medians[T_ASYNC], medians[DR_ASYNC])
         rows.append(row)
         tails.append({"operation": operation, **{f"{path} µs": common.summarize(samples[path])["p99 µs"] for path in PATHS}})
-    return rows, tails
+    return rows, tails, checks
 
 
 def _burst_rows(loop: asyncio.AbstractEventLoop, tiered: Any, djredis: Any, plan: dict) -> list[dict[str, Any]]:
