@@ -65,7 +65,6 @@ ENTRY_OVERHEAD = 160
 _L1_SAMPLE_MASK = L1_SAMPLE - 1
 
 
-
 # A TTL this long (about 31,700 years) is "forever": Redis cannot take it as
 # PX, and LocMemCache keeps such a value (and one with timeout=inf) for ever.
 FOREVER_SECONDS = 1e12
