@@ -19,6 +19,10 @@ warn take the slow path every time so the warning is never swallowed.
 Integers are stored raw in Redis so ``incr`` is an atomic ``INCRBY``; for the
 same reason, in L1 + L2 mode integers are not held in L1 (another process's
 ``incr`` would leave a local copy stale).
+
+The async API (``aget``, ``aset``, ... ``aget_or_set``) is native, on
+``redis.asyncio``: ``velro_cache.aio`` builds each ``a*`` method from this
+class's pure steps, awaiting only the L2 call.
 """
 
 from __future__ import annotations
@@ -34,12 +38,12 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any
 
-import redis
 from django.conf import settings as django_settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, CacheKeyWarning, memcache_key_warnings
 from django.core.exceptions import ImproperlyConfigured
 
 from . import fill
+from .aio import AsyncTieredMixin
 from .exceptions import CorruptEntry, L2Unavailable, NotPlannable, UnserializableValue, UnverifiedEntry
 from .options import TieredOptions, parse_options
 from .redis_api import RedisApiMixin
@@ -47,6 +51,7 @@ from .serializers import OBJECT, Serializer, derive_signing_key
 from .stats import L1_SAMPLE, DataTypeCounters
 from .tiers.breaker import CLOSED
 from .tiers.copying import Reader, plan_copy
+from .tiers.guard import L2Guard
 from .tiers.memory import MISSING
 from .tiers.process import ProcessState, state_for
 from .tiers.redis import NotACounter, ttl_ms
@@ -59,19 +64,6 @@ KEY_MEMOS_LIMIT = 64
 # the payload tuple and the dict slot. Counted so MAX_BYTES bounds real memory.
 ENTRY_OVERHEAD = 160
 _L1_SAMPLE_MASK = L1_SAMPLE - 1
-
-# Failures that mean "Redis is unreachable or too slow": they open the breaker.
-# A Redis Cluster adds two: ClusterError (CLUSTERDOWN, MASTERDOWN: slots
-# without a live owner; a ResponseError, so it would otherwise not count) and
-# RedisClusterException (no node reachable, slot not covered), which is not
-# even a RedisError and would otherwise reach the caller.
-OUTAGE_ERRORS = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    OSError,
-    redis.exceptions.ClusterError,
-    redis.exceptions.RedisClusterException,
-)
 
 
 # A TTL this long (about 31,700 years) is "forever": Redis cannot take it as
@@ -135,8 +127,8 @@ class MisconfiguredCache(BaseCache):
         """Called by Django after every request; nothing to close."""
 
 
-class TieredCache(RedisApiMixin, BaseCache):
-    """A Django cache backend with an in-process L1 and an optional Redis L2 (django-redis's extras: ``redis_api``)."""
+class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
+    """A Django cache backend with an in-process L1 and an optional Redis L2 (django-redis's extras: ``redis_api``; native async: ``aio``)."""
 
     def __new__(cls, location: Any = None, params: dict[str, Any] | None = None) -> Any:
         options = parse_options(location, (params or {}).get("OPTIONS"))
@@ -253,33 +245,20 @@ class TieredCache(RedisApiMixin, BaseCache):
 
     # -- L2 guard ---------------------------------------------------------------
     def _l2_call(self, method: Callable[..., Any], *args: Any) -> Any:
-        """Run one L2 call behind the breaker; any failure becomes L2Unavailable."""
-        breaker = self._state.breaker
-        if not breaker.allow():
+        """Run one L2 call behind the breaker; any failure becomes L2Unavailable (``tiers.guard``)."""
+        self._l2_admit()
+        with L2Guard(self._state.breaker, self._stats, getattr(method, "__name__", str(method))):
+            return method(*args)
+
+    def _l2_admit(self) -> None:
+        """Refuse an L2 call the breaker does not allow, or one that would read what held invalidations replace."""
+        if not self._state.breaker.allow():
             raise L2Unavailable("circuit open")
         if (self._state.pending or self._state.replaying.locked()) and not self._state.replay_pending():
             # Deliver what Redis missed (or wait for another thread's delivery)
             # before this call reads anything those invalidations replace; a
             # half-open probe too, or it would read the replaced values.
             raise L2Unavailable("invalidations held back by an outage could not be delivered")
-        try:
-            result = method(*args)
-        except OUTAGE_ERRORS as exc:
-            next(self._stats.l2_errors)
-            breaker.record_failure()
-            raise L2Unavailable(str(exc)) from exc
-        except redis.RedisError as exc:  # e.g. OOM: Redis answered, so no outage
-            next(self._stats.l2_errors)
-            breaker.record_success()
-            logger.warning("velro_cache: Redis refused %s: %s", getattr(method, "__name__", method), exc)
-            raise L2Unavailable(str(exc)) from exc
-        except BaseException:
-            # Not an outage (e.g. incr's TypeError: Redis answered); a half-open
-            # probe must end either way, or the breaker would wait for ever.
-            breaker.record_success()
-            raise
-        breaker.record_success()
-        return result
 
     def _l2_read(self, method: Callable[..., Any], *args: Any) -> Any:
         """An L2 read whose answer is used only while this process trusts Redis to hold every returned write.
@@ -379,10 +358,25 @@ class TieredCache(RedisApiMixin, BaseCache):
         return value if found else default
 
     def _accept_from_l2(self, full: str, data: bytes | None, counters: DataTypeCounters, ticket: int) -> tuple[bool, Any]:
-        """Decode an L2 value, promote it into L1, count the outcome."""
+        """Decode an L2 value, promote it into L1, count the outcome; retire it if corrupt."""
+        found, value, retire = self._decode_from_l2(full, data, counters, ticket)
+        if retire:
+            # Left in place it would make every add()/get_or_set() fail on this key.
+            try:
+                self._l2_call(self._l2.delete_if_equal, full, data)
+            except L2Unavailable:
+                pass
+        return found, value
+
+    def _decode_from_l2(self, full: str, data: bytes | None, counters: DataTypeCounters, ticket: int) -> tuple[bool, Any, bool]:
+        """(found, value, retire it): the decode, promotion and counting of an L2 read, without I/O.
+
+        Shared by the sync and the async reads; only the retirement of a
+        corrupt entry talks to Redis, so the caller does it its own way.
+        """
         if data is None:
             next(counters.misses)
-            return False, None
+            return False, None, False
         try:
             frame = self._serializer.unframe(data, key=full)
             value = self._serializer.decode(frame.codec, frame.body)
@@ -392,21 +386,16 @@ class TieredCache(RedisApiMixin, BaseCache):
             next(counters.corrupt)
             next(counters.misses)
             logger.warning("velro_cache: ignoring an unverified L2 entry at %r: %s", full, exc)
-            return False, None
+            return False, None, False
         except CorruptEntry as exc:
             next(counters.corrupt)
             next(counters.misses)
             logger.warning("velro_cache: retiring a corrupt L2 entry at %r: %s", full, exc)
-            # Left in place it would make every add()/get_or_set() fail on this key.
-            try:
-                self._l2_call(self._l2.delete_if_equal, full, data)
-            except L2Unavailable:
-                pass
-            return False, None
+            return False, None, True
         next(counters.l2_hits)
         if frame.codec != OBJECT:  # raw integers stay in Redis only
             self._promote(full, value, frame, ticket)
-        return True, value
+        return True, value, False
 
     def _promote(self, full: str, value: Any, frame: Any, ticket: int) -> None:
         seconds = None if frame.expires_at is None else frame.expires_at - time.time()
@@ -733,19 +722,6 @@ class TieredCache(RedisApiMixin, BaseCache):
             except L2Unavailable:
                 self._state.pending.add_clear(self.key_prefix)
         self._state.forget_all_local()
-
-    # -- async ------------------------------------------------------------------
-    async def aget(self, key: Any, default: Any = None, version: int | None = None) -> Any:
-        """Serve an L1 hit on the event loop; only an L2 read goes to a thread."""
-        from asgiref.sync import sync_to_async
-
-        full, counters = self._key(key, version)
-        payload = self._l1.get(full)
-        if payload is not MISSING:
-            next(counters.l1_hits)
-            reader, stored = payload
-            return stored if reader is None else reader(stored)
-        return await sync_to_async(self._get_from_l2, thread_sensitive=False)(full, counters, default)
 
     # -- read-through -----------------------------------------------------------
     def get_or_load(self, key: Any, loader: Callable[[], Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> Any:

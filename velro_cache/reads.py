@@ -1,7 +1,7 @@
 """The read API: every cached read goes through here, so every one of them stays true.
 
 ``cached_read(key, loader)`` is what a project calls instead of
-``cache.get``/``cache.set``; ``cached_read_many`` is its batch form, ``peek``
+``cache.get``/``cache.set`` (``acached_read`` in async code); ``cached_read_many`` is its batch form, ``peek``
 looks without loading, ``@cached`` caches a function's results, and the
 materialized-view reads (``velro_cache.db.reads.read_view``) are built on it.
 Per read it:
@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable, Hashable, Iterable, Mapping
+import inspect
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
@@ -43,7 +44,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from .invalidation.retirement import resolve_cache
 from .invalidation.transactions import dirty_namespaces
 from .keys import SEPARATOR, KeyLike, as_key, data_type_segment
-from .namespaces import TOKEN_KEY_TYPE, current_tokens, levels, stamp, token_key
+from .namespaces import TOKEN_KEY_TYPE, current_tokens, levels, new_token, stamp, token_key
 from .ttl import base_ttl, record_read, ttl_for
 
 T = TypeVar("T", bound=Hashable)
@@ -83,6 +84,42 @@ def cached_read(
     if value is _MISSING:
         value = loader()
         _store(target, {physical: value}, _seconds(logical, timeout))
+    return value
+
+
+async def acached_read(
+    key: KeyLike,
+    loader: Callable[[], Any],
+    *,
+    tags: Iterable[KeyLike] = (),
+    timeout: Any = DEFAULT_TIMEOUT,
+    cache: Any = None,
+) -> Any:
+    """``cached_read`` for coroutines: the same key, tokens, TTL policy and entries, awaited.
+
+    A value stored by ``cached_read`` is served here and the other way round.
+    ``loader`` may be a plain callable or return an awaitable (``async def``).
+    On TieredCache the load is ``aget_or_load``'s: single flight across
+    coroutines, threads and processes (``velro_cache.afill``); on another
+    backend, Django's ``aget``/``aset_many``.
+    """
+    logical, names = _namespaces(key, tags)
+    dirty = dirty_namespaces()
+    if dirty and not dirty.isdisjoint(names):
+        return await _awaited(loader())
+    target = resolve_cache(cache)
+    physical = stamp(logical, await _acurrent_tokens(target, names))
+    record_read(logical)
+    aget_or_load = getattr(target, "aget_or_load", None)
+    if aget_or_load is not None:
+        lazy = (lambda: ttl_for(logical)) if timeout is DEFAULT_TIMEOUT else timeout
+        return await aget_or_load(physical, loader, lazy)
+    value = await target.aget(physical, _MISSING)
+    if value is _MISSING:
+        value = await _awaited(loader())
+        seconds = _seconds(logical, timeout)
+        if seconds is None or seconds > 0:
+            await target.aset_many({physical: value}, seconds)
     return value
 
 
@@ -216,6 +253,25 @@ def _current_physical(target: Any, logical: str, names: tuple[str, ...]) -> str 
     return stamp(logical, tokens)
 
 
+async def _acurrent_tokens(target: Any, names: Sequence[str]) -> list[str]:
+    """``namespaces.current_tokens`` awaited: one ``aget_many`` for all, ``aadd`` for the missing (creators agree)."""
+    keys = [token_key(name) for name in names]
+    found = await target.aget_many(keys)
+    tokens = []
+    for key in keys:
+        token = found.get(key)
+        if token is None:
+            token = new_token()
+            if not await target.aadd(key, token, None):
+                token = await target.aget(key) or token  # someone else's came first
+        tokens.append(token)
+    return tokens
+
+
+async def _awaited(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
 def _seconds(logical: str, timeout: Any) -> float | None:
     """``timeout`` as seconds to live (None: forever): DEFAULT_TIMEOUT asks the TTL policy."""
     return ttl_for(logical) if timeout is DEFAULT_TIMEOUT else timeout
@@ -248,4 +304,4 @@ def _argument_digest(args: tuple, kwargs: dict) -> str:
     return hashlib.blake2b(material, digest_size=12).hexdigest()
 
 
-__all__ = ["cached", "cached_read", "cached_read_many", "peek"]
+__all__ = ["acached_read", "cached", "cached_read", "cached_read_many", "peek"]

@@ -1,0 +1,257 @@
+"""The async API against the real Redis: native (no thread hop), single-flight, coherent, fault-tolerant.
+
+Each test here is something an ASGI application relies on: ``aget_or_set``
+runs a loader once for a burst of coroutines (and once between coroutines,
+threads and other processes), an ``aset`` reaches every other process's L1,
+an outage never raises into a coroutine and its writes are replayed, and one
+cache serves several event loops and a forked child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.support import WorkerProcess, eventually
+
+L1_ONLY, L1_REDIS = "l1", "l1+redis"
+
+
+@pytest.fixture(params=[L1_ONLY, L1_REDIS])
+def acache(request, make_cache):
+    return make_cache(l2=request.param == L1_REDIS)
+
+
+class RefusingExecutor(ThreadPoolExecutor):
+    """A default executor that fails any call handed to it: proof that nothing hopped to a thread."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        raise AssertionError(f"{getattr(fn, '__name__', fn)} was sent to a worker thread")
+
+
+async def test_32_coroutines_run_the_loader_once(acache):
+    runs = []
+
+    def loader():
+        runs.append(1)
+        return {"answer": 42}
+
+    async def ask():
+        await asyncio.sleep(0)
+        return await acache.aget_or_set("burst", loader, 60)
+
+    results = await asyncio.gather(*(ask() for _ in range(32)))
+    assert results == [{"answer": 42}] * 32
+    assert len(runs) == 1
+
+
+async def test_an_async_loader_is_awaited_once_for_32_coroutines(acache):
+    runs = []
+
+    async def loader():
+        runs.append(1)
+        await asyncio.sleep(0.05)  # the coroutines pile up behind the first
+        return "loaded"
+
+    results = await asyncio.gather(*(acache.aget_or_load("slow", loader, 60) for _ in range(32)))
+    assert results == ["loaded"] * 32
+    assert len(runs) == 1
+    assert await acache.aget("slow") == "loaded"
+
+
+async def exercise_every_method(cache) -> None:
+    """Each a* method once, with the answer Django's contract gives."""
+    await cache.aset("k", "v", 60)
+    assert await cache.aget("k") == "v"
+    assert await cache.aadd("k", "other") is False
+    assert await cache.aadd("new", [1, 2]) is True
+    assert await cache.aget_many(["k", "new", "absent"]) == {"k": "v", "new": [1, 2]}
+    assert await cache.aset_many({"a": 1, "b": 2}) == []
+    assert await cache.aincr("a", 10) == 11
+    assert await cache.adecr("b") == 1
+    assert await cache.aincr("a", 2**64) == 11 + 2**64  # past 64 bits: the compare-and-set path
+    assert await cache.ahas_key("k") is True
+    assert await cache.atouch("k", 120) is True
+    assert await cache.adelete("k") is True
+    assert await cache.adelete("k") is False
+    await cache.adelete_many(["a", "b"])
+    assert await cache.aget_many(["a", "b"]) == {}
+    assert await cache.aget_or_set("gs", lambda: "made", 60) == "made"
+    await cache.aclear()
+    assert await cache.aget_many(["new", "gs"]) == {}
+    await cache.aclose()
+
+
+async def test_every_method_runs_on_the_loop_without_a_thread(make_cache):
+    cache = make_cache()
+    await cache.aget("warm-up")  # the loop's client is made here
+    asyncio.get_running_loop().set_default_executor(RefusingExecutor())
+    await exercise_every_method(cache)
+
+
+async def test_every_method_on_a_redis_cluster(make_cache):
+    """A cluster's L2 calls run in worker threads for now (tiers.aredis.ThreadedTier): same answers."""
+    cache = make_cache(mode="l1+cluster")
+    await exercise_every_method(cache)
+    other = make_cache(like=cache)
+    await cache.aset("seen", "old", 60)
+    assert await other.aget("seen") == "old"
+    await cache.aset("seen", "new", 60)
+    assert await asyncio.to_thread(eventually, lambda: other.get("seen") == "new", 5)
+
+
+async def test_an_async_write_reaches_another_processes_l1(make_cache):
+    writer = make_cache()
+    reader = make_cache(like=writer)  # its own L1 and listener: another "process"
+    await writer.aset("shared", "old", 60)
+    assert await reader.aget("shared") == "old"  # now held in the reader's L1
+    await writer.aset("shared", "new", 60)
+    assert eventually(lambda: reader.get("shared") == "new", 2)
+    await writer.adelete("shared")
+    assert eventually(lambda: reader.get("shared") is None, 2)
+
+
+async def test_a_sync_thread_and_coroutines_share_one_loader(make_cache):
+    """The sync fill takes the Redis lease; coroutines wait for its value instead of loading."""
+    cache = make_cache()
+    runs = []
+    started = threading.Event()
+
+    def slow_loader():
+        runs.append("thread")
+        started.set()
+        time.sleep(0.3)
+        return "from-thread"
+
+    thread = threading.Thread(target=lambda: cache.get_or_load("mixed", slow_loader, 60))
+    thread.start()
+    await asyncio.to_thread(started.wait, 5)
+    results = await asyncio.gather(*(cache.aget_or_load("mixed", lambda: runs.append("loop") or "from-loop", 60) for _ in range(8)))
+    await asyncio.to_thread(thread.join, 5)
+    assert results == ["from-thread"] * 8
+    assert runs == ["thread"]
+
+
+def test_coroutines_wait_for_another_processes_fill(make_cache, tmp_path):
+    """Across OS processes the flight is the Redis lease: the worker loads, our coroutines wait for it."""
+    cache = make_cache()
+    log = tmp_path / "loads.log"
+    worker = WorkerProcess("tests.cache_worker", cache._l2.url, cache.key_prefix)
+    try:
+        worker.wait_ready()
+        worker.send(op="get_or_load", key="cross", value="from-worker", log=str(log), sleep=0.5)
+        assert eventually(lambda: log.exists() and log.read_text(), 10)
+
+        async def burst():
+            return await asyncio.gather(*(cache.aget_or_load("cross", lambda: "from-here", 60) for _ in range(16)))
+
+        assert asyncio.run(burst()) == ["from-worker"] * 16
+        assert worker.receive() == "from-worker"
+    finally:
+        worker.stop()
+    assert len(log.read_text().splitlines()) == 1
+
+
+def _child_reads(cache, queue) -> None:
+    queue.put(asyncio.run(cache.aget("before-fork")))
+
+
+def test_one_cache_serves_several_loops_and_a_forked_child(make_cache):
+    cache = make_cache()
+    asyncio.run(cache.aset("before-fork", "parent", 60))
+    assert asyncio.run(cache.aget("before-fork")) == "parent"  # a second loop: its own client
+    cache.delete("before-fork")
+    cache.set("before-fork", "parent-again", 60)
+    queue = multiprocessing.get_context("fork").Queue()
+    child = multiprocessing.get_context("fork").Process(target=_child_reads, args=(cache, queue))
+    child.start()
+    child.join(20)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == "parent-again"
+
+
+async def test_an_outage_never_raises_and_its_writes_are_replayed(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url(0), prefix="aio")
+    other = tiered_on(own_redis.url(0), prefix="aio")
+    await cache.aset("held", "before", 60)
+    assert await other.aget("held") == "before"
+    own_redis.pause()
+    try:
+        started = time.monotonic()
+        await cache.aset("held", "during", 60)  # dropped locally, held for replay
+        assert await cache.aget("held", "miss") == "miss"
+        assert await cache.aadd("x", 1) is False
+        with pytest.raises(ValueError):
+            await cache.aincr("counter")
+        assert time.monotonic() - started < 30
+    finally:
+        own_redis.resume()
+    # The held write is delivered as a delete: nobody keeps "before".
+    assert await asyncio.to_thread(eventually, lambda: other.get("held", "gone") == "gone", 10)
+    assert await asyncio.to_thread(eventually, lambda: own_redis.client().get("aio:1:held") is None, 10)
+
+
+async def test_a_cancelled_probe_does_not_close_the_breaker(own_redis, tiered_on):
+    """A coroutine cancelled while it probes a silent Redis (a timeout around the call) proves nothing."""
+    from velro_cache.tiers.breaker import CLOSED
+
+    cache = tiered_on(own_redis.url(0), prefix="aio-cancel")
+    await cache.aset("k", "v", 60)  # the loop's connection is open
+    breaker = cache._state.breaker
+    own_redis.pause()
+    try:
+        breaker.force_open()
+        await asyncio.sleep(breaker.reset_timeout + 0.05)  # the next call is the half-open probe
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(cache.ahas_key("absent"), 0.05)
+        assert breaker.state != CLOSED
+        assert await cache.aget("k", "miss") == "miss"  # still served as an outage, not from a silent Redis
+    finally:
+        own_redis.resume()
+    assert await asyncio.to_thread(eventually, lambda: cache.get("k") == "v", 10)
+
+
+def test_closed_loops_do_not_keep_their_connections(make_cache):
+    """``asyncio.run`` per call (a script, a sync view calling async code) must not pile up Redis connections."""
+    import gc
+
+    from velro_cache.tiers import aredis
+
+    cache = make_cache()
+    clients = lambda: cache._l2.client.info("clients")["connected_clients"]  # noqa: E731
+    asyncio.run(cache.aget("absent-0"))
+    gc.collect()
+    before = clients()
+    for index in range(100):
+        asyncio.run(cache.aget(f"absent-{index}"))  # a new loop, a new client, an L2 round trip
+    gc.collect()
+    assert aredis.open_loops() <= 1
+    assert eventually(lambda: clients() - before <= 3, 5), clients() - before
+
+
+def test_threads_with_their_own_loops_share_one_cache(make_cache):
+    """Each thread's loop gets its own client; the L1, counters and coherence stay the process's."""
+    from tests.support import run_threads
+
+    cache = make_cache()
+
+    def on_own_loop(index: int):
+        async def work():
+            for round_ in range(20):
+                await cache.aset(f"t{index}", round_, 60)
+                assert await cache.aget(f"t{index}") == round_
+                await cache.aset(f"s{index}", {"round": round_}, 60)
+                assert await cache.aget(f"s{index}") == {"round": round_}
+            return await cache.aget_or_set("shared-once", lambda: index, 60)
+
+        return asyncio.run(work())
+
+    winners = run_threads([lambda i=i: on_own_loop(i) for i in range(4)])
+    assert len(set(winners)) == 1  # one loader's value for every thread's loop
+    assert cache.get_many([f"s{i}" for i in range(4)]) == {f"s{i}": {"round": 19} for i in range(4)}
+    assert cache.stats()["l2"]["breaker"]["state"] == "closed"

@@ -1,0 +1,302 @@
+"""L2 for the async API: the same bytes, scripts and pipelines as ``RedisTier``, on ``redis.asyncio``.
+
+Every method here answers exactly as its namesake on ``RedisTier`` does (the
+Lua scripts are the same objects, the coherence message rides in the write's
+own pipeline), so an ``aset`` and a ``set`` are indistinguishable to Redis and
+to every other process. Only the I/O differs: a coroutine awaits the socket
+instead of a thread blocking on it.
+
+A ``redis.asyncio`` connection belongs to the event loop that opened it, so
+clients are kept per running loop (and per sync tier, i.e. per cache
+configuration and process): ``tier_for`` makes one on a loop's first call,
+and forgets those of closed loops, whose sockets the garbage collector then
+closes. A forked child starts with none, as it starts with no sync pool
+either.
+
+Connections run the incarnation check on connect, as the sync pool's do
+(``tiers.incarnation``): a Redis that came back older is retired before an
+async caller reads from it.
+
+A Redis Cluster has no native async tier yet: ``ThreadedTier`` runs the sync
+cluster tier's methods in worker threads, so the async API keeps one set of
+semantics on every deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+
+from ..options import TieredOptions
+from .incarnation import _RETIRE_OLD_INCARNATION, MARKER, observe
+from .redis import (
+    _ADD,
+    _DELETE_IF_EQUAL,
+    _INCR_EXISTING,
+    _RELEASE_LEASE,
+    _REPLACE_IF_EQUAL,
+    _STORE_IF_LEASED,
+    INT64_MAX,
+    INT64_MIN,
+    LEASE_PREFIX,
+    NotACounter,
+    RedisTier,
+    lease_key,
+    ttl_ms,
+)
+
+
+class AsyncIncarnationCheck:
+    """The incarnation check of ``tiers.incarnation.IncarnationCheck``, for ``redis.asyncio`` connections."""
+
+    _velro_replica = False
+
+    def _velro_address(self) -> str:
+        return f"{getattr(self, 'host', getattr(self, 'path', '?'))}:{getattr(self, 'port', '')}/{getattr(self, 'db', 0)}"
+
+    async def _velro_check(self) -> None:
+        conn: Any = self
+        await conn.send_command("EVAL", _RETIRE_OLD_INCARNATION, 1, MARKER)
+        run_id, outcome = await conn.read_response()
+        self._velro_replica = outcome == -1
+        if not self._velro_replica:
+            observe(self._velro_address(), run_id, outcome == 1)
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        await super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
+        await self._velro_check()
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """A connection opened to a replica is checked again once that replica may have become a primary."""
+        if self._velro_replica:
+            self._velro_replica = False
+            try:
+                await self._velro_check()
+            except redis.RedisError:
+                self._velro_replica = True
+                raise
+        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+
+class AsyncIncarnationConnection(AsyncIncarnationCheck, Connection):
+    """A TCP connection that refuses to serve an old incarnation's data."""
+
+
+class AsyncSSLIncarnationConnection(AsyncIncarnationCheck, SSLConnection):
+    """The same over TLS (``rediss://``)."""
+
+
+class AsyncUnixIncarnationConnection(AsyncIncarnationCheck, UnixDomainSocketConnection):
+    """The same over a unix socket (``unix://``)."""
+
+
+_CLASSES: dict[type, type] = {
+    Connection: AsyncIncarnationConnection,
+    SSLConnection: AsyncSSLIncarnationConnection,
+    UnixDomainSocketConnection: AsyncUnixIncarnationConnection,
+}
+
+
+def _pool(url: str, options: TieredOptions) -> aioredis.BlockingConnectionPool:
+    """A pool with the sync pool's limits and timeouts (``tiers.redis.shared_pool``), for one loop."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=options.pool_size,
+        timeout=options.pool_timeout,
+        socket_timeout=options.socket_timeout,
+        socket_connect_timeout=options.socket_connect_timeout,
+        health_check_interval=30,
+    )
+    pool.connection_class = _CLASSES.get(pool.connection_class, pool.connection_class)
+    return pool
+
+
+class AsyncRedisTier:
+    """Bytes in and out of one Redis, awaited; the async twin of ``RedisTier``."""
+
+    client: Any  # replies are bytes (no decoding), which redis-py's annotations cannot say
+
+    def __init__(self, url: str, options: TieredOptions, channel: str) -> None:
+        self.url = url
+        self.channel = channel
+        self.client = aioredis.Redis(connection_pool=_pool(url, options))
+        register = self.client.register_script
+        self._replace_if_equal = register(_REPLACE_IF_EQUAL)
+        self._add = register(_ADD)
+        self._incr = register(_INCR_EXISTING)
+        self._delete_if_equal = register(_DELETE_IF_EQUAL)
+        self._store_if_leased = register(_STORE_IF_LEASED)
+        self._release_lease = register(_RELEASE_LEASE)
+
+    # -- reads ------------------------------------------------------------------------
+    async def get(self, key: str) -> bytes | None:
+        return await self.client.get(key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return await self.client.mget(keys) if keys else []
+
+    # -- writes: one pipeline each, announcing the change -----------------------------
+    async def set_many(self, items: Iterable[tuple[str, bytes | int]], seconds: float | None, message: bytes) -> None:
+        px = ttl_ms(seconds)
+        pipe = self.client.pipeline(transaction=False)
+        keys = []
+        for key, data in items:
+            pipe.set(key, data, px=px)
+            keys.append(lease_key(key))
+        pipe.delete(*keys)
+        pipe.publish(self.channel, message)
+        await pipe.execute()
+
+    async def add(self, key: str, data: bytes | int, seconds: float | None, message: bytes) -> tuple[bool, bytes | None]:
+        px = ttl_ms(seconds)
+        reply = await self._add(keys=[key, lease_key(key)], args=[data, -1 if px is None else px, self.channel, message])
+        return (True, None) if reply[0] else (False, reply[1])
+
+    async def delete_many(self, keys: Sequence[str], message: bytes) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(*keys)
+        pipe.delete(*(lease_key(key) for key in keys))
+        pipe.publish(self.channel, message)
+        return (await pipe.execute())[0]
+
+    async def delete_if_equal(self, key: str, data: bytes) -> bool:
+        return bool(await self._delete_if_equal(keys=[key], args=[data]))
+
+    async def replace_if_equal(self, key: str, old: bytes, new: bytes | int, ttl: int, message: bytes) -> bool:
+        args = [old, new, ttl, self.channel, message]
+        return bool(await self._replace_if_equal(keys=[key, lease_key(key)], args=args))
+
+    async def get_with_ttl(self, key: str) -> tuple[bytes | None, int]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        data, pttl = await pipe.execute()
+        return data, pttl
+
+    async def incr(self, key: str, delta: int) -> int | None | type[NotACounter]:
+        """As ``RedisTier.incr``: the new value, None for a missing key, or ``NotACounter``."""
+        if not INT64_MIN <= delta <= INT64_MAX:
+            return NotACounter
+        try:
+            stored = await self._incr(keys=[key], args=[delta])
+        except redis.ResponseError as exc:
+            if "not an integer" in str(exc) or "overflow" in str(exc):
+                return NotACounter
+            raise
+        return None if stored is None else int(stored)
+
+    async def clear(self, key_prefix: str, message: bytes) -> None:
+        """As ``RedisTier.clear``: by prefix (values and both lease spellings), else FLUSHDB."""
+        if not key_prefix:
+            await self.client.flushdb()
+        else:
+            escaped = re.sub(r"([\\*?\[\]])", r"\\\1", key_prefix)
+            for pattern in (f"{escaped}:*", f"{LEASE_PREFIX}{{{escaped}:*", f"{LEASE_PREFIX}{escaped}:*"):
+                await self._unlink_matching(pattern)
+        await self.client.publish(self.channel, message)
+
+    async def _unlink_matching(self, pattern: str) -> None:
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await self.client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await self.client.unlink(*batch)
+
+    # -- fill leases --------------------------------------------------------------------
+    async def acquire_lease(self, key: str, token: str, seconds: float) -> bool:
+        return bool(await self.client.set(lease_key(key), token, px=ttl_ms(seconds), nx=True))
+
+    async def store_if_leased(self, key: str, token: str, data: bytes | int, seconds: float | None, message: bytes) -> bool:
+        px = ttl_ms(seconds)
+        args = [token, data, -1 if px is None else px, self.channel, message]
+        return bool(await self._store_if_leased(keys=[key, lease_key(key)], args=args))
+
+    async def peek_fill(self, key: str) -> tuple[bytes | None, bool]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.exists(lease_key(key))
+        data, leased = await pipe.execute()
+        return data, bool(leased)
+
+    async def release_lease(self, key: str, token: str) -> None:
+        await self._release_lease(keys=[lease_key(key)], args=[token])
+
+
+class ThreadedTier:
+    """The sync tier's methods as coroutines run in worker threads (a Redis Cluster, for now)."""
+
+    def __init__(self, tier: RedisTier) -> None:
+        self._tier = tier
+
+    def __getattr__(self, name: str) -> Any:
+        method = sync_to_async(getattr(self._tier, name), thread_sensitive=False)
+        setattr(self, name, method)
+        return method
+
+
+# loop -> sync tier -> its async twin on that loop. The loops are held
+# strongly: a loop's connections refer to it, so a weak key would never die.
+# Closed loops are swept out whenever a new loop makes its first call, which
+# leaves their clients to the garbage collector (closing their sockets).
+_tiers: dict[asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Any, Any]] = {}
+_tiers_lock = threading.Lock()
+
+
+def tier_for(sync_tier: RedisTier, options: TieredOptions) -> Any:
+    """The async tier for ``sync_tier`` on the running loop, made on the loop's first call."""
+    loop = asyncio.get_running_loop()
+    per_loop = _tiers.get(loop)
+    tier = per_loop.get(sync_tier) if per_loop is not None else None
+    if tier is None:
+        with _tiers_lock:
+            if loop not in _tiers:
+                _sweep_closed_loops()
+            per_loop = _tiers.setdefault(loop, weakref.WeakKeyDictionary())
+            tier = per_loop.get(sync_tier)
+            if tier is None:
+                tier = per_loop[sync_tier] = _new_tier(sync_tier, options)
+    return tier
+
+
+def _sweep_closed_loops() -> None:
+    """Forget the clients of loops that were closed (``asyncio.run`` ended, a thread's loop shut down)."""
+    for loop in [loop for loop in _tiers if loop.is_closed()]:
+        del _tiers[loop]
+
+
+def open_loops() -> int:
+    """How many event loops hold clients now (tests: closed loops are let go)."""
+    with _tiers_lock:
+        _sweep_closed_loops()
+        return len(_tiers)
+
+
+def _new_tier(sync_tier: RedisTier, options: TieredOptions) -> Any:
+    from .cluster import ClusterRedisTier
+
+    if isinstance(sync_tier, ClusterRedisTier):
+        return ThreadedTier(sync_tier)
+    return AsyncRedisTier(sync_tier.url, options, sync_tier.channel)
+
+
+def _forget_after_fork() -> None:
+    """A child's loops are its own: the parent's clients (and a lock another thread held) stay behind."""
+    global _tiers, _tiers_lock
+    _tiers = {}
+    _tiers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
