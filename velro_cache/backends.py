@@ -128,7 +128,7 @@ class MisconfiguredCache(BaseCache):
 
 
 class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
-    """A Django cache backend with an in-process L1 and an optional Redis L2 (django-redis's extras: ``redis_api``; native async: ``aio``)."""
+    """A Django cache backend with an in-process L1 and an optional Redis L2 (extras: ``redis_api``; native async: ``aio``)."""
 
     def __new__(cls, location: Any = None, params: dict[str, Any] | None = None) -> Any:
         options = parse_options(location, (params or {}).get("OPTIONS"))
