@@ -366,7 +366,9 @@ def test_the_listener_moves_to_another_node_when_its_node_dies(tmp_path, on_clus
         assert eventually(lambda: a.stats()["l1"]["enabled"] and a.make_key(key) in a._l1)
         b.set(key, "from b")  # heard by a only through its new node
         assert eventually(lambda: a.make_key(key) not in a._l1)
-        assert a.get(key) == "from b"
+        # Within the staleness bound of the move Redis's answers are misses (a
+        # write to the dead primary may be held elsewhere); then "from b" is read.
+        assert eventually(lambda: a.get(key) == "from b", limit=1)
     finally:
         cluster.stop()
 
