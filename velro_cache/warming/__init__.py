@@ -1,0 +1,41 @@
+"""Cache warming: the application declares a plan, the library runs it by priority, within budgets.
+
+    from velro_cache import warming
+
+    warming.declare(warming.Plan([
+        warming.Step("active_users", warm_active_users, priority=10, tiers={"l1"}),
+        warming.Step("memberships", warm_memberships, priority=30, tiers={"l2"}),
+    ], budget=20))
+
+``warming.warm()`` runs it now (``manage.py velro_warm`` too);
+``warming.warm_in_background()`` / the gunicorn hook / the ASGI lifespan
+wrapper warm a worker as it starts; ``warming.results()`` says what was
+warmed. See docs/warming.md.
+"""
+
+from .plan import L1, L2, Plan, Step, batches, declare, declared, undeclare
+from .results import RunResult, StepResult, reset_results, results
+from .run import ALL, WORKER, lock_key, warm
+from .worker import gunicorn_post_worker_init, lifespan, warm_in_background
+
+__all__ = [
+    "ALL",
+    "L1",
+    "L2",
+    "WORKER",
+    "Plan",
+    "RunResult",
+    "Step",
+    "StepResult",
+    "batches",
+    "declare",
+    "declared",
+    "gunicorn_post_worker_init",
+    "lifespan",
+    "lock_key",
+    "reset_results",
+    "results",
+    "undeclare",
+    "warm",
+    "warm_in_background",
+]
