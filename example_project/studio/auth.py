@@ -44,7 +44,12 @@ def _load_identity(key: str) -> dict[str, Any]:
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > _LAST_USED_GRANULARITY:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return {field: getattr(token.user, field) for field in _IDENTITY_FIELDS}
+    return identity_of(token.user)
+
+
+def identity_of(user: Any) -> dict[str, Any]:
+    """What a token's cache entry holds about its user (warming builds the same entries)."""
+    return {field: getattr(user, field) for field in _IDENTITY_FIELDS}
 
 
 def _user_from_identity(identity: dict[str, Any]) -> Any:

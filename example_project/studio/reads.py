@@ -169,17 +169,27 @@ def team_memberships(user_id: int) -> list[dict[str, Any]]:
 
     def load() -> list[dict[str, Any]]:
         rows = TeamMembership.objects.filter(user_id=user_id).select_related("team")
-        return [
-            {
-                "team_id": m.team_id,
-                "team_name": m.team.name,
-                "team_slug": m.team.slug,
-                "role": m.role,
-            }
-            for m in rows.order_by("team__name")
-        ]
+        return [_membership_row(m) for m in rows.order_by("team__name")]
 
     return read_through(memberships_key(user_id), load)
+
+
+def team_memberships_many(user_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+    """Batch form of `team_memberships` (warming uses it): one cache round trip, at most one query."""
+    keys = {user_id: memberships_key(user_id) for user_id in user_ids}
+
+    def load(wanted: list[int]) -> dict[int, list[dict[str, Any]]]:
+        found: dict[int, list[dict[str, Any]]] = {user_id: [] for user_id in wanted}
+        rows = TeamMembership.objects.filter(user_id__in=wanted).select_related("team")
+        for m in rows.order_by("team__name"):
+            found[m.user_id].append(_membership_row(m))
+        return found
+
+    return cached_read_many(keys, load)
+
+
+def _membership_row(m: TeamMembership) -> dict[str, Any]:
+    return {"team_id": m.team_id, "team_name": m.team.name, "team_slug": m.team.slug, "role": m.role}
 
 
 def system_config(key: str, default: Any = None) -> Any:

@@ -1,0 +1,116 @@
+"""Velro's warming plan: what the first requests after a start read, loaded before they come.
+
+In the plan's order (lower priority first):
+
+1. ``active_users`` (L1, every worker): the 100 most active users of the last
+   24 h, from the ``ActiveUser`` view; their token identities, team lists and
+   authorization decisions on the recent generations they hold a role on.
+2. ``recent_generations`` (L1 and L2): the 500 most recent generations of the
+   last 48 h.
+3. ``team_memberships`` (L2, one worker for all): the team lists of every user
+   with an active membership.
+4. ``system_config`` (L1 and L2): every SystemConfig value.
+
+The materialized views answer *which* rows to warm (their top-N queries read
+a few pages instead of scanning the live tables: benchmarks/results/views.md),
+but the values stored are loaded from the live tables by primary key, through
+the same read-through helpers the views use. A view trails its sources by up
+to a refresh period, so a row copied from it could predate an invalidation
+that has already committed, and storing it would serve what that invalidation
+retired. Loaded live and stamped with tokens read before the load, a warmed
+value is exactly as fresh as one a request would have cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from django.contrib.auth import get_user_model
+
+from velro_cache import authz, warming
+from velro_cache.authz import ObjectRef
+from velro_cache.reads import cached_read_many
+
+from .auth import identity_of
+from .materialized import active_memberships, recent_generation_ids, top_active_users
+from .models import ApiToken, Generation, RecentGeneration, SystemConfig
+from .reads import generation_metas, system_config, team_memberships_many, token_digest, token_key
+
+ACTIVE_USERS = 100
+RECENT_GENERATIONS = 500
+DECISIONS_PER_USER = 100  # a user's decisions warmed: their most recent generations first
+BATCH = 100
+
+
+def warm_active_users() -> Iterator[int]:
+    """The top users' token identities, team lists and read/media decisions, a batch of users at a time."""
+    user_ids = [row["user_id"] for row in top_active_users(ACTIVE_USERS)]
+    recent = list(
+        RecentGeneration.objects.filter(id__in=recent_generation_ids(RECENT_GENERATIONS))
+        .order_by("-created_at", "-id")
+        .values_list("id", "owner_id", "team_id")
+    )
+    for batch in warming.batches(user_ids, BATCH):
+        yield _warm_identities(batch)
+        teams = team_memberships_many(batch)
+        yield len(teams)
+        yield _warm_decisions(batch, teams, recent)
+
+
+def _warm_identities(user_ids: list[int]) -> int:
+    """The ``session:token:<digest>`` entries of these users' tokens (one query, no last_used_at write)."""
+    tokens = {token.key: token for token in ApiToken.objects.filter(user_id__in=user_ids).select_related("user")}
+    keys = {key: token_key(token_digest(key)) for key in tokens}
+    cached_read_many(keys, lambda wanted: {key: identity_of(tokens[key].user) for key in wanted})
+    return len(keys)
+
+
+def _warm_decisions(user_ids: list[int], teams: dict[int, list[dict]], recent: list[tuple[int, int, int | None]]) -> int:
+    """Each user's cached decisions on the recent generations they own or share a team with.
+
+    Which generations: the view's owner and team columns (only a choice of
+    what to warm). The decisions themselves come from ``authorize_many``:
+    roles read from the database, keys carrying the version tokens read
+    before, so a revoke that commits meanwhile retires what this stores.
+    """
+    users = get_user_model().objects.filter(pk__in=user_ids, is_active=True)
+    warmed = 0
+    for user in users:
+        team_ids = {row["team_id"] for row in teams.get(user.pk, [])}
+        mine = [pk for pk, owner_id, team_id in recent if owner_id == user.pk or team_id in team_ids][:DECISIONS_PER_USER]
+        if mine:
+            with authz.scope():
+                authz.authorize_many(user, [ObjectRef(Generation, pk) for pk in mine], "read")
+            warmed += len(mine)
+    return warmed
+
+
+def warm_recent_generations() -> Iterator[int]:
+    for batch in warming.batches(recent_generation_ids(RECENT_GENERATIONS), BATCH):
+        yield len(generation_metas(batch))
+
+
+def warm_team_memberships() -> Iterator[int]:
+    user_ids = list(dict.fromkeys(row["user_id"] for row in active_memberships()))
+    for batch in warming.batches(user_ids, 500):
+        yield len(team_memberships_many(batch))
+
+
+def warm_system_config() -> int:
+    keys = list(SystemConfig.objects.values_list("key", flat=True))
+    for key in keys:
+        system_config(key)
+    return len(keys)
+
+
+PLAN = warming.declare(
+    warming.Plan(
+        [
+            warming.Step("active_users", warm_active_users, priority=10, tiers={warming.L1}, budget=10.0),
+            warming.Step("recent_generations", warm_recent_generations, priority=20, tiers={warming.L1, warming.L2}, budget=10.0),
+            warming.Step("team_memberships", warm_team_memberships, priority=30, tiers={warming.L2}, budget=10.0),
+            warming.Step("system_config", warm_system_config, priority=40, tiers={warming.L1, warming.L2}, budget=5.0),
+        ],
+        budget=30.0,
+    )
+)
