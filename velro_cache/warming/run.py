@@ -87,7 +87,11 @@ def warm(
             progress(result)
     run.seconds = time.monotonic() - started
     record.add(run)
-    logger.info("warming %s (%s): %d entries in %.2f s, %d error(s)", run.plan, mode, run.entries, run.seconds, run.errors)
+    logger.info(
+        "warming %s (%s, pid %d): %d entries in %.2f s, %d error(s); %s",
+        run.plan, mode, os.getpid(), run.entries, run.seconds, run.errors,
+        " ".join(f"{step.name}={step.status}:{step.entries}" for step in run.steps),
+    )
     return run
 
 
