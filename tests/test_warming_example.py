@@ -18,10 +18,10 @@ from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-
 from studio.materialized import recent_generation_ids, top_active_users
 from studio.models import ApiToken, Generation, TeamMembership
 from studio.reads import generation_key, generation_meta
+
 from velro_cache import warming
 from velro_cache.db.refresh import refresh_views
 from velro_cache.namespaces import current_tokens, stamp
