@@ -67,10 +67,20 @@ def authenticate_bearer(request: HttpRequest) -> Any | None:
     key = bearer_key(request)
     if key is None:
         return None
+    loaded = []
+
+    def load() -> dict[str, Any]:
+        loaded.append(True)
+        return _load_identity(key)
+
     # An unknown key is cached as {} too: creating its token retires that (studio/cache.py).
-    identity = read_through(token_key(token_digest(key)), lambda: _load_identity(key))
+    identity = read_through(token_key(token_digest(key)), load)
     if not identity or not identity["is_active"]:
         return None
+    if loaded:  # not cached: the token's first request of a session (its identity lives one session TTL)
+        from .warming import start_session
+
+        start_session(identity["id"], "token_session")
     return _user_from_identity(identity)
 
 

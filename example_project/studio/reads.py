@@ -22,6 +22,7 @@ from typing import Any
 import velro_cache
 from velro_cache.keys import build_key, data_type_segment
 from velro_cache.reads import cached_read, cached_read_many
+from velro_cache.warming import note_read
 
 from .models import Generation, SystemConfig, TeamMembership
 
@@ -111,6 +112,7 @@ def read_through(key: str, load: Callable[[], Any]) -> Any:
 
     value = cached_read(key, counted_load)
     read_stats.record(key, not loaded)
+    note_read(key)  # scores runtime warming's predictions
     return value
 
 
@@ -156,6 +158,7 @@ def generation_metas(generation_ids: Iterable[int]) -> dict[int, dict[str, Any] 
     result = cached_read_many(keys, load)
     for pk, key in keys.items():
         read_stats.record(key, pk not in missed)
+        note_read(key)
     return result
 
 

@@ -11,6 +11,11 @@ In the plan's order (lower priority first):
    with an active membership.
 4. ``system_config`` (L1 and L2): every SystemConfig value.
 
+At runtime a session's start (a login, or a token's first request: its
+identity was not cached) preloads that user's working set in the background
+(``preload_working_set``), scored as the ``login`` / ``token_session``
+predictors of ``velro_cache.warming.predictor_results()``.
+
 The materialized views answer *which* rows to warm (their top-N queries read
 a few pages instead of scanning the live tables: benchmarks/results/views.md),
 but the values stored are loaded from the live tables by primary key, through
@@ -25,7 +30,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_in
 
 from velro_cache import authz, warming
 from velro_cache.authz import ObjectRef
@@ -114,3 +121,44 @@ PLAN = warming.declare(
         budget=30.0,
     )
 )
+
+
+# -- runtime warming: a user's working set when their session starts ---------------------------
+
+SESSION_GENERATIONS = 50  # a user's most recent generations (own and their teams') preloaded
+
+
+def preload_working_set(user_id: int) -> list[str]:
+    """Warm what a user's session reads first: their team list, their teams' and own recent
+    generations and their decisions on them. Returns the logical keys warmed (decisions are
+    keyed by version tokens, so they are not scored)."""
+    from .reads import generation_key, memberships_key
+
+    teams = team_memberships_many([user_id])
+    team_ids = {row["team_id"] for row in teams.get(user_id, [])}
+    columns = ("id", "owner_id", "team_id")
+    newest = RecentGeneration.objects.order_by("-created_at")
+    recent = [
+        *newest.filter(owner_id=user_id).values_list(*columns)[:SESSION_GENERATIONS],
+        *newest.filter(team_id__in=team_ids).values_list(*columns)[:SESSION_GENERATIONS],
+    ]
+    recent = sorted(set(recent), key=lambda row: -row[0])[:SESSION_GENERATIONS]
+    ids = [pk for pk, _, _ in recent]
+    generation_metas(ids)
+    _warm_decisions([user_id], teams, recent)
+    return [memberships_key(user_id), *(generation_key(pk) for pk in ids)]
+
+
+def start_session(user_id: int, predictor: str) -> None:
+    """Queue the working set's preload (once per user per ``runtime.DEDUPE_SECONDS``), when
+    ``settings.STUDIO_SESSION_PRELOAD`` is on (the example settings turn it on)."""
+    if not getattr(settings, "STUDIO_SESSION_PRELOAD", False):
+        return
+    warming.preload(predictor, lambda: preload_working_set(user_id), dedupe=("user", user_id))
+
+
+def _on_login(sender: object, request: object, user: object, **kwargs: object) -> None:
+    start_session(user.pk, "login")  # type: ignore[attr-defined]
+
+
+user_logged_in.connect(_on_login, dispatch_uid="studio.warming.login")

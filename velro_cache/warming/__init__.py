@@ -10,12 +10,15 @@
 ``warming.warm()`` runs it now (``manage.py velro_warm`` too);
 ``warming.warm_in_background()`` / the gunicorn hook / the ASGI lifespan
 wrapper warm a worker as it starts; ``warming.results()`` says what was
-warmed. See docs/warming.md.
+warmed. At runtime, ``warming.preload(predictor, load)`` warms what a
+user is about to read in the background and ``note_read`` scores it
+(``predictor_results()``). See docs/warming.md.
 """
 
 from .plan import L1, L2, Plan, Step, batches, declare, declared, undeclare
 from .results import RunResult, StepResult, reset_results, results
 from .run import ALL, WORKER, lock_key, warm
+from .runtime import drain, note_read, predictor_results, preload
 from .worker import gunicorn_post_worker_init, lifespan, warm_in_background
 
 __all__ = [
@@ -30,9 +33,13 @@ __all__ = [
     "batches",
     "declare",
     "declared",
+    "drain",
     "gunicorn_post_worker_init",
     "lifespan",
     "lock_key",
+    "note_read",
+    "predictor_results",
+    "preload",
     "reset_results",
     "results",
     "undeclare",

@@ -96,12 +96,16 @@ class _Record:
                 total["seconds"] += step.seconds
 
     def snapshot(self) -> dict[str, Any]:
+        from .runtime import predictor_results
+
         with self._lock:
-            return {
+            found = {
                 "runs": self._runs,
                 "last_run": self._last.as_dict() if self._last is not None else None,
                 "totals": {name: dict(total) for name, total in self._totals.items()},
             }
+        found["predictors"] = predictor_results()
+        return found
 
 
 record = _Record()
@@ -113,10 +117,14 @@ def results() -> dict[str, Any]:
     ``last_run["steps"]`` lists each step's ``name``, ``status`` (done, failed,
     budget, skipped, l2_unavailable), ``entries`` warmed, ``seconds`` and
     ``errors`` (1 when it failed, ran out of budget or found no L2).
+    ``predictors`` scores runtime warming (``velro_cache.warming.runtime``).
     """
     return record.snapshot()
 
 
 def reset_results() -> None:
-    """Forget what was recorded (for tests)."""
+    """Forget what was recorded, predictor scores included (for tests)."""
+    from .runtime import scores
+
     record.reset()
+    scores.reset()

@@ -26,6 +26,7 @@ from ..invalidation.retirement import resolve_cache
 from ..keys import build_key
 from .plan import L1, Plan, Step, declared
 from .results import BUDGET, FAILED, L2_UNAVAILABLE, SKIPPED, RunResult, StepResult, record
+from .runtime import warming_reads
 
 logger = logging.getLogger("velro_cache.warming")
 
@@ -81,7 +82,8 @@ def warm(
             if deadline is not None and time.monotonic() >= deadline:
                 _give_up(result, BUDGET, "the plan's budget was spent before this step")
             else:
-                _run_step(step, result, deadline)
+                with warming_reads():
+                    _run_step(step, result, deadline)
         run.steps.append(result)
         if progress is not None:
             progress(result)
