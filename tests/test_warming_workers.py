@@ -103,6 +103,64 @@ def test_three_gunicorn_workers_warm_l1_each_and_l2_once(seeded, tmp_path):
         redis.Redis.from_url(redis_url(REDIS_DB)).flushdb()
 
 
+def example_cache_prefix() -> str:
+    """The KEY_PREFIX the example settings derive from the database: the trigger's channel is named by it."""
+    import hashlib
+
+    db = django_settings.DATABASES["default"]
+    identity = "|".join(str(v) for v in ("django.db.backends.postgresql", db["HOST"], db["PORT"], db["NAME"]))
+    return f"velro-example:{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+
+
+def runs_per_pid(log: Path) -> dict[int, list[dict[str, str]]]:
+    found: dict[int, list[dict[str, str]]] = {}
+    for line in log.read_text().splitlines():
+        match = SUMMARY.search(line)
+        if match:
+            steps = dict(part.split("=", 1) for part in match.group(3).split())
+            found.setdefault(int(match.group(1)), []).append({name: value.split(":")[0] for name, value in steps.items()})
+    return found
+
+
+def test_a_trigger_on_redis_makes_every_worker_warm_again(seeded, tmp_path, settings):
+    import redis
+
+    redis.Redis.from_url(redis_url(REDIS_DB)).flushdb()
+    settings.CACHES = {**settings.CACHES, "default": {"BACKEND": "velro_cache.backends.TieredCache",
+                                                      "LOCATION": redis_url(REDIS_DB), "KEY_PREFIX": example_cache_prefix()}}
+    port = free_port()
+    log = tmp_path / "gunicorn.err"
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(WORKERS)],
+        cwd=ROOT / "example_project", env=example_env(), stdout=subprocess.DEVNULL, stderr=open(log, "w"),  # noqa: SIM115
+    )
+    try:
+        wait_for(lambda: len(summaries(log)) == WORKERS, "not every worker logged its warm-up", 60, until_dead=process)
+        received = []
+        wait_for(lambda: received.append(warming.trigger(["team_memberships", "system_config"])) or received[-1] == WORKERS,
+                 "not every worker listens", 30, until_dead=process)
+        # Each worker logs its start-up run, then one run per trigger it received (an early
+        # trigger may have reached fewer workers); each worker's last run is the last round.
+        wait_for(lambda: sum(len(runs) for runs in runs_per_pid(log).values()) >= WORKERS + sum(received),
+                 "not every worker ran the trigger", 60, until_dead=process)
+        last = [runs[-1] for runs in runs_per_pid(log).values()]
+        assert all(set(steps) == {"team_memberships", "system_config"} for steps in last), last
+        assert all(steps["system_config"] == "done" for steps in last), last
+        assert sorted(steps["team_memberships"] for steps in last) == ["done", "skipped", "skipped"], last
+        assert status_of(port, "/api/me/") == 401
+    finally:
+        stop_process(process)
+        connection.close()
+        redis.Redis.from_url(redis_url(REDIS_DB)).flushdb()
+
+
+def test_a_trigger_without_redis_reaches_nobody(settings):
+    settings.CACHES = {**settings.CACHES, "default": {"BACKEND": "velro_cache.backends.TieredCache", "KEY_PREFIX": "no-l2"}}
+    assert warming.trigger() == 0
+    assert warming.listen() is None
+
+
 def test_the_asgi_lifespan_example_starts_at_once_and_warms_in_the_background(seeded):
     from example_project.asgi_lifespan import application
 

@@ -19,6 +19,7 @@ from .plan import L1, L2, Plan, Step, batches, declare, declared, undeclare
 from .results import RunResult, StepResult, reset_results, results
 from .run import ALL, WORKER, lock_key, warm
 from .runtime import drain, note_read, predictor_results, preload
+from .trigger import listen, trigger
 from .worker import gunicorn_post_worker_init, lifespan, warm_in_background
 
 __all__ = [
@@ -36,12 +37,14 @@ __all__ = [
     "drain",
     "gunicorn_post_worker_init",
     "lifespan",
+    "listen",
     "lock_key",
     "note_read",
     "predictor_results",
     "preload",
     "reset_results",
     "results",
+    "trigger",
     "undeclare",
     "warm",
     "warm_in_background",

@@ -38,9 +38,12 @@ class _BudgetSpent(Exception):
     pass
 
 
-def lock_key(plan: Plan) -> str:
-    """The key whose ``add`` (SET NX in Redis) elects the one worker that warms L2 for all."""
-    return build_key("warming", "l2lock", plan.name)
+def lock_key(plan: Plan, round_id: str | None = None) -> str:
+    """The key whose ``add`` (SET NX in Redis) elects the one worker that warms L2 for all.
+
+    ``round_id`` names one warm-up round (a trigger's id): each round elects its own worker.
+    """
+    return build_key("warming", "l2lock", plan.name, *((round_id,) if round_id else ()))
 
 
 def warm(
@@ -51,6 +54,7 @@ def warm(
     budget: float | None = None,
     cache: Any = None,
     progress: Progress | None = None,
+    round_id: str | None = None,
 ) -> RunResult:
     """Run a warming plan now and return what each step did (also kept for ``results()``).
 
@@ -60,6 +64,8 @@ def warm(
     worker that takes the plan's L2 lock. ``only``: step names to run.
     ``budget``: seconds for the whole run, instead of the plan's.
     ``progress``: called with each step's result as it finishes.
+    ``round_id``: in worker mode, the warm-up round whose L2 lock to take
+    (a trigger's id; default: the start-up round).
     """
     resolved = _resolve(plan)
     run = RunResult(plan=resolved.name, mode=mode, started_at=time.time())
@@ -72,7 +78,7 @@ def warm(
         result = StepResult(step.name, step.priority, sorted(step.tiers))
         if not step.per_worker:
             if l2_role is None:
-                l2_role = _l2_role(target, resolved, mode)
+                l2_role = _l2_role(target, resolved, mode, round_id)
             if l2_role == _DOWN:
                 _give_up(result, L2_UNAVAILABLE, "the cache has no L2 that answers")
             elif l2_role == _OTHER:
@@ -147,7 +153,7 @@ def _give_up(result: StepResult, status: str, why: str) -> None:
 _OWNER, _OTHER, _DOWN = "owner", "other", "down"
 
 
-def _l2_role(cache: Any, plan: Plan, mode: str) -> str:
+def _l2_role(cache: Any, plan: Plan, mode: str, round_id: str | None) -> str:
     """Whether this process warms L2 (``owner``), another one does (``other``), or L2 does not answer (``down``).
 
     L2 is asked first with an authoritative read, which raises when Redis
@@ -159,11 +165,11 @@ def _l2_role(cache: Any, plan: Plan, mode: str) -> str:
     if not getattr(cache, "has_l2", False) or fetch is None:
         return _DOWN
     try:
-        fetch([lock_key(plan)])
+        fetch([lock_key(plan, round_id)])
         if mode == ALL:
             return _OWNER
         holder = f"{socket.gethostname()}:{os.getpid()}"
-        taken = cache.add(lock_key(plan), holder, timeout=plan.l2_lock_seconds)
+        taken = cache.add(lock_key(plan, round_id), holder, timeout=plan.l2_lock_seconds)
     except Exception:  # L2Unavailable, or any backend's failure to answer: no L2 to warm
         logger.warning("warming: L2 does not answer", exc_info=True)
         return _DOWN

@@ -14,6 +14,8 @@ Hook it into the server's per-worker start:
 - ASGI: ``velro_cache.warming.lifespan(application)`` wraps the Django ASGI
   application and starts the warm-up on ``lifespan.startup``
   (``example_project/example_project/asgi_lifespan.py``).
+
+Both also start the worker's trigger listener (``velro_cache.warming.trigger``).
 """
 
 from __future__ import annotations
@@ -54,8 +56,18 @@ def _warm_quietly(plan: Plan | str | None, budget: float | None) -> None:
 
 
 def gunicorn_post_worker_init(worker: Any) -> None:
-    """A gunicorn ``post_worker_init`` hook: the worker's application is loaded, warm it in the background."""
+    """A gunicorn ``post_worker_init`` hook: warm the loaded worker in the background and listen for triggers."""
     warm_in_background()
+    _listen_quietly()
+
+
+def _listen_quietly() -> None:
+    from .trigger import listen
+
+    try:
+        listen()
+    except Exception:  # triggers are an extra: a worker without them still serves
+        logger.warning("warming triggers are not listened to in this worker", exc_info=True)
 
 
 def lifespan(app: ASGIApp, plan: Plan | str | None = None, *, budget: float | None = None) -> ASGIApp:
@@ -69,6 +81,7 @@ def lifespan(app: ASGIApp, plan: Plan | str | None = None, *, budget: float | No
             message = await receive()
             if message["type"] == "lifespan.startup":
                 warm_in_background(plan, budget=budget)
+                _listen_quietly()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
