@@ -202,7 +202,7 @@ def test_the_asgi_lifespan_completes_startup_before_the_warm_up_ends():
     async def django_app(scope, receive, send):
         inner_calls.append(scope["type"])
 
-    app = warming.lifespan(django_app, plan)
+    app = warming.lifespan(django_app, plan, triggers=False)
 
     async def drive() -> list[str]:
         inbox = asyncio.Queue()

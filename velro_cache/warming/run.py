@@ -25,7 +25,7 @@ from typing import Any
 from ..invalidation.retirement import resolve_cache
 from ..keys import build_key
 from .plan import L1, Plan, Step, declared
-from .results import BUDGET, FAILED, L2_UNAVAILABLE, SKIPPED, RunResult, StepResult, record
+from .results import BUDGET, DONE, FAILED, L2_UNAVAILABLE, SKIPPED, RunResult, StepResult, record
 from .runtime import warming_reads
 
 logger = logging.getLogger("velro_cache.warming")
@@ -84,7 +84,7 @@ def warm(
             elif l2_role == _OTHER:
                 result.status = SKIPPED
                 result.error = "another worker holds the L2 warming lock"
-        if result.status == "done":
+        if result.status == DONE:
             if deadline is not None and time.monotonic() >= deadline:
                 _give_up(result, BUDGET, "the plan's budget was spent before this step")
             else:

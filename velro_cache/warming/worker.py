@@ -70,8 +70,11 @@ def _listen_quietly() -> None:
         logger.warning("warming triggers are not listened to in this worker", exc_info=True)
 
 
-def lifespan(app: ASGIApp, plan: Plan | str | None = None, *, budget: float | None = None) -> ASGIApp:
-    """Wrap an ASGI application so ``lifespan.startup`` starts warming (Django's own ASGI app has no lifespan)."""
+def lifespan(app: ASGIApp, plan: Plan | str | None = None, *, budget: float | None = None, triggers: bool = True) -> ASGIApp:
+    """Wrap an ASGI application so ``lifespan.startup`` starts warming (Django's own ASGI app has no lifespan).
+
+    ``triggers``: also listen for ``velro_cache.warming.trigger`` messages (they name declared plans).
+    """
 
     async def application(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -81,7 +84,8 @@ def lifespan(app: ASGIApp, plan: Plan | str | None = None, *, budget: float | No
             message = await receive()
             if message["type"] == "lifespan.startup":
                 warm_in_background(plan, budget=budget)
-                _listen_quietly()
+                if triggers:
+                    _listen_quietly()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
