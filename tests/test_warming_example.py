@@ -25,7 +25,7 @@ from studio.reads import generation_key, generation_meta
 from velro_cache import warming
 from velro_cache.db.refresh import refresh_views
 from velro_cache.namespaces import current_tokens, stamp
-from velro_cache.reads import _namespaces
+from velro_cache.reads import _namespaces, peek
 
 PLAN_ORDER = ["active_users", "recent_generations", "team_memberships", "system_config"]
 
@@ -71,6 +71,27 @@ def test_after_warming_an_active_users_first_read_runs_no_query(client, seeded):
         response = client.get(f"/api/generations/{generation_id}/", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
     assert len(queries) == 0, [q["sql"] for q in queries]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_warmed_identities_survive_another_tokens_first_request(client, seeded):
+    """A token's first request refreshes its last_used_at; that must not retire every warmed identity.
+
+    (It did while studio/auth.py refreshed it with QuerySet.update(): a write of
+    unknown rows, so write capture retired all of ``session``.)
+    """
+    from studio.reads import token_digest, token_key
+
+    active = [row["user_id"] for row in top_active_users(100)]
+    stale = ApiToken.objects.exclude(user_id__in=active).filter(user__is_active=True).first()
+    ApiToken.objects.filter(pk=stale.pk).update(last_used_at=None)  # due for a refresh (a bulk write: warm after it)
+    warming.warm(only=["active_users"])
+    kept = ApiToken.objects.filter(user_id=active[0]).first()
+    assert peek(token_key(token_digest(kept.key))) is not None
+    assert peek(token_key(token_digest(stale.key))) is None
+    assert client.get("/api/me/", headers={"Authorization": f"Bearer {stale.key}"}).status_code == 200
+    assert ApiToken.objects.get(pk=stale.pk).last_used_at is not None  # refreshed
+    assert peek(token_key(token_digest(kept.key))) is not None
 
 
 @pytest.mark.django_db(transaction=True)

@@ -43,7 +43,11 @@ def _load_identity(key: str) -> dict[str, Any]:
         return {}
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > _LAST_USED_GRANULARITY:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        # A save, not QuerySet.update(): write capture knows the row and its changed field, and
+        # no declaration lists last_used_at, so nothing is retired. An update() is a write of
+        # unknown rows, retired coarsely: every cached session entry, at each token's refresh.
+        token.last_used_at = now
+        token.save(update_fields=["last_used_at"])
     return identity_of(token.user)
 
 
