@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import random
 import sys
@@ -185,19 +186,37 @@ def _replay(plan: list[Any]) -> list[dict[str, int]]:
     from django.db import connection
     from django.test import Client
     from studio.demo.runner import _send
+    from studio.reads import read_stats
 
     client = Client(raise_request_exception=False)
     counter = _Counter()
+    reads = read_stats.thread_counter()
     samples = []
     with connection.execute_wrapper(counter):
         for item in plan:
             hits, misses = _data_counts(cache)
+            read_hits, read_misses = reads["hits"], reads["misses"]
             queries = counter.count
             status = _send(client, item)
             after = _data_counts(cache)
             samples.append({"status": status, "hits": after[0] - hits, "misses": after[1] - misses,
+                            "read_hits": reads["hits"] - read_hits, "read_misses": reads["misses"] - read_misses,
                             "queries": counter.count - queries})
     return samples
+
+
+def _same_token_clock() -> None:
+    """Every used token marked used now, before each replay, so both replays see the same state.
+
+    A token's identity load refreshes ``last_used_at`` when it is older than
+    five minutes (studio/auth.py), and that write retires cached session
+    data: without this, the replay that runs second (minutes later) would pay
+    for writes the first did not make.
+    """
+    from django.utils import timezone
+    from studio.models import ApiToken
+
+    ApiToken.objects.filter(last_used_at__isnull=False).update(last_used_at=timezone.now())
 
 
 def _cold_start() -> None:
@@ -207,21 +226,58 @@ def _cold_start() -> None:
     cache.clear()
 
 
-def _arm(plan: list[Any], warm: bool) -> tuple[list[dict[str, int]], dict[str, Any] | None]:
+def _by_type(cache: Any) -> dict[str, tuple[int, int]]:
+    from velro_cache.namespaces import TOKEN_KEY_TYPE
+
+    rows = cache.stats()["by_type"]
+    return {name: (row["l1_hits"] + row["l2_hits"], row["misses"]) for name, row in rows.items() if name != TOKEN_KEY_TYPE}
+
+
+def _arm(plan: list[Any], warm: bool) -> tuple[list[dict[str, int]], dict[str, Any] | None, dict[str, tuple[int, int]]]:
+    """One replay after a cold start: per-request samples, the warm-up's run, and hits/misses per data type."""
+    from django.core.cache import cache
+
     from velro_cache import warming
 
+    _same_token_clock()
     _cold_start()
     run = warming.warm() if warm else None
-    return _replay(plan), (run.as_dict() if run is not None else None)
+    before = _by_type(cache)
+    samples = _replay(plan)
+    after = _by_type(cache)
+    zero = (0, 0)
+    types = {name: (hits - before.get(name, zero)[0], misses - before.get(name, zero)[1]) for name, (hits, misses) in after.items()}
+    return samples, (run.as_dict() if run is not None else None), types
+
+
+def _type_rows(types: dict[str, dict[str, tuple[int, int]]]) -> list[dict[str, Any]]:
+    names = sorted({name for per_arm in types.values() for name in per_arm})
+    rows = []
+    for name in names:
+        if not any(sum(per_arm.get(name, (0, 0))) for per_arm in types.values()):
+            continue  # read by nobody in this replay (the views, warming's lock)
+        row: dict[str, Any] = {"data type": name}
+        for arm, per_arm in types.items():
+            hits, misses = per_arm.get(name, (0, 0))
+            row[f"reads, {arm}"] = hits + misses
+            row[f"hit rate, {arm}"] = 100 * hits / (hits + misses) if hits + misses else None
+        rows.append(row)
+    return rows
 
 
 # -- the report ----------------------------------------------------------------------------------
 
 
-def _rate(samples: list[dict[str, int]]) -> float:
-    hits = sum(s["hits"] for s in samples)
-    total = hits + sum(s["misses"] for s in samples)
+def _rate(samples: list[dict[str, int]], kind: str = "read_") -> float:
+    """Hit rate of reads (``read_``: each read-through call once) or of the backend's counters (``""``)."""
+    hits = sum(s[f"{kind}hits"] for s in samples)
+    total = hits + sum(s[f"{kind}misses"] for s in samples)
     return hits / total if total else float("nan")
+
+
+def _pct(rate: float) -> float | None:
+    """A rate as a percentage; None (an empty cell, valid JSON) when nothing was read."""
+    return None if math.isnan(rate) else 100 * rate
 
 
 def _cumulative_rows(arms: dict[str, list[dict[str, int]]], marks: list[int]) -> list[dict[str, Any]]:
@@ -230,7 +286,8 @@ def _cumulative_rows(arms: dict[str, list[dict[str, int]]], marks: list[int]) ->
         row: dict[str, Any] = {"first requests": mark}
         for name, samples in arms.items():
             head = samples[:mark]
-            row[f"hit rate, {name}"] = 100 * _rate(head)
+            row[f"hit rate, {name}"] = _pct(_rate(head))
+            row[f"backend hit rate, {name}"] = _pct(_rate(head, ""))
             row[f"queries/request, {name}"] = sum(s["queries"] for s in head) / len(head)
             row[f"no-query requests %, {name}"] = 100 * sum(1 for s in head if s["queries"] == 0) / len(head)
         rows.append(row)
@@ -244,10 +301,14 @@ def _window_rows(arms: dict[str, list[dict[str, int]]], window: int) -> list[dic
         row: dict[str, Any] = {"requests": f"{start + 1}-{min(start + window, count)}"}
         for name, samples in arms.items():
             part = samples[start:start + window]
-            row[f"hit rate, {name}"] = 100 * _rate(part)
+            row[f"hit rate, {name}"] = _pct(_rate(part))
             row[f"queries/request, {name}"] = sum(s["queries"] for s in part) / len(part)
         rows.append(row)
     return rows
+
+
+def _typed(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    return (list(rows[0]) if rows else ["data type"]), rows
 
 
 def _plot(arms: dict[str, list[dict[str, int]]], window: int, path: Path) -> bool:
@@ -260,17 +321,17 @@ def _plot(arms: dict[str, list[dict[str, int]]], window: int, path: Path) -> boo
     except ImportError:
         return False
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    for name, samples in arms.items():
-        hits = misses = 0
-        curve = []
-        for sample in samples:
-            hits += sample["hits"]
-            misses += sample["misses"]
-            curve.append(100 * hits / (hits + misses) if hits + misses else float("nan"))
-        xs = range(1, len(curve) + 1)
-        left.plot(xs, curve, label=name)
+    for (name, samples), color in zip(arms.items(), ("tab:blue", "tab:orange")):
+        for kind, style, label in (("read_", "-", "reads"), ("", ":", "backend counters")):
+            hits = misses = 0
+            curve = []
+            for sample in samples:
+                hits += sample[f"{kind}hits"]
+                misses += sample[f"{kind}misses"]
+                curve.append(100 * hits / (hits + misses) if hits + misses else float("nan"))
+            left.plot(range(1, len(curve) + 1), curve, style, color=color, label=f"{name} ({label})")
         windows = [(start + window, 100 * _rate(samples[start:start + window])) for start in range(0, len(samples), window)]
-        right.plot([x for x, _ in windows], [y for _, y in windows], marker=".", label=name)
+        right.plot([x for x, _ in windows], [y for _, y in windows], marker=".", color=color, label=f"{name} (reads)")
     for axis, title in ((left, "cumulative hit rate"), (right, f"hit rate per {window} requests")):
         axis.set_title(title)
         axis.set_xlabel("requests after a cold start")
@@ -302,8 +363,9 @@ def run(args: argparse.Namespace) -> Report:
     _refresh_views()
     plan = Planner(world, random.Random(TODAY_SEED)).plan(sizes["requests"])
 
-    without, _ = _arm(plan, warm=False)
-    with_warming, warm_run = _arm(plan, warm=True)
+    with common.library_warnings() as warned:
+        without, _, types_cold = _arm(plan, warm=False)
+        with_warming, warm_run, types_warm = _arm(plan, warm=True)
     arms = {"no warming": without, "warmed": with_warming}
     assert warm_run is not None
 
@@ -316,13 +378,16 @@ def run(args: argparse.Namespace) -> Report:
             "replayed twice in this run after a cold start (L1 and L2 cleared): without warming, then after",
             "`velro_cache.warming.warm()` with the example project's plan (studio/warming.py). Yesterday's",
             f"traffic ({sizes['history']:,} planned requests, {history:,} reads into the access log, another seed of",
-            "the same popularity) decides which users the views call active. Hit rate: hits / (hits + misses) of",
-            "data reads by the cache's own counters (namespace-token lookups are not data and are left out).",
+            "the same popularity) decides which users the views call active. Hit rate: the share of the",
+            "example's cached reads (`studio.reads` read-through calls, each counted once) served without its",
+            "loader; backend hit rate: the cache's own hit/miss counters for data (namespace-token lookups left",
+            "out; a read that misses is counted by each `get` it makes, and authorization decisions are included).",
             f"Data: `velro_seed --users {sizes['users']} --teams {sizes['teams']} --generations {sizes['generations']}`"
             f" (seed/top-up {seeded:.0f} s); the stream's ~5 % edits are real writes, made in both replays.",
         ],
         quick=args.quick,
     )
+    report.intro += ["", *common.warnings_note(warned)] if warned else []
     marks = [mark for mark in MARKS if mark <= len(plan)] or [len(plan)]
     cumulative = _cumulative_rows(arms, marks)
     report.table("After a cold start: the first N requests", list(cumulative[0]), cumulative)
@@ -331,6 +396,9 @@ def run(args: argparse.Namespace) -> Report:
     steps.append({"step": "total", "tiers": "", "status": f"{warm_run['errors']} error(s)", "entries": warm_run["entries"],
                   "seconds": warm_run["seconds"]})
     report.table("What warming loaded, and in what time", ["step", "tiers", "status", "entries", "seconds"], steps)
+    report.table(f"Per data type, over all {len(plan):,} requests", *_typed(_type_rows({"no warming": types_cold, "warmed": types_warm})),
+                 ["`auth` are authorization decisions, cached per (user, object, versions): the pairs a stream",
+                  "repeats are few, so those warmed for the most active users keep paying long after the start."])
     windows = _window_rows(arms, sizes["window"])
     png = (args.out if args.out is not None else common.RESULTS) / "warming.png"
     plotted = not args.quick or args.out is not None
