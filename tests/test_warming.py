@@ -243,6 +243,11 @@ def test_malformed_plans_are_refused_when_declared(bad):
         bad()
 
 
+def test_an_unknown_mode_is_an_error(make_cache):
+    with pytest.raises(ValueError, match="worker"):
+        warming.warm(Plan([Step("x", lambda: 1)]), mode="workers", cache=make_cache(l2=False))
+
+
 def test_an_unknown_step_name_is_an_error():
     with pytest.raises(KeyError, match="nope"):
         Plan([Step("x", lambda: 1)]).ordered(["nope"])

@@ -67,6 +67,8 @@ def warm(
     ``round_id``: in worker mode, the warm-up round whose L2 lock to take
     (a trigger's id; default: the start-up round).
     """
+    if mode not in (ALL, WORKER):
+        raise ValueError(f"warm(mode=...) is {ALL!r} or {WORKER!r}, not {mode!r}")
     resolved = _resolve(plan)
     run = RunResult(plan=resolved.name, mode=mode, started_at=time.time())
     started = time.monotonic()
