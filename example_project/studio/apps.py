@@ -13,4 +13,5 @@ class StudioConfig(AppConfig):
             cache,  # noqa: F401  (declares which model changes retire which cached data)
             materialized,  # noqa: F401  (declares which writes refresh which view)
             permissions,  # noqa: F401  (declares who may do what: velro_cache.authz)
+            warming,  # noqa: F401  (declares Velro's warming plan: velro_cache.warming)
         )

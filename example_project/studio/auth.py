@@ -43,8 +43,17 @@ def _load_identity(key: str) -> dict[str, Any]:
         return {}
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > _LAST_USED_GRANULARITY:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return {field: getattr(token.user, field) for field in _IDENTITY_FIELDS}
+        # A save, not QuerySet.update(): write capture knows the row and its changed field, and
+        # no declaration lists last_used_at, so nothing is retired. An update() is a write of
+        # unknown rows, retired coarsely: every cached session entry, at each token's refresh.
+        token.last_used_at = now
+        token.save(update_fields=["last_used_at"])
+    return identity_of(token.user)
+
+
+def identity_of(user: Any) -> dict[str, Any]:
+    """What a token's cache entry holds about its user (warming builds the same entries)."""
+    return {field: getattr(user, field) for field in _IDENTITY_FIELDS}
 
 
 def _user_from_identity(identity: dict[str, Any]) -> Any:
@@ -62,10 +71,20 @@ def authenticate_bearer(request: HttpRequest) -> Any | None:
     key = bearer_key(request)
     if key is None:
         return None
+    loaded = []
+
+    def load() -> dict[str, Any]:
+        loaded.append(True)
+        return _load_identity(key)
+
     # An unknown key is cached as {} too: creating its token retires that (studio/cache.py).
-    identity = read_through(token_key(token_digest(key)), lambda: _load_identity(key))
+    identity = read_through(token_key(token_digest(key)), load)
     if not identity or not identity["is_active"]:
         return None
+    if loaded:  # not cached: the token's first request of a session (its identity lives one session TTL)
+        from .warming import start_session
+
+        start_session(identity["id"], "token_session")
     return _user_from_identity(identity)
 
 

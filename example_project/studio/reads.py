@@ -22,6 +22,7 @@ from typing import Any
 import velro_cache
 from velro_cache.keys import build_key, data_type_segment
 from velro_cache.reads import cached_read, cached_read_many
+from velro_cache.warming import note_read
 
 from .models import Generation, SystemConfig, TeamMembership
 
@@ -111,6 +112,7 @@ def read_through(key: str, load: Callable[[], Any]) -> Any:
 
     value = cached_read(key, counted_load)
     read_stats.record(key, not loaded)
+    note_read(key)  # scores runtime warming's predictions
     return value
 
 
@@ -156,6 +158,7 @@ def generation_metas(generation_ids: Iterable[int]) -> dict[int, dict[str, Any] 
     result = cached_read_many(keys, load)
     for pk, key in keys.items():
         read_stats.record(key, pk not in missed)
+        note_read(key)
     return result
 
 
@@ -169,17 +172,27 @@ def team_memberships(user_id: int) -> list[dict[str, Any]]:
 
     def load() -> list[dict[str, Any]]:
         rows = TeamMembership.objects.filter(user_id=user_id).select_related("team")
-        return [
-            {
-                "team_id": m.team_id,
-                "team_name": m.team.name,
-                "team_slug": m.team.slug,
-                "role": m.role,
-            }
-            for m in rows.order_by("team__name")
-        ]
+        return [_membership_row(m) for m in rows.order_by("team__name")]
 
     return read_through(memberships_key(user_id), load)
+
+
+def team_memberships_many(user_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+    """Batch form of `team_memberships` (warming uses it): one cache round trip, at most one query."""
+    keys = {user_id: memberships_key(user_id) for user_id in user_ids}
+
+    def load(wanted: list[int]) -> dict[int, list[dict[str, Any]]]:
+        found: dict[int, list[dict[str, Any]]] = {user_id: [] for user_id in wanted}
+        rows = TeamMembership.objects.filter(user_id__in=wanted).select_related("team")
+        for m in rows.order_by("team__name"):
+            found[m.user_id].append(_membership_row(m))
+        return found
+
+    return cached_read_many(keys, load)
+
+
+def _membership_row(m: TeamMembership) -> dict[str, Any]:
+    return {"team_id": m.team_id, "team_name": m.team.name, "team_slug": m.team.slug, "role": m.role}
 
 
 def system_config(key: str, default: Any = None) -> Any:
