@@ -129,6 +129,13 @@ def view_staleness() -> dict[str, float | None]:
     return found
 
 
+def _staleness_from_this_thread() -> dict[str, float | None]:
+    try:
+        return view_staleness()
+    except Exception:  # no database reachable from here: judge the caches anyway
+        return {}
+
+
 # -- shared state across workers ---------------------------------------------------------------
 
 _local: list[Alert] = []  # the last evaluation this process saw (Redis down: its own)
@@ -153,10 +160,7 @@ def check_now(*, force: bool = False) -> list[Alert] | None:
             return None
         found = store.deployment()
         series = store.history(int(settings.ALERTS.get("WINDOW_MINUTES") or 5) + 1)
-        try:
-            staleness = view_staleness()
-        except Exception:  # no database reachable from this thread: judge the caches anyway
-            staleness = {}
+        staleness = _staleness_from_this_thread()
         alerts = evaluate(found.view, series, staleness, dict(settings.ALERTS))
         before = {(alert.name, alert.subject) for alert in current()}
         _announce(before, alerts)
@@ -185,7 +189,17 @@ def current() -> list[Alert]:
 
 
 def _tick() -> None:
-    check_now()
+    """One evaluation on the publisher thread, whose database connection is closed again at once.
+
+    A connection left open by a background thread is never closed by Django's
+    request cycle, and would hold the database (a test's DROP DATABASE waits on it).
+    """
+    from django.db import connections
+
+    try:
+        check_now()
+    finally:
+        connections.close_all()
 
 
 def install() -> None:
