@@ -15,3 +15,5 @@ def test_the_landing_page_links_everything_a_visitor_looks_for():
         assert link in html, link
     metrics = Client().get("/metrics")
     assert metrics.status_code == 200 and b"velro_cache_requests_total" in metrics.content
+    # The example's views have an empty refresh log in the test database.
+    assert b'velro_cache_view_staleness_seconds{view="studio_active_users_24h"} +Inf' in metrics.content

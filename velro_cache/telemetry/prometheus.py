@@ -90,7 +90,21 @@ def families(view: dict[str, Any], complete: bool) -> list[Any]:
     complete_gauge.add_metric([], 1 if complete else 0)
     counters = [hits, misses, corrupt, requests, ops, l2_errors, evictions, losses]
     gauges = [l1_bytes, l1_max, l1_entries, breaker, workers, complete_gauge]
-    return counters + gauges + [latency] + _alert_families()
+    return counters + gauges + [latency] + _alert_families() + _view_families()
+
+
+def _view_families() -> list[Any]:
+    """Seconds since each materialized view's last good refresh started (+Inf: never), from the refresh log."""
+    from ..alerts import view_staleness
+
+    family = GaugeMetricFamily("velro_cache_view_staleness_seconds", "Age of a view's data (+Inf: never refreshed).", labels=["view"])
+    try:
+        staleness = view_staleness()
+    except Exception:  # no database here (none configured, down, not allowed): a scrape still answers, without view figures
+        return [family]
+    for view, age in sorted(staleness.items()):
+        family.add_metric([view], float("inf") if age is None else age)
+    return [family]
 
 
 def _alert_families() -> list[Any]:
