@@ -44,15 +44,16 @@ def telemetry_redis():
     client.flushdb()
 
 
-def run_worker(reads: int) -> str:
+def run_worker(reads: int, *, interval: str = "0", publish: bool = True) -> str:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.metrics_site",
         "VELRO_METRICS_REDIS": redis_url(REDIS_DB),
-        "VELRO_METRICS_INTERVAL": "0",  # no thread: the worker publishes once, by hand
+        "VELRO_METRICS_INTERVAL": interval,  # "0": no thread, the worker publishes once, by hand
         "PYTHONPATH": str(ROOT),
     }
-    done = subprocess.run([sys.executable, "-m", "tests.metrics_site", str(reads)], env=env, capture_output=True, text=True, timeout=60)
+    command = [sys.executable, "-m", "tests.metrics_site", str(reads), *([] if publish else ["--no-publish"])]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -76,6 +77,14 @@ def test_the_deployment_view_adds_up_every_workers_reads(telemetry_redis):
     assert cache["by_type"]["auth"]["requests"] == 5
     assert cache["workers"] == 4
     assert cache["sets"] >= 10
+
+
+def test_a_publishing_process_that_exits_before_its_next_tick_still_leaves_its_figures(telemetry_redis):
+    """velro_demo, a command, a recycled worker: its last seconds must reach the history."""
+    worker = run_worker(25, interval="300", publish=False)  # the thread would tick only in 5 minutes
+    found = deployment()
+    assert worker in {row["worker"] for row in found.view["workers"]}
+    assert found.view["caches"]["default"]["by_type"]["gen"]["requests"] == 25
 
 
 def test_a_worker_that_stopped_publishing_leaves_the_view(telemetry_redis):

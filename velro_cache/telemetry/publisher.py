@@ -9,6 +9,7 @@ forks after import) starts its own thread, since threads do not survive fork().
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -49,6 +50,17 @@ def start() -> bool:
         _owner_pid = os.getpid()
         _thread.start()
         return True
+
+
+@atexit.register
+def _publish_at_exit() -> None:
+    """A last snapshot when a publishing process exits, so a short-lived one (``velro_demo``, a
+    command, a worker recycled by ``--max-requests``) leaves its last seconds in the history."""
+    if _thread is not None and _owner_pid == os.getpid():
+        try:
+            store.publish()
+        except Exception:  # exiting: nothing to report to
+            logger.debug("telemetry: final publish failed", exc_info=True)
 
 
 def stop() -> None:
