@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 
 services:
 	scripts/ensure_services.sh
+	@# The dashboard's browser tests drive Debian's chromium (Playwright never downloads a browser here).
+	test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 django-suite: $(STAMP)
 	$(PY) scripts/fetch_django_tests.py

@@ -86,7 +86,10 @@ def test_no_tests_ship(built: Built) -> None:
 
 def test_the_wheel_is_typed_and_carries_no_phantom_package_data(built: Built) -> None:
     assert "velro_cache/py.typed" in built.wheel
-    assert not [name for name in built.wheel if "/templates/" in name or "/static/" in name]
+    # Templates and static files ship exactly as the source tree has them (the dashboard's), nothing phantom.
+    shipped = {name for name in built.wheel if "/templates/" in name or "/static/" in name}
+    present = {str(path.relative_to(ROOT)) for folder in ("templates", "static") for path in (ROOT / "velro_cache" / folder).rglob("*") if path.is_file()}
+    assert shipped == present and "velro_cache/templates/velro_cache/dashboard.html" in shipped
 
 
 @pytest.mark.parametrize("which", ["sdist_metadata", "wheel_metadata"])

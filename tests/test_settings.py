@@ -46,6 +46,17 @@ GOOD = {
     "VIEW_REFRESH_LOG_KEEP": 10,
     "AUTHZ_CACHE": False,
     "READ_YOUR_WRITES": False,
+    "TELEMETRY_INTERVAL": 1,
+    "TELEMETRY_RETENTION": 60,
+    "ALERTS": {
+        "HIT_RATE_BELOW": 0.9,
+        "L1_P95_ABOVE": None,
+        "L2_P95_ABOVE": 0.005,
+        "BREAKER_OPEN": False,
+        "VIEW_STALENESS_ABOVE": 600,
+        "EVICTIONS_PER_MINUTE_ABOVE": 0,
+        "WINDOW_MINUTES": 10,
+    },
 }
 
 
@@ -81,6 +92,13 @@ def test_every_setting_given_well_is_taken():
         ("VIEW_REFRESH_PERIOD", 0, "E032"),
         ("VIEW_REFRESH_LOG_KEEP", 0, "E033"),
         ("AUTHZ_CACHE", "yes", "E040"),
+        ("TELEMETRY_INTERVAL", 0.01, "E070"),
+        ("TELEMETRY_INTERVAL", "5", "E070"),
+        ("TELEMETRY_RETENTION", 0, "E071"),
+        ("ALERTS", ["HIT_RATE_BELOW"], "E072"),
+        ("ALERTS", {"HIT_RATE": 0.9}, "E072"),
+        ("ALERTS", {"HIT_RATE_BELOW": 95}, "E073"),
+        ("ALERTS", {"BREAKER_OPEN": None}, "E073"),
     ],
 )
 def test_a_bad_value_is_a_problem_and_its_default_applies(name, value, check_id):

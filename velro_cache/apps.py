@@ -1,4 +1,5 @@
-"""The Django app: registers the system checks, installs write capture and the request-start confirmation when Django starts."""
+"""The Django app: registers the system checks, installs write capture and the request-start confirmation,
+starts the telemetry publisher and exports the Prometheus metrics when Django starts."""
 
 from django.apps import AppConfig
 
@@ -22,3 +23,9 @@ class VelroCacheConfig(AppConfig):
             from .db import notify
 
             notify.enable()  # writes made outside Django, announced by CaptureWrites triggers
+        from . import alerts
+        from .telemetry import prometheus, publisher
+
+        alerts.install()  # thresholds of VELRO_CACHE["ALERTS"], evaluated on the publisher's ticks
+        publisher.start()  # this process's figures to Redis, off the request path
+        prometheus.register_default()  # velro_cache_* in prometheus_client's registry, when it is installed

@@ -199,3 +199,12 @@ def check_authz_policies(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
 def check_coherence_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """E051: READ_YOUR_WRITES is not a bool."""
     return _settings_problems(current_settings(), ("E051",))
+
+
+# -- telemetry and alerts (E070-E073) -----------------------------------------------------------
+
+
+@register()
+def check_telemetry_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E070/E071: TELEMETRY_INTERVAL / TELEMETRY_RETENTION out of range; E072/E073: ALERTS malformed or a bad threshold."""
+    return _settings_problems(current_settings(), ("E070", "E071", "E072", "E073"))

@@ -55,6 +55,20 @@ DEFAULT_KEY_DATA_TYPES: Mapping[str, str] = MappingProxyType(
 )
 
 
+# Alert thresholds; None switches one off (velro_cache.alerts).
+DEFAULT_ALERTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "HIT_RATE_BELOW": 0.8,  # fraction of reads, over the last minutes
+        "L1_P95_ABOVE": 0.001,  # seconds
+        "L2_P95_ABOVE": 0.02,  # seconds
+        "BREAKER_OPEN": True,  # any worker's breaker not closed
+        "VIEW_STALENESS_ABOVE": 3600,  # seconds since a view's last successful refresh started
+        "EVICTIONS_PER_MINUTE_ABOVE": 10_000,
+        "WINDOW_MINUTES": 5,  # minutes of history the rates are taken over
+    }
+)
+
+
 @dataclass(frozen=True, eq=False)
 class VelroSettings:
     """``VELRO_CACHE`` merged over the defaults; each field is one setting, valid by construction.
@@ -115,6 +129,14 @@ class VelroSettings:
     # At each request's start, confirm every L1 is current as of then (one
     # PING per cache with an L2; velro_cache.freshness).
     READ_YOUR_WRITES: bool = True
+
+    # -- telemetry and alerts (checks E070-E073; velro_cache.telemetry, velro_cache.alerts) --
+    # Seconds between a process's snapshots to Redis (0: no publisher thread).
+    TELEMETRY_INTERVAL: float = 5.0
+    # Minutes of per-minute samples kept in Redis.
+    TELEMETRY_RETENTION: int = 1440
+    # Alert thresholds (velro_cache.alerts.THRESHOLDS names them); yours are merged over these.
+    ALERTS: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_ALERTS)
 
     # What was wrong with the given dict (reported by the system checks).
     problems: tuple[Problem, ...] = field(default=(), repr=False)
@@ -292,6 +314,57 @@ def _coherence_settings(raw: dict[str, Any], problems: list[Problem]) -> dict[st
     return {"READ_YOUR_WRITES": _checked(raw, "READ_YOUR_WRITES", lambda v: isinstance(v, bool), problems, "E051", "True or False")}
 
 
+# -- telemetry and alerts ------------------------------------------------------------------------
+
+_ALERT_RULES: Mapping[str, tuple[Callable[[Any], bool], str]] = MappingProxyType(
+    {
+        "HIT_RATE_BELOW": (lambda v: _is_number(v) and 0 <= v <= 1, "a fraction between 0 and 1, or None"),
+        "L1_P95_ABOVE": (lambda v: _is_number(v) and v > 0, "a positive number of seconds, or None"),
+        "L2_P95_ABOVE": (lambda v: _is_number(v) and v > 0, "a positive number of seconds, or None"),
+        "BREAKER_OPEN": (lambda v: isinstance(v, bool), "True or False"),
+        "VIEW_STALENESS_ABOVE": (lambda v: _is_number(v) and v > 0, "a positive number of seconds, or None"),
+        "EVICTIONS_PER_MINUTE_ABOVE": (lambda v: _is_number(v) and v >= 0, "a number >= 0, or None"),
+        "WINDOW_MINUTES": (lambda v: _is_positive_int(v) and v <= 60, "a whole number of minutes from 1 to 60"),
+    }
+)
+
+
+def _alert_thresholds(raw: dict[str, Any], problems: list[Problem]) -> Mapping[str, Any]:
+    """E072 (not a dict, or an unknown threshold) / E073 (a bad value): bad entries keep their defaults."""
+    given = raw.get("ALERTS", {})
+    if not isinstance(given, dict):
+        problems.append(_error("E072", f"VELRO_CACHE['ALERTS'] must be a dict of threshold -> value, got {type(given).__name__}."))
+        return DEFAULT_ALERTS
+    merged = dict(DEFAULT_ALERTS)
+    for name, value in given.items():
+        rule = _ALERT_RULES.get(name)
+        if rule is None:
+            problems.append(
+                _error("E072", f"VELRO_CACHE['ALERTS'] has an unknown threshold {name!r}.", hint=f"Known: {', '.join(_ALERT_RULES)}.")
+            )
+        elif value is None and name not in ("BREAKER_OPEN", "WINDOW_MINUTES"):
+            merged[name] = None
+        elif not rule[0](value):
+            problems.append(_error("E073", f"VELRO_CACHE['ALERTS'][{name!r}] must be {rule[1]}, got {value!r}."))
+        else:
+            merged[name] = value
+    return MappingProxyType(merged)
+
+
+def _telemetry_settings(raw: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
+    return {
+        "TELEMETRY_INTERVAL": _checked(
+            raw, "TELEMETRY_INTERVAL", lambda v: _is_number(v) and (v == 0 or 0.1 <= v <= 300), problems, "E070",
+            "0 (off) or a number of seconds from 0.1 to 300",
+        ),
+        "TELEMETRY_RETENTION": _checked(
+            raw, "TELEMETRY_RETENTION", lambda v: _is_positive_int(v) and v <= 10_080, problems, "E071",
+            "a whole number of minutes from 1 to 10080 (a week)",
+        ),
+        "ALERTS": _alert_thresholds(raw, problems),
+    }
+
+
 # -- the parse ----------------------------------------------------------------------------------
 
 
@@ -309,7 +382,9 @@ def parse_settings(raw: Any) -> VelroSettings:
         for name in sorted(set(raw) - set(SETTING_NAMES), key=str)
     ]
     values: dict[str, Any] = {}
-    for concern in (_ttl_and_key_settings, _invalidation_settings, _view_settings, _authz_settings, _coherence_settings):
+    for concern in (
+        _ttl_and_key_settings, _invalidation_settings, _view_settings, _authz_settings, _coherence_settings, _telemetry_settings,
+    ):
         values.update(concern(raw, problems))
     return VelroSettings(problems=tuple(problems), **values)
 

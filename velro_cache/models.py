@@ -66,3 +66,8 @@ class ViewRefresh(models.Model):
     def age(self) -> timedelta:
         """Staleness bound of the data this refresh produced: it saw the sources as of its start."""
         return timezone.now() - self.started_at
+
+
+from .dashboard.models import Dashboard  # noqa: E402  (the dashboard's permissions; no table)
+
+__all__ = ["Dashboard", "ViewRefresh", "ViewRefreshQuerySet"]

@@ -1,0 +1,132 @@
+"""The dashboard's actions: validated first, so bad input answers with a message and changes nothing.
+
+Each action names a target the deployment must already know: a namespace that
+is a declared key level (or a known first key part), a data type with a TTL or
+a key mapping, a materialized view that exists. Only then does it run, through
+the same public API code would use (``invalidate``, ``refresh_view``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.core.cache import caches
+
+from ..conf import settings
+from ..exceptions import RefreshFailed
+from ..keys import parse_key
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    label: str
+    target_label: str
+    choices: Callable[[], list[str]]  # the targets it accepts (shown as suggestions)
+    run: Callable[[str], str]  # -> what was done, for the message and the admin log
+
+
+def known_data_types() -> list[str]:
+    return sorted(set(settings.TTL) | set(settings.KEY_DATA_TYPES.values()))
+
+
+def known_namespaces() -> list[str]:
+    """Declared key levels, as patterns, plus every first key part the settings know."""
+    from ..namespaces import levels
+
+    return sorted({str(pattern) for pattern in levels.patterns()} | set(settings.KEY_DATA_TYPES) | set(settings.TTL))
+
+
+def _namespace_is_known(namespace: str) -> bool:
+    from ..namespaces import levels
+
+    try:
+        parts = parse_key(namespace)
+    except (TypeError, ValueError):
+        return False
+    if len(parts) == 1:
+        first_parts = {str(pattern).split(":", 1)[0] for pattern in levels.patterns()}
+        return parts[0] in first_parts | set(settings.KEY_DATA_TYPES) | set(settings.TTL)
+    return levels.is_level(namespace)
+
+
+def _invalidate_namespace(namespace: str) -> str:
+    from ..invalidation import invalidate
+
+    if not _namespace_is_known(namespace):
+        raise ValueError(f"Unknown namespace {namespace!r}: not a declared key level. Known: {', '.join(known_namespaces()) or 'none'}.")
+    retired = invalidate(prefixes=[namespace], cache=caches[settings.CACHE_ALIAS])
+    return f"Invalidated namespace {namespace!r} ({len(retired.namespaces)} namespace retired) in every tier and process."
+
+
+def _invalidate_data_type(data_type: str) -> str:
+    from ..invalidation import invalidate
+
+    if data_type not in known_data_types():
+        raise ValueError(f"Unknown data type {data_type!r}. Known: {', '.join(known_data_types())}.")
+    retired = invalidate(data_types=[data_type], cache=caches[settings.CACHE_ALIAS])
+    return f"Invalidated data type {data_type!r} (namespaces {', '.join(sorted(retired.namespaces))}) in every tier and process."
+
+
+def _refresh_view(view: str) -> str:
+    from ..db.refresh import refresh_view
+    from ..db.registry import all_views
+
+    if view not in all_views():
+        raise ValueError(f"No materialized view {view!r}. Known: {', '.join(all_views()) or 'none'}.")
+    try:
+        result = refresh_view(view, trigger="manual")
+    except RefreshFailed as error:
+        raise ValueError(f"Refreshing {view!r} failed: {error}") from error
+    return f"Refreshed view {view!r}: {result.rows} rows in {result.duration_ms:.0f} ms."
+
+
+def _views() -> list[str]:
+    from ..db.registry import all_views
+
+    return all_views()
+
+
+ACTIONS = {
+    action.name: action
+    for action in (
+        Action("invalidate_namespace", "Invalidate a namespace", "namespace (e.g. auth:user:123)", known_namespaces, _invalidate_namespace),
+        Action("invalidate_data_type", "Invalidate a data type", "data type", known_data_types, _invalidate_data_type),
+        Action("refresh_view", "Refresh a materialized view", "view", _views, _refresh_view),
+    )
+}
+
+
+def validate(name: str, target: str) -> Outcome:
+    """Whether an action could run on this target, without running it (the confirmation page asks only then)."""
+    action = ACTIONS.get(name)
+    if action is None:
+        return Outcome(False, f"Unknown action {name!r}.")
+    target = target.strip()
+    if not target:
+        return Outcome(False, f"{action.label}: say which {action.target_label}.")
+    if name == "invalidate_namespace" and not _namespace_is_known(target):
+        return Outcome(False, f"Unknown namespace {target!r}: not a declared key level. Nothing was changed.")
+    if name == "invalidate_data_type" and target not in known_data_types():
+        return Outcome(False, f"Unknown data type {target!r}. Nothing was changed.")
+    if name == "refresh_view" and target not in _views():
+        return Outcome(False, f"No materialized view {target!r}. Nothing was changed.")
+    return Outcome(True, f"{action.label}: {target}")
+
+
+def run(name: str, target: str) -> Outcome:
+    """Validate, then run; a failure is a message, never a traceback."""
+    checked = validate(name, target)
+    if not checked.ok:
+        return checked
+    try:
+        return Outcome(True, ACTIONS[name].run(target.strip()))
+    except ValueError as error:
+        return Outcome(False, f"{error} Nothing was changed.")

@@ -1,0 +1,56 @@
+"""This process's figures, as one JSON-ready dict: what the publisher sends and readers combine."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from django.conf import settings as django_settings
+
+BACKEND_PATH = "velro_cache.backends.TieredCache"
+
+_identity: tuple[int, str, float] | None = None  # (pid, worker id, started at)
+
+
+def _process_identity() -> tuple[int, str, float]:
+    global _identity
+    pid = os.getpid()
+    if _identity is None or _identity[0] != pid:  # a forked child is a new worker
+        now = time.time()
+        _identity = (pid, f"{socket.gethostname()}:{pid}:{int(now * 1000)}", now)
+    return _identity
+
+
+def worker_id() -> str:
+    """``host:pid:start``: unique per process life, so a restarted worker is a new one, never a counter that went back."""
+    return _process_identity()[1]
+
+
+def tiered_aliases() -> list[str]:
+    """The CACHES aliases served by TieredCache, in settings order."""
+    return [alias for alias, config in getattr(django_settings, "CACHES", {}).items() if config.get("BACKEND") == BACKEND_PATH]
+
+
+def _cache_figures(alias: str) -> dict[str, Any]:
+    """``cache.stats()`` without the per-process quantiles: they cannot be summed, the buckets can."""
+    from django.core.cache import caches
+
+    figures = caches[alias].stats()
+    figures.pop("latency_p50", None)
+    figures.pop("latency_p99", None)
+    return figures
+
+
+def process_snapshot() -> dict[str, Any]:
+    """Every TieredCache of this process, with who and when: one worker's row of the deployment."""
+    pid, worker, started = _process_identity()
+    return {
+        "worker": worker,
+        "pid": pid,
+        "host": socket.gethostname(),
+        "started_at": started,
+        "taken_at": time.time(),
+        "caches": {alias: _cache_figures(alias) for alias in tiered_aliases()},
+    }
