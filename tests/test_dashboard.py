@@ -169,6 +169,19 @@ def test_refreshing_a_view_runs_it_and_records_it():
     assert "Refreshed view" in client.get(URL).content.decode()
 
 
+def test_warming_a_step_runs_it_and_records_it():
+    """The example project declares Velro's plan; its system_config step warms every SystemConfig value."""
+    from studio.models import SystemConfig
+
+    SystemConfig.objects.create(key="banner", value="hello")
+    client = operator()
+    response = csrf_post(client, {"action": "warm", "target": "system_config", "confirmed": "yes"})
+    assert response.status_code == 302, response.content
+    page = client.get(URL).content.decode()
+    assert "Warmed &#x27;system_config&#x27;: 1 entries" in page or "Warmed 'system_config': 1 entries" in page, page
+    assert LogEntry.objects.filter(change_message__contains="system_config").exists()
+
+
 @pytest.mark.parametrize(
     ("action", "target"),
     [
@@ -178,6 +191,7 @@ def test_refreshing_a_view_runs_it_and_records_it():
         ("invalidate_data_type", "no_such_type"),
         ("drop_everything", "x"),
         ("invalidate_data_type", ""),
+        ("warm", "no_such_step"),
     ],
 )
 @pytest.mark.django_db(transaction=True)

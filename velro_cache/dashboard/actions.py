@@ -3,7 +3,8 @@
 Each action names a target the deployment must already know: a namespace that
 is a declared key level (or a known first key part), a data type with a TTL or
 a key mapping, a materialized view that exists. Only then does it run, through
-the same public API code would use (``invalidate``, ``refresh_view``).
+the same public API code would use (``invalidate``, ``refresh_view``,
+``warming.warm`` and ``warming.trigger``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,32 @@ def _refresh_view(view: str) -> str:
     return f"Refreshed view {view!r}: {result.rows} rows in {result.duration_ms:.0f} ms."
 
 
+ALL_STEPS = "all"
+
+
+def _warming_steps() -> list[str]:
+    """What the warm action accepts: the declared default plan's steps, or all of them."""
+    from ..warming import declared
+
+    plan = declared("default")
+    return [] if plan is None else [ALL_STEPS, *(step.name for step in plan.ordered())]
+
+
+def _warm(target: str) -> str:
+    """Warm here (within the plan's budgets), then ask every listening worker to warm its own L1."""
+    from .. import warming
+
+    if target not in _warming_steps():
+        raise ValueError(f"No warming step {target!r}. Known: {', '.join(_warming_steps()) or 'none (no plan declared)'}.")
+    only = None if target == ALL_STEPS else [target]
+    run = warming.warm(only=only)
+    asked = warming.trigger(only)
+    return (
+        f"Warmed {target!r}: {run.entries} entries in {run.seconds:.2f} s, {run.errors} error(s) here; "
+        f"{asked} worker(s) asked to warm too."
+    )
+
+
 def _views() -> list[str]:
     from ..db.registry import all_views
 
@@ -100,6 +127,7 @@ ACTIONS = {
         Action("invalidate_namespace", "Invalidate a namespace", "namespace (e.g. auth:user:123)", known_namespaces, _invalidate_namespace),
         Action("invalidate_data_type", "Invalidate a data type", "data type", known_data_types, _invalidate_data_type),
         Action("refresh_view", "Refresh a materialized view", "view", _views, _refresh_view),
+        Action("warm", "Warm the cache", "warming step (or all)", _warming_steps, _warm),
     )
 }
 
@@ -118,6 +146,8 @@ def validate(name: str, target: str) -> Outcome:
         return Outcome(False, f"Unknown data type {target!r}. Nothing was changed.")
     if name == "refresh_view" and target not in _views():
         return Outcome(False, f"No materialized view {target!r}. Nothing was changed.")
+    if name == "warm" and target not in _warming_steps():
+        return Outcome(False, f"No warming step {target!r}. Nothing was changed.")
     return Outcome(True, f"{action.label}: {target}")
 
 
