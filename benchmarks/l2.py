@@ -71,7 +71,7 @@ BATCH = 100
 P99_BUDGET_US = 1000.0
 GET_MANY_BUDGET = 3.0  # get_many(100) median at most this many single gets
 
-FULL = {"get": 20_000, "batch": 2_000, "rounds": 10, "count": 50, "frame": 50_000, "stage": 5_000}
+FULL = {"get": 6_000, "batch": 500, "rounds": 10, "count": 20, "frame": 20_000, "stage": 2_000}
 QUICK = {"get": 200, "batch": 30, "rounds": 2, "count": 5, "frame": 500, "stage": 100}
 
 RATIO_DR, RATIO_DJ = "× django-redis (median)", "× Django (median)"

@@ -30,7 +30,7 @@ TIERED_MODES = (TIERED, TIERED_L2)
 MEDIAN_BUDGET = 0.25  # x LocMemCache's median
 P99_BUDGET_US = 10.0
 
-FULL = {"get": 200_000, "set": 20_000, "get_many": 100_000, "rounds": 20}
+FULL = {"get": 50_000, "set": 5_000, "get_many": 25_000, "rounds": 20}
 QUICK = {"get": 2_000, "set": 200, "get_many": 1_000, "rounds": 2}
 
 GET_MANY_KEYS = 10
