@@ -236,7 +236,8 @@ class RedisTier:
     def set_many(self, items: Iterable[tuple[str, bytes | int]], seconds: float | None, message: bytes) -> None:
         """Every value with its TTL, their leases retired, the change announced: one script, one round trip."""
         px = ttl_ms(seconds)
-        keys, args = [], []
+        keys: list[str] = []
+        args: list[Any] = []  # the data, then the TTL, channel and message
         for key, data in items:
             keys.append(key)
             args.append(data)
