@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import time
 from decimal import Decimal
 
 from benchmarks.shapes import record_page
@@ -40,12 +41,18 @@ def test_record_page_read_from_l2_then_from_l1_is_never_shared(private_redis):
     writer, reader = _two_processes(private_redis)
     original = record_page()
     writer.set("page", record_page(), 60)
-    for read in ("L2 hit", "first L1 read", "planned L1 read", "planned L1 read again"):
+    # Until the reader's coherence channel confirms (its first PING), L1 is not
+    # trusted and reads go to L2: read on until three were L1 hits (the first
+    # L1 read, which plans, and two planned copies), checking every read.
+    for _ in range(500):
         got = reader.get("page")
-        assert got == original, read
+        assert got == original
         _vandalize(got)
+        if reader.stats()["totals"]["l1_hits"] >= 3:
+            break
+        time.sleep(0.01)
     stats = reader.stats()["totals"]
-    assert stats["l2_hits"] == 1 and stats["l1_hits"] == 3  # the reads above were served where named
+    assert stats["l2_hits"] >= 1 and stats["l1_hits"] >= 3
 
 
 def test_a_write_after_promotion_wins_over_the_planned_copy(private_redis):
