@@ -25,7 +25,13 @@ serializer's own ``frame``/``unframe`` (where the whole difference lies), and
 TieredCache's L2-hit get and set end to end (where it is a share of a round
 trip).
 
-Run: ``python -m benchmarks.l2`` (about three minutes) or ``--quick``.
+Where the time goes: the first table breaks TieredCache's L2-hit get into its
+stages (key, Redis, frame/MAC, decode, L1 admission, coherence bookkeeping, and
+the copy planning and first L1 read that follow a promotion), each timed on its
+own and interleaved with the whole get and django-redis's get, so the shares
+add up against one baseline.
+
+Run: ``python -m benchmarks.l2`` (about four minutes) or ``--quick``.
 """
 
 from __future__ import annotations
@@ -41,9 +47,11 @@ from typing import Any
 from redis.connection import AbstractConnection
 
 from velro_cache.serializers import MAC_BYTES, Serializer
+from velro_cache.tiers.copying import plan_copy
 
 from . import common
 from .common import Case, Report
+from .shapes import RECORD_PAGE, record_page
 
 TIERED, DJANGO_REDIS, DJANGO = "TieredCache", "django-redis", "Django RedisCache"
 NO_MAC = "TieredCache, MAC-less"  # not a configured alias: TIERED's settings with NoMacSerializer
@@ -55,15 +63,16 @@ BACKENDS = {
 }
 PREFIXES = {TIERED: common.key_prefix("l2-tiered"), DJANGO_REDIS: common.key_prefix("l2-djredis"), DJANGO: common.key_prefix("l2-django")}
 
-GET_VALUES = ("small str", "small dict", "4 KiB flat dict", "4 KiB list of 30 dicts", "object (dataclass)")
-BATCH_VALUES = ("small dict", "4 KiB list of 30 dicts")
+GET_VALUES = ("small str", "small dict", "4 KiB flat dict", "4 KiB list of 30 dicts", RECORD_PAGE, "object (dataclass)")
+BATCH_VALUES = ("small dict", "4 KiB list of 30 dicts", RECORD_PAGE)
+STAGE_VALUES = ("small dict", "4 KiB list of 30 dicts", RECORD_PAGE)
 BATCH = 100
 
 P99_BUDGET_US = 1000.0
 GET_MANY_BUDGET = 3.0  # get_many(100) median at most this many single gets
 
-FULL = {"get": 20_000, "batch": 2_000, "rounds": 10, "count": 50, "frame": 50_000}
-QUICK = {"get": 200, "batch": 30, "rounds": 2, "count": 5, "frame": 500}
+FULL = {"get": 6_000, "batch": 500, "rounds": 10, "count": 20, "frame": 20_000, "stage": 2_000}
+QUICK = {"get": 200, "batch": 30, "rounds": 2, "count": 5, "frame": 500, "stage": 100}
 
 RATIO_DR, RATIO_DJ = "× django-redis (median)", "× Django (median)"
 
@@ -214,6 +223,89 @@ def _time_gets(caches: dict[str, Any], values: dict[str, Any], plan: dict[str, i
     return results, timed, _l2_hits(tiered) - hits_before
 
 
+# -- where the time goes ----------------------------------------------------------------------
+
+WHOLE_GET, DR_GET = "whole get (L2 hit)", "django-redis get (reference)"
+
+
+def _stage_cases(tiered: Any, django_redis: Any, key: str) -> dict[str, Case]:
+    """Each stage of TieredCache's L2-hit get on its own, with the whole get and django-redis's.
+
+    Benchmark only: the stages are reached through private attributes, on
+    the same key and bytes the whole get reads.
+    """
+    full, _ = tiered._key(key, None)
+    l1, l2, serializer, state = tiered._l1, tiered._l2, tiered._serializer, tiered._state
+    data = l2.get(full)
+    frame = serializer.unframe(data, key=full)
+    value = serializer.decode(frame.codec, frame.body)
+    encoded = (frame.codec, frame.body)
+
+    def drop() -> None:
+        l1.delete(full)
+
+    def promote_then_drop_plan() -> None:  # held as its body, as an L2 hit leaves it
+        l1.delete(full)
+        tiered.get(key)
+
+    def bookkeeping() -> None:
+        state.writes.ticket()
+        state.l2_reads_trusted()
+        state.remember_load(full, frame.delta, frame.expires_at)
+
+    return {
+        "key (memoized make_key)": Case(tiered._key, (key, None)),
+        "Redis GET (redis-py, hiredis)": Case(l2.get, (full,)),
+        "frame: parse + verify MAC": Case(lambda: serializer.unframe(data, key=full)),
+        "decode body": Case(serializer.decode, encoded),
+        "L1 admission (held as body)": Case(lambda: tiered._store_l1(full, value, 300.0, encoded, None), (), drop),
+        "coherence bookkeeping (tickets, trust, load record)": Case(bookkeeping),
+        WHOLE_GET: Case(tiered.get, (key,), drop),
+        "copy planning (plan_copy), paid on the first L1 read": Case(plan_copy, (value,)),
+        "first L1 read (decode + plan + copy)": Case(tiered.get, (key,), promote_then_drop_plan),
+        "later L1 hit (planned copy)": Case(tiered.get, (key,)),
+        DR_GET: Case(django_redis.get, (key,)),
+    }
+
+
+def _time_stages(caches: dict[str, Any], values: dict[str, Any], plan: dict[str, int]) -> dict[str, dict[str, list[int]]]:
+    results = {}
+    for index, name in enumerate(STAGE_VALUES):
+        key = f"gen:stage:{index}"
+        for cache in (caches[TIERED], caches[DJANGO_REDIS]):
+            cache.set(key, values[name], None)
+        cases = _stage_cases(caches[TIERED], caches[DJANGO_REDIS], key)
+        results[name] = common.interleaved(cases, plan["stage"], plan["rounds"], warmup=50)
+        for cache in (caches[TIERED], caches[DJANGO_REDIS]):
+            cache.delete(key)
+    return results
+
+
+def _stage_table(report: Report, stages: dict[str, dict[str, list[int]]]) -> None:
+    rows = []
+    for value_name, by_stage in stages.items():
+        whole = common.median_us(by_stage[WHOLE_GET])
+        for stage, samples in by_stage.items():
+            summary = common.summarize(samples)
+            rows.append(
+                {
+                    "value": value_name,
+                    "stage": stage,
+                    "median µs": summary["median µs"],
+                    "p99 µs": summary["p99 µs"],
+                    "share of whole get": f"{100 * summary['median µs'] / whole:.0f} %" if stage != WHOLE_GET else "100 %",
+                }
+            )
+    notes = [
+        "Each stage timed alone, interleaved with the whole get and django-redis's, on the same key and bytes.",
+        "Stages in get order down to the whole get; below it, what an L2 hit no longer pays: the copy plan,",
+        "made on the entry's first L1 read (`tiers/copying.py:plan_on_first_read`), and an L1 hit after it.",
+        "The whole get is more than its stages' sum by the call layers between them (breaker, counters, latency sampling).",
+    ]
+    columns = ["value", "stage", "median µs", "p99 µs", "share of whole get"]
+    report.table("Where an L2-hit get spends its time (TieredCache, per stage)", columns, rows, notes)
+
+
 ONE_GET = " (one get)"  # case-name suffix of the single gets timed alongside get_many
 
 
@@ -323,7 +415,8 @@ def _get_table(report: Report, gets: dict, timed: int, promoted: int) -> None:
     notes = [
         f"TieredCache counted {promoted:,} L2 hits for {timed:,} gets (timed and warm-up): "
         + ("every one was an L2 hit." if promoted == timed else "**some were not L2 hits: the forcing did not work.**"),
-        "A TieredCache L2 hit includes decoding (msgpack, lz4 from `COMPRESS_MIN_BYTES` on, pickle for the object) and the promotion into L1.",
+        "A TieredCache L2 hit includes verifying the MAC, decoding (ormsgpack for JSON-like values, pickle for the record page",
+        "and the object, lz4 from `COMPRESS_MIN_BYTES` on) and the promotion into L1 (held as its body until its first L1 read).",
     ]
     report.table("get of an L2 hit", columns, rows, notes)
 
@@ -424,8 +517,9 @@ def run(args: argparse.Namespace) -> Report:
     from django.core.cache import caches as django_caches
 
     caches = {name: django_caches[name] for name in BACKENDS}
-    values = common.sample_values()
+    values = {**common.sample_values(), RECORD_PAGE: record_page()}
     with common.library_warnings() as logged:
+        stages = _time_stages(caches, values, plan)
         gets, timed, promoted = _time_gets(caches, values, plan)
         batches, single = _time_batches(caches, values, plan)
         counter = RoundTrips()
@@ -438,6 +532,7 @@ def run(args: argparse.Namespace) -> Report:
             cache.delete_many(_keys(f"batch{index}"))
     if logged:
         report.intro += ["", *common.warnings_note(logged)]
+    _stage_table(report, stages)
     _get_table(report, gets, timed, promoted)
     _batch_table(report, batches, single)
     _round_trip_table(report, trips, counter.background)

@@ -87,7 +87,7 @@ def test_latency(tmp_path: Path) -> None:
     gets = section(data, "get on an L1 hit: distribution")
     backends = {row["backend"] for row in gets["rows"]}
     assert {"LocMemCache", "TieredCache L1", "DummyCache (floor)"} <= backends
-    assert len({row["value"] for row in gets["rows"]}) == 7
+    assert len({row["value"] for row in gets["rows"]}) == 8  # sample_values and the record page
     for row in gets["rows"]:
         assert_positive(row, [*STAT_COLUMNS, "× LocMem (median)"])
     assert section(data, "Budgets: get on an L1 hit")["rows"][0]["L1 ratio ≤ 0.25"] in ("PASS", "FAIL")
@@ -114,6 +114,11 @@ def test_l2(tmp_path: Path) -> None:
     assert {row["operation"] for row in batches["rows"]} == {"get_many(100)", "set_many(100)", "delete_many(100)"}
     for row in batches["rows"]:
         assert_positive(row, STAT_COLUMNS)
+
+    stages = section(data, "Where an L2-hit get spends its time")
+    assert {"whole get (L2 hit)", "decode body", "frame: parse + verify MAC"} <= {row["stage"] for row in stages["rows"]}
+    for row in stages["rows"]:
+        assert_positive(row, ["median µs", "p99 µs"])
 
     trips = section(data, "Redis round trips per call")
     assert len(trips["rows"]) == 12

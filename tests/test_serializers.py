@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from velro_cache.exceptions import CorruptEntry, UnverifiedEntry
-from velro_cache.serializers import INT64_MAX, MSGPACK, MSGPACK_LZ4, PICKLE, Serializer
+from velro_cache.serializers import INT64_MAX, MSGPACK, PICKLE, PLAIN, PLAIN_LZ4, Serializer
 
 SERIALIZER = Serializer(signing_key=b"k" * 32)
+NO_PICKLE = Serializer(signing_key=b"k" * 32, pickle_fallback=False)
 
 scalars = (
     st.none()
@@ -51,6 +52,15 @@ def test_plain_data_round_trips_exactly_through_the_wire(value):
 
 
 @settings(max_examples=300, deadline=None)
+@given(plain_data)
+def test_plain_data_round_trips_exactly_with_pickle_forbidden(value):
+    data = NO_PICKLE.dumps(value, key=KEY)
+    got = NO_PICKLE.loads(str(data).encode() if isinstance(data, int) else data, key=KEY)
+    assert got == value
+    assert type(got) is type(value)
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_decode_or_raise_corrupt_entry(data):
     try:
@@ -60,7 +70,7 @@ def test_arbitrary_bytes_decode_or_raise_corrupt_entry(data):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.sampled_from([0xA1, 0xA2, 0xA3, 0xA4, 0xB1, 0xB2, 0xB3, 0xB4]), st.binary(max_size=200))
+@given(st.sampled_from([0xA1, 0xA2, 0xA3, 0xA4, 0xB1, 0xB2, 0xB3, 0xB4, 0xB5, 0xB6]), st.binary(max_size=200))
 def test_framed_garbage_never_verifies(head, rest):
     with pytest.raises(UnverifiedEntry):
         SERIALIZER.loads(bytes([head]) + rest, key=KEY)
@@ -70,13 +80,36 @@ def test_codec_choice():
     assert SERIALIZER.dumps(5, key=KEY) == 5 and SERIALIZER.dumps(INT64_MAX, key=KEY) == INT64_MAX
     assert isinstance(SERIALIZER.dumps(INT64_MAX + 1, key=KEY), bytes)  # beyond INCR's range
     assert isinstance(SERIALIZER.dumps(True, key=KEY), bytes)  # bools are not counters
-    assert SERIALIZER.encode({"a": 1})[0] == MSGPACK
-    assert SERIALIZER.encode("x" * 5000)[0] == MSGPACK_LZ4
+    # JSON-like data: ormsgpack, no Python hook on either side.
+    assert SERIALIZER.encode({"a": 1, "b": [1.5, None, "x", b"y"]})[0] == PLAIN
+    assert SERIALIZER.encode("x" * 5000)[0] == PLAIN_LZ4
+    # Types ormsgpack would change (tuples to lists, datetimes to str, ...): pickle, authenticated.
+    for typed in ((1, 2), {1: "int key"}, decimal.Decimal("1.5"), datetime.datetime(2026, 1, 1), {"a": {1, 2}}):
+        assert SERIALIZER.encode(typed)[0] == PICKLE, typed
     assert SERIALIZER.encode(datetime.datetime.now().astimezone().tzinfo)[0] in (PICKLE, PICKLE + 1)
-    assert SERIALIZER.encode(decimal.Decimal("1.5"))[0] == MSGPACK
+    # With pickle forbidden, those go through msgpack extension types instead.
+    assert NO_PICKLE.encode(decimal.Decimal("1.5"))[0] == MSGPACK
+    assert NO_PICKLE.encode([datetime.datetime(2026, 1, 1), (1, 2)])[0] == MSGPACK
 
 
 def test_incompressible_values_are_stored_uncompressed():
     import os
 
-    assert SERIALIZER.encode(os.urandom(4096))[0] == MSGPACK
+    assert SERIALIZER.encode(os.urandom(4096))[0] == PLAIN
+
+
+def test_frames_written_with_the_previous_codecs_stay_readable():
+    """Processes of the previous release wrote msgpack-hook (0xB1) and pickle (0xB3) frames; a rolling deploy reads them."""
+    import pickle
+
+    from velro_cache.serializers import _pack_plain
+
+    value = {"a": [1, 2], "when": datetime.datetime(2026, 1, 1), "price": decimal.Decimal("0.04")}
+    old_msgpack = SERIALIZER.frame(MSGPACK, _pack_plain(value), None, key=KEY)
+    old_pickle = SERIALIZER.frame(PICKLE, pickle.dumps(value), None, key=KEY)
+    assert old_msgpack[0] == 0xB1 and old_pickle[0] == 0xB3
+    assert SERIALIZER.loads(old_msgpack, key=KEY) == value
+    assert SERIALIZER.loads(old_pickle, key=KEY) == value
+    assert NO_PICKLE.loads(old_msgpack, key=KEY) == value
+    with pytest.raises(CorruptEntry):  # a counted miss, never unpickled
+        NO_PICKLE.loads(old_pickle, key=KEY)

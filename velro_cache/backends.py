@@ -50,7 +50,7 @@ from .redis_api import RedisApiMixin
 from .serializers import OBJECT, Serializer, derive_signing_key
 from .stats import L1_SAMPLE, DataTypeCounters
 from .tiers.breaker import CLOSED
-from .tiers.copying import Reader, plan_copy
+from .tiers.copying import Reader, plan_copy, plan_on_first_read
 from .tiers.guard import L2Guard
 from .tiers.memory import MISSING
 from .tiers.process import ProcessState, state_for
@@ -305,9 +305,32 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
         return self._state.fill_l1(full, payload, weight, self._l1_expiry(seconds), ticket)
 
     def _l1_entry(self, full: str, value: Any, encoded: Any = None) -> tuple[tuple[Reader, Any], int]:
-        """The L1 payload of a value and its weight, key and entry overhead included."""
-        payload, size = self._payload(value, encoded)
+        """The L1 payload of a value and its weight, key and entry overhead included.
+
+        With ``encoded`` (the body went to or came from Redis) the value is held
+        as that body and planned on its first L1 read (``plan_on_first_read``):
+        the walk a plan takes is most of an L2 hit's or a write's cost, and a
+        value read once is never read from L1 at all.
+        """
+        if encoded is not None:
+            payload, size = self._planned_on_first_read(full, *encoded)
+        else:
+            payload, size = self._payload(value)
         return payload, size + sys.getsizeof(full) + ENTRY_OVERHEAD
+
+    def _planned_on_first_read(self, full: str, codec: int, body: bytes) -> tuple[tuple[Reader, Any], int]:
+        """A payload holding ``body`` that replaces itself with a planned copy when first read."""
+        store = self._l1
+
+        def adopt(reader: Reader, stored: Any, size: int) -> None:
+            # Only in place of this very payload: a write or drop since then wins.
+            with store.lock:
+                found = store.get_with_expiry(full)
+                if found is not None and found[0] is payload:
+                    store.set(full, (reader, stored), size + sys.getsizeof(full) + ENTRY_OVERHEAD, found[1])
+
+        payload = (plan_on_first_read(self._serializer.reader_for(codec), adopt), body)
+        return payload, sys.getsizeof(body)
 
     def _wire(self, full: str, value: Any, seconds: float | None, delta: float = 0.0) -> tuple[bytes | int, tuple[int, bytes] | None]:
         """The Redis value for ``full`` and, when one was made, the encoded body (reused for L1)."""
@@ -547,8 +570,7 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
         if type(value) is int:  # counters live in Redis only
             self._state.settle_write(full, None, 0, None, ticket)
             return
-        payload, size = self._payload(value, encoded)
-        weight = size + sys.getsizeof(full) + ENTRY_OVERHEAD
+        payload, weight = self._l1_entry(full, value, encoded)
         self._state.settle_write(full, payload, weight, self._l1_expiry(seconds), ticket)
 
     def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:

@@ -20,6 +20,18 @@ still fully independent:
 A plan is a *reader*: ``None`` (use the object itself) or a callable that
 turns the stored object into the value to return. The L1 payload is always
 ``(reader, stored)``, so the hit path is one tuple unpack and one call.
+
+Copiers are shared by shape: two dicts with the same keys holding mutable
+values of the same shapes get the very same copier (``_shared``), so a list of
+records of one shape is copied by one comprehension over one copier instead of
+a zip over thirty.
+
+Planning walks the whole value, which on a page of records costs more than
+the Redis round trip that fetched it. A value that arrives serialized (an L2
+hit, or a write whose body was encoded for Redis anyway) is therefore held as
+its body with ``plan_on_first_read``: most such values are never read again in
+this process, and one that is pays the walk once, on its first L1 hit, and is
+copied from then on.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from __future__ import annotations
 import datetime
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from decimal import Decimal
 from typing import Any
 
@@ -47,6 +59,44 @@ IMMUTABLE_LEAVES = frozenset(
 # Past this many container nodes, building and running a plan costs more than
 # a decode does; such values are held serialized.
 MAX_PLAN_NODES = 2000
+
+# Copiers by shape; bounded because shapes come from data (cleared when full:
+# a copier made again is only a little planning time).
+SHARED_COPIERS_LIMIT = 4096
+_copiers: dict[Hashable, Copier] = {}
+
+
+def _shared(shape: Hashable, make: Callable[[], Copier]) -> Copier:
+    """The one copier for ``shape``, made on first need."""
+    copier = _copiers.get(shape)
+    if copier is None:
+        if len(_copiers) >= SHARED_COPIERS_LIMIT:
+            _copiers.clear()
+        copier = _copiers[shape] = make()
+    return copier
+
+
+def plan_on_first_read(decoder: Copier, adopt: Callable[[Reader, Any, int], None]) -> Copier:
+    """A reader for a value held serialized until its first L1 read.
+
+    That read decodes (what LocMemCache does on every read) and plans the copy
+    from what it decoded; ``adopt(reader, stored, size)`` then puts the planned
+    payload in place of this one (or, for a value that cannot be planned, the
+    decoder and the body, so planning is never tried twice). The value the
+    caller gets is the decoded one: the stored copy is made apart from it.
+    """
+
+    def first_read(body: Any) -> Any:
+        value = decoder(body)
+        try:
+            reader, size = plan_copy(value)
+        except NotPlannable:
+            adopt(decoder, body, sys.getsizeof(body))
+        else:
+            adopt(reader, value if reader is None else reader(value), size)
+        return value
+
+    return first_read
 
 
 def plan_copy(value: Any) -> tuple[Reader, int]:
@@ -140,6 +190,20 @@ def _plan_dict(value: dict, budget: list[int]) -> tuple[Copier, int]:
             nested.append((key, reader))
     if not nested:
         return dict.copy, size
+    return _shared(("dict", *nested), lambda: _dict_copier(tuple(nested))), size
+
+
+def _dict_copier(nested: tuple[tuple[Any, Copier], ...]) -> Copier:
+    """A copy of a dict whose listed keys hold mutable values, each copied by its own copier."""
+    if len(nested) == 1:
+        ((only_key, only_reader),) = nested
+
+        def copy_one(source: dict) -> dict:
+            result = source.copy()
+            result[only_key] = only_reader(source[only_key])
+            return result
+
+        return copy_one
 
     def copy_dict(source: dict) -> dict:
         result = source.copy()
@@ -147,7 +211,7 @@ def _plan_dict(value: dict, budget: list[int]) -> tuple[Copier, int]:
             result[key] = reader(source[key])
         return result
 
-    return copy_dict, size
+    return copy_dict
 
 
 def _plan_items(value: list | tuple, budget: list[int]) -> tuple[list[Reader], int]:
@@ -173,8 +237,13 @@ def _plan_list(value: list, budget: list[int]) -> tuple[Reader, int]:
     first = readers[0]
     if first is not None and all(reader is first for reader in readers):
         # The common API payload: a list of records of one shape.
-        return (lambda source: [first(item) for item in source]), size
+        return _shared(("list of", first), lambda: _list_of(first)), size
     return (lambda source: [item if reader is None else reader(item) for reader, item in zip(readers, source)]), size
+
+
+def _list_of(copier: Copier) -> Copier:
+    """A copy of a list whose items all copy with ``copier``, built in C by ``map``."""
+    return lambda source: list(map(copier, source))
 
 
 def _plan_tuple(value: tuple, budget: list[int]) -> tuple[Reader, int]:
