@@ -181,10 +181,17 @@ def _positive_number(value: Any, name: str, error_id: str, *, integer: bool, all
 
 
 def _unknown_keys(given: Iterable[str], known: set[str], what: str) -> list[Problem]:
-    """W001 for each key of ``given`` that is not in ``known``, sorted by name."""
+    """E070 for each key of ``given`` that is not in ``known``, sorted by name.
+
+    An error, not a warning: an option this backend does not know is most
+    often one meant for another backend (django-redis's ``CLIENT_CLASS``, a
+    misspelt ``SENTINELS``), and running on without it silently changes what
+    the cache is (for example a cache without its Redis).
+    """
     hint = f"Known keys: {', '.join(sorted(known))}."
     return [
-        Problem("velro_cache.W001", "warning", f"Unknown {what} {name!r} is ignored.", hint=hint) for name in sorted(set(given) - known)
+        Problem("velro_cache.E070", "error", f"Unknown {what} {name!r}: TieredCache has no such option.", hint=hint)
+        for name in sorted(set(given) - known)
     ]
 
 
