@@ -46,6 +46,7 @@ from .serializers import OBJECT, Serializer, derive_signing_key
 from .stats import L1_SAMPLE, DataTypeCounters
 from .tiers.breaker import CLOSED
 from .tiers.copying import Reader, plan_copy
+from .tiers.errors import describe
 from .tiers.memory import MISSING
 from .tiers.process import ProcessState, state_for
 from .tiers.redis import NotACounter, ttl_ms
@@ -264,12 +265,12 @@ class TieredCache(BaseCache):
         except OUTAGE_ERRORS as exc:
             next(self._stats.l2_errors)
             breaker.record_failure()
-            raise L2Unavailable(str(exc)) from exc
+            raise L2Unavailable(describe(exc)) from None
         except redis.RedisError as exc:  # e.g. OOM: Redis answered, so no outage
             next(self._stats.l2_errors)
             breaker.record_success()
-            logger.warning("velro_cache: Redis refused %s: %s", getattr(method, "__name__", method), exc)
-            raise L2Unavailable(str(exc)) from exc
+            logger.warning("velro_cache: Redis refused %s: %s", getattr(method, "__name__", method), describe(exc))
+            raise L2Unavailable(describe(exc)) from None
         except BaseException:
             # Not an outage (e.g. incr's TypeError: Redis answered); a half-open
             # probe must end either way, or the breaker would wait for ever.
@@ -412,7 +413,7 @@ class TieredCache(BaseCache):
         try:
             stored = self._store_l1(full, value, seconds, (frame.codec, frame.body), ticket)
         except Exception as exc:  # a read never raises for what L1 cannot hold; L2 still serves it
-            logger.warning("velro_cache: not promoting %r into L1: %r", full, exc)
+            logger.warning("velro_cache: not promoting %r into L1: %s", full, describe(exc))
             return
         if stored:
             self._state.remember_load(full, frame.delta, frame.expires_at)
