@@ -13,6 +13,7 @@ in place served a value a returned write had replaced
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import threading
@@ -215,16 +216,21 @@ def fail_over(deployment: Deployment, how: str) -> float:
 
 
 @pytest.mark.parametrize("how", ["command", "kill"])
-def test_failover_raises_nothing_and_serves_nothing_stale_once_the_new_master_is_in_place(deployment, sentinel_caches, how):
+def test_failover_raises_nothing_and_serves_nothing_stale_once_the_new_master_is_in_place(deployment, sentinel_caches, how, caplog):
     first, second = sentinel_caches
     first.set("warm", 1)
     assert second.get("warm") == 1
+    caplog.set_level(logging.WARNING)
     with History(sentinel_caches) as history:
         time.sleep(0.5)
         in_place_at = fail_over(deployment, how)
         wait_for(lambda: first.l2_trusted() and second.l2_trusted(), "the caches did not reach the new master", 15)
         time.sleep(1.5)
     assert_consistent_after(history, in_place_at)
+    messages = [record.getMessage() for record in caplog.records]
+    # The breaker does not flap while the old master refuses writes but answers PINGs (a few closes per process at most).
+    assert sum("circuit closed" in m for m in messages) <= 6, messages
+    assert not [m for m in messages if "of pipeline caused error" in m], "a log line quoted a command's arguments"
     # Both caches now write and read through the new master, and hear each other there.
     first.set("after", "x")
     wait_for(lambda: second.get("after") == "x", "a write after the failover did not reach the other process", 5)

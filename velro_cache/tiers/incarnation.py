@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -65,6 +66,12 @@ return {id, 1}
 
 _known: dict[str, bytes] = {}  # "host:port/db" -> the run_id this process last saw there
 _demoted: set[str] = set()  # addresses last seen answering as a replica (warned about once)
+# Addresses that refused a write with NOREPLICAS -> until when (monotonic) every
+# command there fails at once, and when that was last warned about.
+_refusing: dict[str, float] = {}
+_refusal_warned: dict[str, float] = {}
+REFUSING_FOR = 1.0
+REFUSAL_WARNING_EVERY = 30.0
 _known_lock = threading.Lock()
 _subscribers: list[weakref.WeakMethod] = []
 
@@ -126,6 +133,42 @@ def not_the_master(address: str) -> NotTheMaster:
     return NotTheMaster(address)
 
 
+def too_few_replicas(address: str) -> TooFewReplicas:
+    """The error for a master refusing writes (NOREPLICAS), which also fences it off for ``REFUSING_FOR``.
+
+    Such a master still answers reads and PINGs, so without the fence a
+    breaker probe would close the breaker, the next write reopen it, and so on
+    for as long as the failover lasts; and its reads are suspect then, as a
+    new master may already be taking writes. Fenced, every command there fails
+    at once (an outage) until the fence lapses and the server is tried again.
+    """
+    now = time.monotonic()
+    with _known_lock:
+        _refusing[address] = now + REFUSING_FOR
+        warn = now - _refusal_warned.get(address, -REFUSAL_WARNING_EVERY) >= REFUSAL_WARNING_EVERY
+        if warn:
+            _refusal_warned[address] = now
+    if warn:
+        logger.warning(
+            "velro_cache: Redis at %s refuses writes (NOREPLICAS: fewer replicas than min-replicas-to-write, "
+            "as while a failover leaves it); treating it as down, writes are held as invalidations",
+            address,
+        )
+    return TooFewReplicas(address)
+
+
+def _fenced(address: str) -> bool:
+    """Whether ``address`` refused a write less than ``REFUSING_FOR`` ago."""
+    until = _refusing.get(address)
+    if until is None:
+        return False
+    if time.monotonic() < until:
+        return True
+    with _known_lock:
+        _refusing.pop(address, None)
+    return False
+
+
 def _answered_as_master(address: str) -> None:
     if address in _demoted:
         with _known_lock:
@@ -185,7 +228,7 @@ class IncarnationCheck:
                 raise
             conn = self
             conn.disconnect()
-            raise TooFewReplicas(self._velro_address()) from None
+            raise too_few_replicas(self._velro_address()) from None
 
     def on_connect_check_health(self, check_health: bool = True) -> None:
         super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
@@ -198,6 +241,8 @@ class IncarnationCheck:
         demoted: its pooled connections opened while it was the master would
         otherwise go on answering reads (and a breaker's PING) as a replica.
         """
+        if _refusing and _fenced(self._velro_address()):
+            raise TooFewReplicas(self._velro_address())
         if _demoted and not self._velro_checking and self._velro_address() in _demoted:
             self._velro_checking = True
             try:
