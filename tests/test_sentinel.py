@@ -277,6 +277,13 @@ def test_bad_sentinel_settings_are_check_errors(location, options, expected_id):
     assert expected_id in {problem.id for problem in problems}
 
 
+def test_a_sentinel_url_is_refused_with_the_way_to_say_it():
+    from velro_cache.options import parse_options
+
+    (problem,) = parse_options("sentinel://127.0.0.1:26379/mymaster", {}).errors
+    assert problem.id == "velro_cache.E001" and "OPTIONS['SENTINELS']" in problem.hint
+
+
 def test_django_redis_sentinel_settings_are_accepted():
     from velro_cache.options import parse_options
 

@@ -36,6 +36,10 @@ TOP_KEYS = {
     "SENTINELS",
     "SENTINEL_KWARGS",
 }
+SENTINEL_HINT = (
+    "For Redis Sentinel, name the master's service in LOCATION and list the sentinels in OPTIONS, as django-redis does: "
+    "LOCATION redis://mymaster/0 with OPTIONS['SENTINELS'] = [(host, port), ...]."
+)
 # What SENTINEL_KWARGS may set on the connections to the sentinels themselves.
 SENTINEL_KWARG_NAMES = {"username", "password", "ssl", "socket_timeout", "socket_connect_timeout"}
 
@@ -104,7 +108,9 @@ def _split_location(location: Any) -> tuple[list[str], list[Problem]]:
                     "velro_cache.E001",
                     "error",
                     f"LOCATION entry {url!r} is not a Redis URL.",
-                    hint="Use redis://host:port/db, rediss:// or unix://; leave LOCATION out for an L1-only cache.",
+                    hint=SENTINEL_HINT
+                    if isinstance(url, str) and urlsplit(url).scheme == "sentinel"
+                    else "Use redis://host:port/db, rediss:// or unix://; leave LOCATION out for an L1-only cache.",
                 )
             )
     return urls, problems
