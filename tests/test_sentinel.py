@@ -215,15 +215,25 @@ def fail_over(deployment: Deployment, how: str) -> float:
     return time.monotonic()
 
 
+def settled(deployment: Deployment, old: RedisServer) -> bool:
+    """The failover is over: the old master is dead or reconfigured as a replica (a write then lands, not held)."""
+    try:
+        return old.process is None or old.client().info("replication")["role"] == "slave"
+    except redis.RedisError:
+        return False
+
+
 @pytest.mark.parametrize("how", ["command", "kill"])
 def test_failover_raises_nothing_and_serves_nothing_stale_once_the_new_master_is_in_place(deployment, sentinel_caches, how, caplog):
     first, second = sentinel_caches
     first.set("warm", 1)
     assert second.get("warm") == 1
     caplog.set_level(logging.WARNING)
+    old = deployment.master()
     with History(sentinel_caches) as history:
         time.sleep(0.5)
         in_place_at = fail_over(deployment, how)
+        wait_for(lambda: settled(deployment, old), "Sentinel did not reconfigure the old master", 30)
         wait_for(lambda: first.l2_trusted() and second.l2_trusted(), "the caches did not reach the new master", 15)
         time.sleep(1.5)
     assert_consistent_after(history, in_place_at)
@@ -243,7 +253,9 @@ def test_the_listener_follows_the_master(deployment, sentinel_caches):
     first, second = sentinel_caches
     first.set("k", "v1")
     assert second.get("k") == "v1" and second.get("k") == "v1"  # held in second's L1
+    old = deployment.master()
     fail_over(deployment, "command")
+    wait_for(lambda: settled(deployment, old), "Sentinel did not reconfigure the old master", 30)
     wait_for(lambda: first.l2_trusted() and second.l2_trusted() and second._state.listener.ready, "caches did not recover", 15)
     first.set("k", "v2")
     wait_for(lambda: second.get("k") == "v2", "second kept serving its L1 copy", 3)

@@ -126,8 +126,10 @@ class SentinelMaster(SingleRedis):
         current = super().current_epoch(client)
         on = self._pool.master_address
         now = self._pool.get_master_address()
+        # The data path's pool asks too: its connections may be older than this
+        # session, and it drops its idle ones when the answer changed for it.
+        shared_pool(self.url, self.options).get_master_address()  # type: ignore[attr-defined]
         if on is not None and now != on:
-            shared_pool(self.url, self.options).get_master_address()  # type: ignore[attr-defined]
             raise NotTheMaster(f"{on[0]}:{on[1]}")
         return current
 
