@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL and Redis answer on loopback before the tests run:
 # start them when installed but stopped, install them (Debian, as root) when
-# missing. Prints what it did; exits non-zero when a service cannot be had.
+# missing; install redis-sentinel for tests/test_sentinel.py, which starts its
+# own sentinels. Prints what it did; exits non-zero when a service cannot be had.
 set -u
 
 PG_HOST=${VELRO_TEST_PG_HOST:-127.0.0.1}
@@ -62,7 +63,35 @@ ensure_redis() {
   echo "redis: up on $REDIS_HOST:$REDIS_PORT"
 }
 
+# The Sentinel tests start their own sentinels: redis-sentinel, or else
+# redis-server in sentinel mode (the same binary; Debian ships the name apart).
+sentinel_runs() {  # start one sentinel on a free port for a moment: can this redis-server run them?
+  local dir port pid ok=1
+  dir=$(mktemp -d) || return 1
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor velro-probe 127.0.0.1 6379 1\n' "$port" "$dir" > "$dir/sentinel.conf"
+  "$1" "$dir/sentinel.conf" --sentinel >/dev/null 2>&1 &
+  pid=$!
+  wait_for 5 redis-cli -h 127.0.0.1 -p "$port" sentinel masters && ok=0
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  rm -rf "$dir"
+  return $ok
+}
+
+ensure_sentinel() {
+  if command -v redis-sentinel >/dev/null; then echo "redis-sentinel: installed"; return 0; fi
+  echo "redis-sentinel: not installed, installing"
+  if apt_install redis-sentinel && command -v redis-sentinel >/dev/null; then echo "redis-sentinel: installed"; return 0; fi
+  if command -v redis-server >/dev/null && sentinel_runs redis-server; then
+    echo "redis-sentinel: cannot install; the tests run redis-server --sentinel"
+    return 0
+  fi
+  echo "redis-sentinel: cannot install, and redis-server cannot stand in" >&2
+  return 1
+}
+
 status=0
 ensure_postgres || status=1
 ensure_redis || status=1
+ensure_sentinel || status=1
 exit $status

@@ -46,8 +46,8 @@ def run_checks() -> dict[str, str]:
         ({"OPTIONS": {"LEASE_TIMEOUT": 0}}, "velro_cache.E014"),
         ({"OPTIONS": {"LEASE_WAIT": "2s"}}, "velro_cache.E014"),
         ({"OPTIONS": {"EARLY_REFRESH_BETA": -1}}, "velro_cache.E015"),
-        ({"OPTIONS": {"MAXBYTES": 10}}, "velro_cache.W001"),
-        ({"OPTIONS": {"L1": {"SIZE": 10}}}, "velro_cache.W001"),
+        ({"OPTIONS": {"MAXBYTES": 10}}, "velro_cache.E060"),
+        ({"OPTIONS": {"L1": {"SIZE": 10}}}, "velro_cache.E060"),
     ],
 )
 def test_bad_cache_settings_are_reported_with_ids(config, expected_id):

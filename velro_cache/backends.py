@@ -51,6 +51,7 @@ from .serializers import OBJECT, Serializer, derive_signing_key
 from .stats import L1_SAMPLE, DataTypeCounters
 from .tiers.breaker import CLOSED
 from .tiers.copying import Reader, plan_copy, plan_on_first_read
+from .tiers.errors import describe
 from .tiers.guard import L2Guard
 from .tiers.memory import MISSING
 from .tiers.process import ProcessState, state_for
@@ -427,7 +428,7 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
         try:
             stored = self._store_l1(full, value, seconds, (frame.codec, frame.body), ticket)
         except Exception as exc:  # a read never raises for what L1 cannot hold; L2 still serves it
-            logger.warning("velro_cache: not promoting %r into L1: %r", full, exc)
+            logger.warning("velro_cache: not promoting %r into L1: %s", full, describe(exc))
             return
         if stored:
             self._state.remember_load(full, frame.delta, frame.expires_at)

@@ -34,7 +34,7 @@ def _settings_problems(parsed: VelroSettings, numbers: Iterable[str]) -> list[Ch
     return [_message(problem) for problem in parsed.problems if problem.id in ids]
 
 
-# -- cache options (E001-E009, E014-E019, W001) -------------------------------------------------
+# -- cache options (E001-E009, E014-E019, E060-E063) -------------------------------------------------
 
 
 @register(Tags.caches)

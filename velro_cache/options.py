@@ -33,7 +33,15 @@ TOP_KEYS = {
     "EARLY_REFRESH_BETA",
     "CLUSTER",
     "STALENESS_BOUND",
+    "SENTINELS",
+    "SENTINEL_KWARGS",
 }
+SENTINEL_HINT = (
+    "For Redis Sentinel, name the master's service in LOCATION and list the sentinels in OPTIONS, as django-redis does: "
+    "LOCATION redis://mymaster/0 with OPTIONS['SENTINELS'] = [(host, port), ...]."
+)
+# What SENTINEL_KWARGS may set on the connections to the sentinels themselves.
+SENTINEL_KWARG_NAMES = {"username", "password", "ssl", "socket_timeout", "socket_connect_timeout"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,11 @@ class TieredOptions:
 
     redis_urls: tuple[str, ...] = ()
     cluster: bool = False  # redis_urls are a Redis Cluster's startup nodes
+    # With sentinels, redis_urls[0] names the master by its Sentinel service
+    # name (redis://mymaster/0), as in django-redis; sentinel_kwargs as sorted
+    # pairs so the options stay hashable (``tiers.process.state_for``).
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_kwargs: tuple[tuple[str, Any], ...] = ()
     l1_max_bytes: int = DEFAULT_L1_MAX_BYTES
     l1_max_age: float | None = 300.0
     compress_min_bytes: int = 1024
@@ -95,7 +108,9 @@ def _split_location(location: Any) -> tuple[list[str], list[Problem]]:
                     "velro_cache.E001",
                     "error",
                     f"LOCATION entry {url!r} is not a Redis URL.",
-                    hint="Use redis://host:port/db, rediss:// or unix://; leave LOCATION out for an L1-only cache.",
+                    hint=SENTINEL_HINT
+                    if isinstance(url, str) and urlsplit(url).scheme == "sentinel"
+                    else "Use redis://host:port/db, rediss:// or unix://; leave LOCATION out for an L1-only cache.",
                 )
             )
     return urls, problems
@@ -160,6 +175,74 @@ def _cluster_url_problems(urls: list[str]) -> list[Problem]:
     return problems
 
 
+def _sentinel_options(urls: list, options: dict, cluster: bool) -> tuple[dict[str, Any], list[Problem]]:
+    """OPTIONS["SENTINELS"] and ["SENTINEL_KWARGS"], django-redis's shape: LOCATION names the master's service."""
+    values: dict[str, Any] = {}
+    problems: list[Problem] = []
+    if "SENTINEL_KWARGS" in options:
+        given = options["SENTINEL_KWARGS"]
+        if not isinstance(given, dict) or not set(given) <= SENTINEL_KWARG_NAMES:
+            problems.append(
+                Problem(
+                    "velro_cache.E063",
+                    "error",
+                    f"OPTIONS['SENTINEL_KWARGS'] must be a dict of connection settings for the sentinels, got {given!r}.",
+                    hint=f"Known keys: {', '.join(sorted(SENTINEL_KWARG_NAMES))}.",
+                )
+            )
+        elif "SENTINELS" not in options:
+            problems.append(Problem("velro_cache.E063", "error", "OPTIONS['SENTINEL_KWARGS'] is given without OPTIONS['SENTINELS']."))
+        else:
+            values["sentinel_kwargs"] = tuple(sorted(given.items()))
+    if "SENTINELS" not in options:
+        return values, problems
+    sentinels = _sentinel_addresses(options["SENTINELS"])
+    if sentinels is None:
+        problems.append(
+            Problem(
+                "velro_cache.E061",
+                "error",
+                f"OPTIONS['SENTINELS'] must be a non-empty list of (host, port) pairs, got {options['SENTINELS']!r}.",
+                hint='For example [("10.0.0.1", 26379), ("10.0.0.2", 26379), ("10.0.0.3", 26379)].',
+            )
+        )
+    else:
+        values["sentinels"] = sentinels
+    location_problem = _sentinel_location_problem(urls, cluster)
+    if location_problem:
+        problems.append(location_problem)
+    return values, problems
+
+
+def _sentinel_addresses(given: Any) -> tuple[tuple[str, int], ...] | None:
+    """The sentinels as (host, port) pairs, or None when ``given`` is not a non-empty list of them."""
+    if not isinstance(given, (list, tuple)) or not given:
+        return None
+    pairs = []
+    for entry in given:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            return None
+        host, port = entry
+        if not isinstance(host, str) or not host or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            return None
+        pairs.append((host, port))
+    return tuple(pairs)
+
+
+def _sentinel_location_problem(urls: list, cluster: bool) -> Problem | None:
+    """With SENTINELS, LOCATION is one redis:// or rediss:// URL whose host is the master's service name."""
+    parts = urlsplit(urls[0]) if len(urls) == 1 and isinstance(urls[0], str) else None
+    if cluster or parts is None or parts.scheme != "redis" or not parts.hostname or parts.port:
+        return Problem(
+            "velro_cache.E062",
+            "error",
+            f"With OPTIONS['SENTINELS'], LOCATION must be one URL naming the master's service, got {urls!r}.",
+            hint="For example redis://mymaster/0 (redis://, the sentinels' name for the master, without a port), "
+            "with credentials for the master in the URL if it needs them; not a cluster.",
+        )
+    return None
+
+
 def _database_of(parts: Any) -> str:
     """The database a redis:// URL selects, as text ("0" when none), from its path or ?db=."""
     db = parts.path.strip("/") or "0"
@@ -181,10 +264,17 @@ def _positive_number(value: Any, name: str, error_id: str, *, integer: bool, all
 
 
 def _unknown_keys(given: Iterable[str], known: set[str], what: str) -> list[Problem]:
-    """W001 for each key of ``given`` that is not in ``known``, sorted by name."""
+    """E060 for each key of ``given`` that is not in ``known``, sorted by name.
+
+    An error, not a warning: an option this backend does not know is most
+    often one meant for another backend (django-redis's ``CLIENT_CLASS``, a
+    misspelt ``SENTINELS``), and running on without it silently changes what
+    the cache is (for example a cache without its Redis).
+    """
     hint = f"Known keys: {', '.join(sorted(known))}."
     return [
-        Problem("velro_cache.W001", "warning", f"Unknown {what} {name!r} is ignored.", hint=hint) for name in sorted(set(given) - known)
+        Problem("velro_cache.E060", "error", f"Unknown {what} {name!r}: TieredCache has no such option.", hint=hint)
+        for name in sorted(set(given) - known)
     ]
 
 
@@ -195,6 +285,9 @@ def parse_options(location: Any, options: dict | None) -> TieredOptions:
     values: dict[str, Any] = {"redis_urls": tuple(u for u in urls if isinstance(u, str))}
     values["cluster"], cluster_problems = _cluster_mode(urls, options)
     problems.extend(cluster_problems)
+    sentinel_values, sentinel_problems = _sentinel_options(urls, options, values["cluster"])
+    values.update(sentinel_values)
+    problems.extend(sentinel_problems)
 
     l1 = options.get("L1", {})
     if not isinstance(l1, dict):

@@ -288,7 +288,8 @@ class Serializer:
         except CorruptEntry:
             raise
         except Exception as exc:  # any decoder error means the bytes are not ours
-            raise CorruptEntry(f"undecodable {codec=} body: {exc!r}") from exc
+            # The decoder's class only: its message can quote the bytes (a cached value).
+            raise CorruptEntry(f"undecodable {codec=} body: {type(exc).__name__}") from None
 
     # -- wire frames (L2) -----------------------------------------------------
     def dumps(self, value: Any, expires_at: float | None = None, delta: float = 0.0, *, key: str) -> int | bytes:

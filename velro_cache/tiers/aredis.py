@@ -287,8 +287,8 @@ def open_loops() -> int:
 def _new_tier(sync_tier: RedisTier, options: TieredOptions) -> Any:
     from .cluster import ClusterRedisTier
 
-    if isinstance(sync_tier, ClusterRedisTier):
-        return ThreadedTier(sync_tier)
+    if isinstance(sync_tier, ClusterRedisTier) or options.sentinels:
+        return ThreadedTier(sync_tier)  # the sync tier knows the topology (slots, Sentinel's current master)
     return AsyncRedisTier(sync_tier.url, options, sync_tier.channel)
 
 

@@ -91,6 +91,8 @@ class CircuitBreaker:
     def force_open(self) -> None:
         """Open now (e.g. the coherence channel saw Redis go away)."""
         with self._lock:
+            if self.state == HALF_OPEN:  # the probe failed after all: back off as for any failed probe
+                self._current_timeout = min(self._current_timeout * 2, self.max_reset_timeout)
             transition = self._open() if self.state != OPEN else None
         if transition:
             self._notify(*transition)

@@ -35,8 +35,12 @@ from typing import Any
 import msgpack
 import redis
 
+from ..options import TieredOptions
 from .cluster import build_cluster_client, node_url
+from .errors import NotTheMaster, describe
 from .incarnation import checked_client
+from .redis import shared_pool
+from .sentinel import master_pool
 
 logger = logging.getLogger("velro_cache.coherence")
 
@@ -75,6 +79,72 @@ class SingleRedis:
     def failed(self) -> None:
         """Nowhere else to go: retry the same Redis."""
 
+    def current_epoch(self, client: Any) -> bytes | None:
+        """The epoch key, and in the same round trip the server's role: it must still be the master.
+
+        A master demoted under this session keeps answering PINGs, and its
+        replication stream brings other processes' messages late, so its
+        PONGs must not keep L1 trusted: a replica ends the session
+        (``NotTheMaster``) within a heartbeat.
+        """
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("ROLE")
+        pipe.get(EPOCH_KEY)
+        role, current = pipe.execute()
+        if role[0] != b"master":
+            raise NotTheMaster(self.node)
+        return current
+
+
+class SentinelMaster(SingleRedis):
+    """A listener that follows the master Sentinel names: each session subscribes wherever it is now.
+
+    A failover ends the session (Sentinel kills the clients of the servers it
+    reconfigures, the old master's death closes the socket, and the epoch
+    check sees a replica's role), and the next session asks the
+    sentinels again, so the listener never keeps hearing a demoted master.
+    """
+
+    def __init__(self, url: str, options: TieredOptions) -> None:
+        super().__init__(url)
+        self.options = options
+
+    def connect(self, timeout: float) -> tuple[redis.Redis, redis.Redis]:
+        self._pool = master_pool(self.url, self.options, blocking=False, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client = redis.Redis(connection_pool=self._pool)
+        return client, client
+
+    def current_epoch(self, client: Any) -> bytes | None:
+        """The epoch and role check, then: do the sentinels still name the server this session is on?
+
+        Asked every heartbeat because a failover that Sentinel started by
+        itself leaves the old master answering as a master until Sentinel
+        reconfigures it, seconds later; when the answer changes, the session
+        ends and the data path's pool drops its idle connections to the old
+        master, so neither keeps using it.
+        """
+        current = super().current_epoch(client)
+        on = self._pool.master_address
+        now = self._pool.get_master_address()
+        # The data path's pool asks too: its connections may be older than this
+        # session, and it drops its idle ones when the answer changed for it.
+        shared_pool(self.url, self.options).get_master_address()  # type: ignore[attr-defined]
+        if on is not None and now != on:
+            raise NotTheMaster(f"{on[0]}:{on[1]}")
+        return current
+
+    def failed(self) -> None:
+        """The next session asks the sentinels again (a new pool, a new discovery)."""
+
+
+def endpoints_for(options: TieredOptions) -> SingleRedis | ClusterNodes | SentinelMaster:
+    """Where the listener of a cache with these options subscribes."""
+    if options.cluster:
+        return ClusterNodes(options.redis_urls)
+    if options.sentinels:
+        return SentinelMaster(options.redis_urls[0], options)
+    return SingleRedis(options.redis_urls[0])
+
 
 class ClusterNodes:
     """A listener on a Redis Cluster: subscribe through one node, read the epoch through the cluster.
@@ -112,6 +182,10 @@ class ClusterNodes:
     def failed(self) -> None:
         self._index = (self._index + 1) % len(self.candidates)
 
+    def current_epoch(self, client: Any) -> bytes | None:
+        """The epoch key, read through the cluster client (its slot's primary answers)."""
+        return client.get(EPOCH_KEY)
+
 
 def drop_message(origin: str, keys: Sequence[str]) -> bytes:
     return msgpack.packb([origin, DROP, list(keys)])
@@ -136,7 +210,7 @@ class CoherenceListener:
         hurry: Callable[[], bool] = lambda: False,
         heartbeat: float = 0.5,
         ping_every: float = 0.025,
-        endpoints: SingleRedis | ClusterNodes | None = None,
+        endpoints: SingleRedis | ClusterNodes | SentinelMaster | None = None,
     ) -> None:
         self.url = url
         self.endpoints = endpoints or SingleRedis(url)
@@ -186,7 +260,7 @@ class CoherenceListener:
                 self._session()
                 backoff = 0.05
             except Exception as exc:  # any failure means the channel may have missed messages
-                self._lose(f"{type(exc).__name__}: {exc}")
+                self._lose(describe(exc))
                 self.endpoints.failed()
             self._back_off(backoff)
             backoff = min(backoff * 2, 0.5)
@@ -308,7 +382,7 @@ class CoherenceListener:
 
     def _check_epoch(self, client: Any) -> None:
         """A flushed or emptied Redis loses the epoch key: drop L1, adopt a new epoch."""
-        current = client.get(EPOCH_KEY)
+        current = self.endpoints.current_epoch(client)
         if current != self._epoch:
             self._lose("Redis was flushed or restarted empty")
             self._epoch = self._read_epoch(client)

@@ -17,6 +17,7 @@ import redis
 from ..exceptions import L2Unavailable
 from ..stats import CacheStats
 from .breaker import CLOSED, CircuitBreaker
+from .errors import describe
 
 logger = logging.getLogger("velro_cache")
 
@@ -55,12 +56,12 @@ class L2Guard:
         if isinstance(exc, OUTAGE_ERRORS):
             next(self.stats.l2_errors)
             breaker.record_failure()
-            raise L2Unavailable(str(exc)) from exc
+            raise L2Unavailable(describe(exc)) from None  # never the text: it can quote a cached value
         if isinstance(exc, redis.RedisError):  # e.g. OOM: Redis answered, so no outage
             next(self.stats.l2_errors)
             breaker.record_success()
-            logger.warning("velro_cache: Redis refused %s: %s", self.name, exc)
-            raise L2Unavailable(str(exc)) from exc
+            logger.warning("velro_cache: Redis refused %s: %s", self.name, describe(exc))
+            raise L2Unavailable(describe(exc)) from None
         if isinstance(exc, asyncio.CancelledError):
             # The caller gave up waiting (often a timeout around a slow Redis):
             # nothing was learnt, but a half-open probe must still end.

@@ -32,12 +32,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.sentinel import SentinelManagedConnection
+
+from .errors import NotTheMaster, TooFewReplicas
 
 logger = logging.getLogger("velro_cache.incarnation")
 
@@ -61,6 +65,13 @@ return {id, 1}
 """
 
 _known: dict[str, bytes] = {}  # "host:port/db" -> the run_id this process last saw there
+_demoted: set[str] = set()  # addresses last seen answering as a replica (warned about once)
+# Addresses that refused a write with NOREPLICAS -> until when (monotonic) every
+# command there fails at once, and when that was last warned about.
+_refusing: dict[str, float] = {}
+_refusal_warned: dict[str, float] = {}
+REFUSING_FOR = 1.0
+REFUSAL_WARNING_EVERY = 30.0
 _known_lock = threading.Lock()
 _subscribers: list[weakref.WeakMethod] = []
 
@@ -102,11 +113,81 @@ def observe(address: str, run_id: bytes, retired: bool, cluster: bool = False) -
     return changed
 
 
+def not_the_master(address: str) -> NotTheMaster:
+    """The error for a server found to be a replica; the first time in a row, one clear warning.
+
+    Said once per demotion (until the address answers as a master again), not
+    per failed call: a cache pointed at a demoted master fails every write,
+    and a line per write would bury the one thing to fix.
+    """
+    with _known_lock:
+        first = address not in _demoted
+        _demoted.add(address)
+    if first:
+        logger.warning(
+            "velro_cache: Redis at %s answers as a replica, not the master (a failover demoted it?): "
+            "treating it as down, writes are held as invalidations until a master answers; "
+            "with OPTIONS['SENTINELS'] the cache follows the master itself",
+            address,
+        )
+    return NotTheMaster(address)
+
+
+def too_few_replicas(address: str) -> TooFewReplicas:
+    """The error for a master refusing writes (NOREPLICAS), which also fences it off for ``REFUSING_FOR``.
+
+    Such a master still answers reads and PINGs, so without the fence a
+    breaker probe would close the breaker, the next write reopen it, and so on
+    for as long as the failover lasts; and its reads are suspect then, as a
+    new master may already be taking writes. Fenced, every command there fails
+    at once (an outage) until the fence lapses and the server is tried again.
+    """
+    now = time.monotonic()
+    with _known_lock:
+        _refusing[address] = now + REFUSING_FOR
+        warn = now - _refusal_warned.get(address, -REFUSAL_WARNING_EVERY) >= REFUSAL_WARNING_EVERY
+        if warn:
+            _refusal_warned[address] = now
+    if warn:
+        logger.warning(
+            "velro_cache: Redis at %s refuses writes (NOREPLICAS: fewer replicas than min-replicas-to-write, "
+            "as while a failover leaves it); treating it as down, writes are held as invalidations",
+            address,
+        )
+    return TooFewReplicas(address)
+
+
+def _fenced(address: str) -> bool:
+    """Whether ``address`` refused a write less than ``REFUSING_FOR`` ago."""
+    until = _refusing.get(address)
+    if until is None:
+        return False
+    if time.monotonic() < until:
+        return True
+    with _known_lock:
+        _refusing.pop(address, None)
+    return False
+
+
+def _answered_as_master(address: str) -> None:
+    if address in _demoted:
+        with _known_lock:
+            _demoted.discard(address)
+        logger.warning("velro_cache: Redis at %s answers as the master again", address)
+
+
 class IncarnationCheck:
-    """The check every velro_cache connection runs on connect (a mixin over redis-py's connections)."""
+    """The check every velro_cache connection runs on connect (a mixin over redis-py's connections).
+
+    On a single Redis (not a cluster node) the server must also be the
+    master: a replica is refused with ``NotTheMaster``, on connect and on a
+    READONLY reply later (a master demoted under an open connection), so a
+    demoted master is an outage to the breaker, never a place writes are lost.
+    """
 
     _velro_replica = False
     _velro_cluster = False
+    _velro_checking = False  # the check's own commands must not trigger it again
 
     def _velro_marker(self) -> str | None:
         """The marker key on this server, or None when it owns nothing to check."""
@@ -124,15 +205,50 @@ class IncarnationCheck:
         conn.send_command("EVAL", _RETIRE_OLD_INCARNATION, 1, marker)
         run_id, outcome = conn.read_response()
         self._velro_replica = outcome == -1
+        if self._velro_replica and not self._velro_cluster:
+            self._velro_replica = False
+            conn.disconnect()
+            raise not_the_master(self._velro_address())
         if not self._velro_replica:
+            _answered_as_master(self._velro_address())
             observe(self._velro_address(), run_id, outcome == 1, self._velro_cluster)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        """A READONLY reply means the server was demoted under this connection: not the master any more."""
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.ReadOnlyError:
+            if self._velro_cluster:
+                raise
+            conn: Any = self
+            conn.disconnect()
+            raise not_the_master(self._velro_address()) from None
+        except redis.ResponseError as exc:
+            if self._velro_cluster or not str(exc).startswith("NOREPLICAS"):
+                raise
+            conn = self
+            conn.disconnect()
+            raise too_few_replicas(self._velro_address()) from None
 
     def on_connect_check_health(self, check_health: bool = True) -> None:
         super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
         self._velro_check()
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        """A connection opened to a replica is checked again once that replica may have become a primary."""
+        """A connection opened to a replica is checked again once that replica may have become a primary.
+
+        So is one to a server another connection of this process found
+        demoted: its pooled connections opened while it was the master would
+        otherwise go on answering reads (and a breaker's PING) as a replica.
+        """
+        if _refusing and _fenced(self._velro_address()):
+            raise TooFewReplicas(self._velro_address())
+        if _demoted and not self._velro_checking and self._velro_address() in _demoted:
+            self._velro_checking = True
+            try:
+                self._velro_check()
+            finally:
+                self._velro_checking = False
         if self._velro_replica:
             self._velro_replica = False
             try:
@@ -153,6 +269,16 @@ class SSLIncarnationConnection(IncarnationCheck, SSLConnection):
 
 class UnixIncarnationConnection(IncarnationCheck, UnixDomainSocketConnection):
     """The same over a unix socket (``unix://``)."""
+
+
+class SentinelIncarnationConnection(IncarnationCheck, SentinelManagedConnection):
+    """A connection to whichever server Sentinel names the master, checked like the others.
+
+    redis-py's Sentinel connection asks the sentinels for the master's address
+    on every connect and turns a READONLY reply into a reconnect; the check
+    above adds the incarnation (a promoted replica is a new one) and refuses a
+    replica that Sentinel still names the master in the moment of a failover.
+    """
 
 
 class ClusterIncarnationConnection(IncarnationConnection):

@@ -34,7 +34,8 @@ from ..stats import CacheStats, _read
 from . import incarnation
 from .breaker import CLOSED, OPEN, CircuitBreaker
 from .cluster import ClusterRedisTier
-from .coherence import ClusterNodes, CoherenceListener, channel_for, clear_message, drop_message, new_origin
+from .coherence import CoherenceListener, channel_for, clear_message, drop_message, endpoints_for, new_origin
+from .errors import describe
 from .memory import MemoryStore
 from .redis import RedisTier
 
@@ -194,7 +195,7 @@ class ProcessState:
             on_confirm=self._on_confirm,
             hurry=lambda: bool(self.pending),
             ping_every=options.staleness_bound / 4,
-            endpoints=ClusterNodes(options.redis_urls) if options.cluster else None,
+            endpoints=endpoints_for(options),
         )
         self.listener.start()
         if wait_for_channel:
@@ -427,7 +428,9 @@ class ProcessState:
 
     def _on_breaker(self, old: str, new: str) -> None:
         if new == OPEN:
-            logger.warning("velro_cache: Redis unavailable, circuit open; serving without L2 and L1")
+            # Once per outage: a failed probe reopening it is the same outage.
+            if old == CLOSED:
+                logger.warning("velro_cache: Redis unavailable, circuit open; serving without L2 and L1")
             self._disable_l1()
         elif new == CLOSED:
             logger.warning("velro_cache: Redis is back, circuit closed")
@@ -455,7 +458,9 @@ class ProcessState:
             if keys:
                 self.l2.delete_many(sorted(keys), self.drop_message(sorted(keys)))
         except Exception as exc:
-            logger.warning("velro_cache: replaying %d invalidations failed (%s); will retry", len(keys) + len(prefixes), exc)
+            # A warning when it starts an outage; each retry while it lasts is quiet.
+            log = logger.warning if self.breaker.state == CLOSED else logger.debug
+            log("velro_cache: replaying %d invalidations failed (%s); will retry", len(keys) + len(prefixes), describe(exc))
             self.pending.restore(keys, prefixes)
             self.breaker.force_open()
             return False

@@ -31,6 +31,7 @@ from redis.crc import key_slot
 
 from ..options import TieredOptions
 from .incarnation import checked
+from .sentinel import master_pool
 
 LEASE_PREFIX = "velro_lease:"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -138,11 +139,26 @@ os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def shared_pool(url: str, options: TieredOptions) -> redis.ConnectionPool:
-    """One pool per URL and pool settings per process; its connections check the incarnation (``tiers.incarnation``)."""
-    key = (url, options.pool_size, options.pool_timeout, options.socket_timeout, options.socket_connect_timeout)
+    """One pool per URL and pool settings per process; its connections check the incarnation (``tiers.incarnation``).
+
+    With ``SENTINELS`` the URL names the master's service and the pool
+    follows the master the sentinels report (``tiers.sentinel``).
+    """
+    key: tuple = (url, options.pool_size, options.pool_timeout, options.socket_timeout, options.socket_connect_timeout)
+    if options.sentinels:
+        key += (options.sentinels, options.sentinel_kwargs)
     with _pools_lock:
         pool = _pools.get(key)
-        if pool is None:
+        if pool is None and options.sentinels:
+            pool = master_pool(
+                url,
+                options,
+                socket_timeout=options.socket_timeout,
+                socket_connect_timeout=options.socket_connect_timeout,
+                health_check_interval=30,
+            )
+            _pools[key] = pool
+        elif pool is None:
             pool = checked(redis.BlockingConnectionPool.from_url(
                 url,
                 max_connections=options.pool_size,
