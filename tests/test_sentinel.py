@@ -263,6 +263,21 @@ def test_the_listener_follows_the_master(deployment, sentinel_caches):
     assert type(listener_url).__name__ == "SentinelMaster"
 
 
+def test_the_async_api_reaches_the_master_through_the_sentinels(sentinel_caches):
+    """``aset``/``aget`` on a Sentinel cache: L2 calls go through the sync tier, which knows the current master."""
+    import asyncio
+
+    first, second = sentinel_caches
+
+    async def write_then_read() -> object:
+        await first.aset("async-k", "through sentinel")
+        second._state.forget_all_local()  # read from Redis, not an L1
+        return await second.aget("async-k")
+
+    assert asyncio.run(write_then_read()) == "through sentinel"
+    assert second._state.stats.snapshot()["l2_errors"] == 0
+
+
 # -- settings: django-redis's shape, and what is refused (no servers needed) -------------------------
 
 SENTINELS = [("127.0.0.1", 26379), ("127.0.0.1", 26380)]

@@ -18,7 +18,7 @@ built from the same parts:
 Two rare recovery steps still run in a worker thread, because they block by
 design and are shared with the sync path: delivering invalidations an outage
 held back, and re-confirming a Redis whose coherence pings lapsed. A Redis
-Cluster's L2 calls go to worker threads too (``tiers.aredis.ThreadedTier``).
+Cluster's and Sentinel's L2 calls go to worker threads too (``tiers.aredis.ThreadedTier``).
 
 ``aget_or_set`` and ``aget_or_load`` are single-flight (``velro_cache.afill``).
 """
