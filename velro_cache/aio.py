@@ -77,6 +77,7 @@ class AsyncTieredMixin:
     _store_l1: Any
     _set_many_full: Any
     _delete_full: Any
+    _get_many_from_l1: Any
     get: Any
     add: Any
     touch: Any
@@ -162,17 +163,7 @@ class AsyncTieredMixin:
     async def aget_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
         if self._l2 is None:
             return self.get_many(keys, version)
-        found: dict[Any, Any] = {}
-        pending: list[tuple[Any, str, DataTypeCounters]] = []
-        for key in keys:
-            full, counters = self._key(key, version)
-            payload = self._l1.get(full)
-            if payload is MISSING:
-                pending.append((key, full, counters))
-            else:
-                next(counters.l1_hits)
-                reader, stored = payload
-                found[key] = stored if reader is None else reader(stored)
+        found, pending = self._get_many_from_l1(keys, version)
         if not pending:
             return found
         ticket = self._state.writes.ticket()

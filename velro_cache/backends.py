@@ -434,6 +434,13 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
             self._state.remember_load(full, frame.delta, frame.expires_at)
 
     def get_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
+        found, pending = self._get_many_from_l1(keys, version)
+        if pending:
+            found.update(self._get_many_from_l2(pending))
+        return found
+
+    def _get_many_from_l1(self, keys: Iterable[Any], version: int | None) -> tuple[dict[Any, Any], list[tuple[Any, str, DataTypeCounters]]]:
+        """The L1 hits (counted), and the keys L2 must answer: shared by ``get_many`` and ``aget_many``."""
         found: dict[Any, Any] = {}
         pending: list[tuple[Any, str, DataTypeCounters]] = []
         for key in keys:
@@ -445,9 +452,7 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
                 next(counters.l1_hits)
                 reader, stored = payload
                 found[key] = stored if reader is None else reader(stored)
-        if pending:
-            found.update(self._get_many_from_l2(pending))
-        return found
+        return found, pending
 
     def _get_many_from_l2(self, pending: list[tuple[Any, str, DataTypeCounters]]) -> dict[Any, Any]:
         found: dict[Any, Any] = {}
