@@ -91,12 +91,23 @@ def scrape(port: int) -> dict[str, float]:
     return sums
 
 
+def _read(port: int, index: int) -> int:
+    status, body = get(port, f"/read/gen:{index % KEYS}/")
+    assert status == 200
+    return json.loads(body)["pid"]
+
+
 def test_metrics_from_any_gunicorn_worker_add_up_to_the_traffic(gunicorn):
-    pids = set()
-    for index in range(READS):
-        status, body = get(gunicorn, f"/read/gen:{index % KEYS}/")
-        assert status == 200
-        pids.add(json.loads(body)["pid"])
+    """Each key's first read in turn (the misses), then the rest from 8 clients at once, so several workers serve.
+
+    Sequential requests alone may all land on the one worker that is idle
+    first (the kernel hands it every new connection), which proves nothing.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    pids = {_read(gunicorn, index) for index in range(KEYS)}
+    with ThreadPoolExecutor(8) as pool:
+        pids |= set(pool.map(lambda index: _read(gunicorn, index), range(KEYS, READS)))
     assert len(pids) > 1, "gunicorn sent every request to one worker; the test would prove nothing"
 
     def settled() -> dict[str, float] | None:
