@@ -180,6 +180,7 @@ def test_warming_a_step_runs_it_and_records_it():
     page = client.get(URL).content.decode()
     assert "Warmed &#x27;system_config&#x27;: 1 entries" in page or "Warmed 'system_config': 1 entries" in page, page
     assert LogEntry.objects.filter(change_message__contains="system_config").exists()
+    assert "<li>system_config: done, 1 entries" in page  # the worker's warming results, in its row of the Warming table
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,23 +92,42 @@ def scrape(port: int) -> dict[str, float]:
     return sums
 
 
-def _read(port: int, index: int) -> int:
-    status, body = get(port, f"/read/gen:{index % KEYS}/")
-    assert status == 200
-    return json.loads(body)["pid"]
+def _read_on_every_worker(port: int, indices: list[int]) -> set[int]:
+    """One read per index, WORKERS at a time on connections all opened first: each sync worker holds one.
+
+    A sync worker that accepted a connection blocks on it until the request
+    comes, so the next connection goes to another worker; requests sent one
+    by one (or even from several threads) may all land on the worker idle
+    first, which would prove nothing.
+    """
+    pids = set()
+    for start in range(0, len(indices), WORKERS):
+        batch = indices[start : start + WORKERS]
+        conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in batch]
+        try:
+            for conn in conns:
+                conn.connect()
+            time.sleep(0.02)  # every connection accepted before any request is sent
+            for conn, index in zip(conns, batch, strict=True):
+                conn.request("GET", f"/read/gen:{index % KEYS}/")
+            for conn in conns:
+                response = conn.getresponse()
+                assert response.status == 200
+                pids.add(json.loads(response.read())["pid"])
+        finally:
+            for conn in conns:
+                conn.close()
+    return pids
 
 
 def test_metrics_from_any_gunicorn_worker_add_up_to_the_traffic(gunicorn):
-    """Each key's first read in turn (the misses), then the rest from 8 clients at once, so several workers serve.
-
-    Sequential requests alone may all land on the one worker that is idle
-    first (the kernel hands it every new connection), which proves nothing.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    pids = {_read(gunicorn, index) for index in range(KEYS)}
-    with ThreadPoolExecutor(8) as pool:
-        pids |= set(pool.map(lambda index: _read(gunicorn, index), range(KEYS, READS)))
+    """Each key's first read in turn (the misses), then the rest spread over every worker."""
+    pids = set()
+    for index in range(KEYS):
+        status, body = get(gunicorn, f"/read/gen:{index}/")
+        assert status == 200
+        pids.add(json.loads(body)["pid"])
+    pids |= _read_on_every_worker(gunicorn, list(range(KEYS, READS)))
     assert len(pids) > 1, "gunicorn sent every request to one worker; the test would prove nothing"
 
     def settled() -> dict[str, float] | None:
@@ -141,6 +161,30 @@ def test_plain_prometheus_client_gets_every_metric_with_its_labels():
     names = collected_names()
     assert {"velro_cache_hits_total", "velro_cache_misses_total", "velro_cache_requests_total", "velro_cache_read_latency_seconds_bucket"} <= names
     assert {"velro_cache_l1_bytes", "velro_cache_evictions_total", "velro_cache_breaker_open_workers", "velro_cache_alert_firing"} <= names
+
+
+def test_a_warm_up_is_exported_per_step():
+    """The workers' last warm-ups, per step: entries stored and steps that failed (``velro_cache.warming``)."""
+    from velro_cache import warming
+
+    def broken() -> int:
+        raise RuntimeError("a query error")
+
+    plan = warming.Plan([warming.Step("three", lambda: 3, tiers={warming.L1}), warming.Step("broken", broken, tiers={warming.L1})])
+    registry = CollectorRegistry()
+    registry.register(DeploymentCollector())
+    store.reset_clients()
+    warming.reset_results()
+    try:
+        with override_settings(CACHES={"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": redis_url(REDIS_DB)}}):
+            warming.warm(plan)
+            text = generate_latest(registry).decode()
+    finally:
+        warming.reset_results()
+        store.reset_clients()
+    samples = {(s.name, s.labels.get("step")): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("velro_cache_warming_entries", "three")] == 3 and samples[("velro_cache_warming_errors", "three")] == 0
+    assert samples[("velro_cache_warming_errors", "broken")] == 1
 
 
 def referenced(text: str) -> set[str]:

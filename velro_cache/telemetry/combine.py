@@ -123,7 +123,7 @@ def worker_row(snapshot: Mapping[str, Any]) -> dict[str, Any]:
             "coherence_connected": l2.get("coherence", {}).get("connected") if l2.get("enabled") else None,
             "coherence_losses": l2.get("coherence", {}).get("losses", 0),
         }
-    return {key: snapshot.get(key) for key in ("worker", "pid", "host", "started_at", "taken_at")} | {"caches": caches}
+    return {key: snapshot.get(key) for key in ("worker", "pid", "host", "started_at", "taken_at", "warming")} | {"caches": caches}
 
 
 def combine(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -90,7 +90,27 @@ def families(view: dict[str, Any], complete: bool) -> list[Any]:
     complete_gauge.add_metric([], 1 if complete else 0)
     counters = [hits, misses, corrupt, requests, ops, l2_errors, evictions, losses]
     gauges = [l1_bytes, l1_max, l1_entries, breaker, workers, complete_gauge]
-    return counters + gauges + [latency] + _alert_families() + _view_families()
+    return counters + gauges + [latency] + _alert_families() + _view_families() + _warming_families(view["workers"])
+
+
+def _warming_families(workers: list[dict[str, Any]]) -> list[Any]:
+    """Each step's entries and failures in the workers' last warm-ups, summed over workers (``velro_cache.warming``)."""
+    from ..warming.results import ERROR_OUTCOMES
+
+    entries = GaugeMetricFamily("velro_cache_warming_entries", "Entries the workers' last warm-ups stored, per step.", labels=["step"])
+    errors = GaugeMetricFamily(
+        "velro_cache_warming_errors", "Workers whose last warm-up step failed, ran out of budget or found no L2.", labels=["step"]
+    )
+    totals: dict[str, list[int]] = {}
+    for worker in workers:
+        for step in (worker.get("warming") or {}).get("steps", []):
+            total = totals.setdefault(step["name"], [0, 0])
+            total[0] += step["entries"]
+            total[1] += 1 if step["status"] in ERROR_OUTCOMES else 0
+    for name, (stored, failed) in sorted(totals.items()):
+        entries.add_metric([name], stored)
+        errors.add_metric([name], failed)
+    return [entries, errors]
 
 
 def _view_families() -> list[Any]:

@@ -53,4 +53,17 @@ def process_snapshot() -> dict[str, Any]:
         "started_at": started,
         "taken_at": time.time(),
         "caches": {alias: _cache_figures(alias) for alias in tiered_aliases()},
+        "warming": _warming_figures(),
+    }
+
+
+def _warming_figures() -> dict[str, Any] | None:
+    """This worker's last warm-up, step by step (``velro_cache.warming.results``); None before any ran."""
+    from ..warming import results
+
+    last = results()["last_run"]
+    if last is None:
+        return None
+    return {key: last[key] for key in ("plan", "mode", "started_at", "seconds", "entries", "errors")} | {
+        "steps": [{key: step[key] for key in ("name", "status", "entries", "seconds", "error")} for step in last["steps"]]
     }
