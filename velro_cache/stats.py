@@ -62,6 +62,22 @@ class DataTypeCounters:
         return {"l1_hits": l1, "l2_hits": l2, "misses": misses, "corrupt": _read(self.corrupt), "requests": l1 + l2 + misses}
 
 
+def bucket_quantile(counts: list[int], samples: int, q: float) -> float | None:
+    """Upper bound of the ``LATENCY_BUCKETS`` bucket holding the q-quantile (None without samples).
+
+    One process's histogram and the buckets summed over workers
+    (``telemetry.combine``) use the same rule.
+    """
+    if not samples:
+        return None
+    rank, seen = q * samples, 0
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts):
+        seen += count
+        if seen >= rank:
+            return bound
+    return float("inf")
+
+
 class LatencyHistogram:
     """Cumulative-free bucket counts plus sum, updated under a small lock."""
 
@@ -82,14 +98,7 @@ class LatencyHistogram:
         """Upper bound of the bucket holding the q-quantile (None without samples)."""
         with self._lock:
             counts, samples = list(self.counts), self.samples
-        if not samples:
-            return None
-        rank, seen = q * samples, 0
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts):
-            seen += count
-            if seen >= rank:
-                return bound
-        return float("inf")
+        return bucket_quantile(counts, samples, q)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..stats import LATENCY_BUCKETS, TIERS
+from ..stats import LATENCY_BUCKETS, TIERS, bucket_quantile
 
 COUNT_FIELDS = ("l1_hits", "l2_hits", "misses", "corrupt", "requests")
 CACHE_COUNTERS = ("l2_errors", "l2_distrusted", "sets", "deletes")
@@ -26,15 +26,7 @@ def _hit_rate(row: Mapping[str, Any]) -> float | None:
 
 def quantile(counts: list[int], q: float) -> float | None:
     """Upper bound of the bucket holding the q-quantile of summed bucket counts (None without samples)."""
-    samples = sum(counts)
-    if not samples:
-        return None
-    rank, seen = q * samples, 0
-    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts):
-        seen += count
-        if seen >= rank:
-            return bound
-    return float("inf")
+    return bucket_quantile(counts, sum(counts), q)
 
 
 def bucket_counts(histogram: Mapping[str, Any]) -> list[int]:
