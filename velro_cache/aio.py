@@ -78,6 +78,7 @@ class AsyncTieredMixin:
     _set_many_full: Any
     _delete_full: Any
     _get_many_from_l1: Any
+    _added: Any
     get: Any
     add: Any
     touch: Any
@@ -340,16 +341,10 @@ class AsyncTieredMixin:
         """As ``_incr_on_client``: Python's ``+`` and a compare-and-set that keeps the TTL."""
         for _ in range(INCR_ATTEMPTS):
             data, pttl = await self._al2_call("get_with_ttl", full)
-            if data is None:
+            added = self._added(full, data, pttl, delta)
+            if added is None:
                 return None
-            try:
-                frame = self._serializer.unframe(data, key=full)
-                old = self._serializer.decode(frame.codec, frame.body)
-            except CorruptEntry:
-                return None
-            new = old + delta
-            expires_at = frame.expires_at or (time.time() + pttl / 1000 if pttl > 0 else None)
-            wire = self._serializer.dumps(new, expires_at, key=full)
+            new, wire = added
             ticket = self._state.begin_write([full])
             replaced = await self._al2_call("replace_if_equal", full, data, wire, -2, self._state.drop_message([full]))
             self._state.settle_write(full, None, 0, None, ticket)

@@ -716,6 +716,19 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
             self._l1.set(full, payload, size + sys.getsizeof(full) + ENTRY_OVERHEAD, expires_at)
             return new_value
 
+    def _added(self, full: str, data: bytes | None, pttl: int, delta: int) -> tuple[Any, bytes] | None:
+        """``incr``'s new value and its frame, keeping the old expiry (sync and async); None: nothing readable there."""
+        if data is None:
+            return None
+        try:
+            frame = self._serializer.unframe(data, key=full)
+            old = self._serializer.decode(frame.codec, frame.body)
+        except CorruptEntry:
+            return None
+        new = old + delta
+        expires_at = frame.expires_at or (time.time() + pttl / 1000 if pttl > 0 else None)
+        return new, self._serializer.dumps(new, expires_at, key=full)
+
     def _incr_on_client(self, full: str, delta: int) -> Any:
         """incr where INCRBY cannot: past 64 bits, or on a value that is not a raw integer.
 
@@ -726,16 +739,10 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
         """
         for _ in range(INCR_ATTEMPTS):
             data, pttl = self._l2_call(self._l2.get_with_ttl, full)
-            if data is None:
+            added = self._added(full, data, pttl, delta)
+            if added is None:
                 return None
-            try:
-                frame = self._serializer.unframe(data, key=full)
-                old = self._serializer.decode(frame.codec, frame.body)
-            except CorruptEntry:
-                return None
-            new = old + delta
-            expires_at = frame.expires_at or (time.time() + pttl / 1000 if pttl > 0 else None)
-            wire = self._serializer.dumps(new, expires_at, key=full)
+            new, wire = added
             ticket = self._state.begin_write([full])
             if self._l2_call(self._l2.replace_if_equal, full, data, wire, -2, self._state.drop_message([full])):
                 self._state.settle_write(full, None, 0, None, ticket)
