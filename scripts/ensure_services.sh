@@ -2,7 +2,7 @@
 # Make sure PostgreSQL and Redis answer on loopback before the tests run:
 # start them when installed but stopped, install them (Debian, as root) when
 # missing; install redis-sentinel for tests/test_sentinel.py, which starts its
-# own sentinels. Prints what it did; exits non-zero when a service cannot be had.
+# own sentinels, and promtool for tests/test_prometheus.py. Prints what it did; exits non-zero when a service cannot be had.
 set -u
 
 PG_HOST=${VELRO_TEST_PG_HOST:-127.0.0.1}
@@ -90,8 +90,21 @@ ensure_sentinel() {
   return 1
 }
 
+# tests/test_prometheus.py checks the shipped alert rules with promtool; a
+# missing promtool fails that test rather than skipping it on every fresh clone.
+# Debian ships promtool in the prometheus package (installing starts no server
+# where invoke-rc.d is off, as in containers; the tests never need one).
+ensure_promtool() {
+  if command -v promtool >/dev/null; then echo "promtool: installed"; return 0; fi
+  echo "promtool: not installed, installing"
+  if apt_install --no-install-recommends prometheus && command -v promtool >/dev/null; then echo "promtool: installed"; return 0; fi
+  echo "promtool: cannot install" >&2
+  return 1
+}
+
 status=0
 ensure_postgres || status=1
 ensure_redis || status=1
 ensure_sentinel || status=1
+ensure_promtool || status=1
 exit $status
