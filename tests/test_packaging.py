@@ -128,3 +128,24 @@ def test_readme_links_work_on_the_package_page() -> None:
         assert (ROOT / path).exists(), link
     doc_links = {link for link in links if "/docs/" in link}
     assert {f"{source}/blob/main/docs/{path.name}" for path in (ROOT / "docs").glob("*.md")} == doc_links
+
+
+def test_every_exception_velro_cache_defines_is_importable_from_velro_cache_exceptions() -> None:
+    """One exceptions module: a caller catching what velro-cache raises imports it from one place.
+
+    Private classes (a leading underscore) are control flow that never leaves
+    the module defining them, so they may stay there.
+    """
+    import pkgutil
+
+    import velro_cache
+    from velro_cache import exceptions
+
+    elsewhere = []
+    for info in pkgutil.walk_packages(velro_cache.__path__, "velro_cache."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if (isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == info.name
+                    and not name.startswith("_") and info.name != exceptions.__name__):
+                elsewhere.append(f"{info.name}.{name}")
+    assert elsewhere == []

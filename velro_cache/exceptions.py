@@ -3,7 +3,8 @@
 Each keeps the built-in or Django base class that callers would already catch
 for that kind of failure (``TypeError`` for a value that cannot be stored,
 ``LookupError`` for an unknown registration, Django's ``NotSupportedError`` and
-``DatabaseError`` for view problems), so ``except`` clauses written against
+``DatabaseError`` for view problems, ``redis.ConnectionError`` for a Redis
+that cannot take this cache's writes), so ``except`` clauses written against
 Django's own backends keep working.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from django.db.utils import DatabaseError, NotSupportedError
 
 
@@ -41,6 +43,39 @@ class UnserializableValue(TypeError):
 
 class L2Unavailable(Exception):
     """L2 was skipped (breaker open) or failed; callers fall back, never raise to a view."""
+
+
+# A server that answers as a replica (a READONLY reply, or the role seen when
+# a connection opens; NOREPLICAS for TooFewReplicas) is not where this cache's
+# writes can go. These are ``redis.ConnectionError`` on purpose, so every
+# caller that already treats an unreachable Redis as an outage (the breaker,
+# held invalidations, the coherence listener's reconnect, Sentinel's
+# rediscovery of the master) does the same here, instead of taking the answer
+# for a refusal of one command and carrying on against the wrong server.
+class CannotWrite(redis.ConnectionError):
+    """The server refused a write for what it is now, not for the write: an outage to this cache."""
+
+    def __init__(self, address: str, why: str) -> None:
+        super().__init__(f"Redis at {address} {why}")
+        self.address = address
+
+
+class NotTheMaster(CannotWrite):
+    """The server answered as a replica: writes cannot go there, so this cache counts it as down."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address, "is a replica, not the master")
+
+
+class TooFewReplicas(CannotWrite):
+    """NOREPLICAS: the master lost the replicas ``min-replicas-to-write`` asks for, as in a failover.
+
+    That setting is what keeps a master that a failover is leaving from
+    taking writes the new master will never see (docs/consistency.md).
+    """
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address, "refuses writes: fewer replicas than min-replicas-to-write (a failover?)")
 
 
 class L2Required(NotImplementedError):

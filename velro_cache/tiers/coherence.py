@@ -35,9 +35,10 @@ from typing import Any
 import msgpack
 import redis
 
+from ..exceptions import NotTheMaster
 from ..options import TieredOptions
 from .cluster import build_cluster_client, node_url
-from .errors import NotTheMaster, describe
+from .errors import describe
 from .incarnation import checked_client
 from .redis import shared_pool
 from .sentinel import master_pool

@@ -1,20 +1,13 @@
-"""What a Redis error means for the cache, and what a log line may say about it.
+"""What a log line may say about an error coming back from Redis.
 
-Two jobs, both about errors coming back from Redis:
+(What a Redis error means for the cache, a replica that is not the master,
+is ``velro_cache.exceptions.NotTheMaster``, with the other exceptions.)
 
-* ``NotTheMaster`` (and ``TooFewReplicas``, its NOREPLICAS cousin): a server that answers as a replica (a READONLY reply, or
-  the role seen when a connection opens) is not where this cache's writes can
-  go. It is a ``redis.ConnectionError`` on purpose, so every caller that
-  already treats an unreachable Redis as an outage (the breaker, held
-  invalidations, the coherence listener's reconnect, Sentinel's rediscovery
-  of the master) does the same here, instead of taking the answer for a
-  refusal of one command and carrying on against the wrong server.
-* ``describe``: redis-py puts command arguments into some error messages (a
-  failed pipeline command is reported as ``Command # 1 (SET key <value> ...)
-  of pipeline caused error``), so the text of an exception can hold a cached
-  value. Log lines use this description instead, which keeps what an operator
-  needs (the class, Redis's error code, where it connects) and never the
-  arguments.
+redis-py puts command arguments into some error messages (a failed pipeline
+command is reported as ``Command # 1 (SET key <value> ...) of pipeline caused
+error``), so the text of an exception can hold a cached value. Log lines use
+``describe`` instead, which keeps what an operator needs (the class, Redis's
+error code, where it connects) and never the arguments.
 """
 
 from __future__ import annotations
@@ -27,32 +20,6 @@ import redis
 _PIPELINE_ANNOTATION = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
 # Redis's own error codes: an upper-case word first (WRONGTYPE, OOM, NOSCRIPT).
 _ERROR_CODE = re.compile(r"^[A-Z][A-Z_-]{1,30}\b")
-
-
-class CannotWrite(redis.ConnectionError):
-    """The server refused a write for what it is now, not for the write: an outage to this cache."""
-
-    def __init__(self, address: str, why: str) -> None:
-        super().__init__(f"Redis at {address} {why}")
-        self.address = address
-
-
-class NotTheMaster(CannotWrite):
-    """The server answered as a replica: writes cannot go there, so this cache counts it as down."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(address, "is a replica, not the master")
-
-
-class TooFewReplicas(CannotWrite):
-    """NOREPLICAS: the master lost the replicas ``min-replicas-to-write`` asks for, as in a failover.
-
-    That setting is what keeps a master that a failover is leaving from
-    taking writes the new master will never see (docs/consistency.md).
-    """
-
-    def __init__(self, address: str) -> None:
-        super().__init__(address, "refuses writes: fewer replicas than min-replicas-to-write (a failover?)")
 
 
 def describe(exc: BaseException) -> str:

@@ -41,7 +41,7 @@ import redis
 from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.sentinel import SentinelManagedConnection
 
-from .errors import NotTheMaster, TooFewReplicas
+from ..exceptions import NotTheMaster, TooFewReplicas
 
 logger = logging.getLogger("velro_cache.incarnation")
 

@@ -35,7 +35,7 @@ Progress = Callable[[StepResult], None]
 
 
 class _BudgetSpent(Exception):
-    pass
+    """A step's budget ran out mid-step: control flow caught in this module, never raised to a caller."""
 
 
 def lock_key(plan: Plan, round_id: str | None = None) -> str:
