@@ -13,6 +13,11 @@ The guarantees are ``fill``'s, from the same mechanisms:
 
 The loader may be a plain callable or return an awaitable (an ``async def``),
 which is awaited.
+
+``_wait_for_filler`` and ``_run_and_store`` repeat ``fill``'s lines with
+``await`` on purpose (a coroutine cannot call the blocking ones); the
+decisions in them (when to store, when to give the lease back, the early
+refresh draw) are ``fill``'s and change together.
 """
 
 from __future__ import annotations

@@ -21,6 +21,13 @@ held back, and re-confirming a Redis whose coherence pings lapsed. A Redis
 Cluster's and Sentinel's L2 calls go to worker threads too (``tiers.aredis.ThreadedTier``).
 
 ``aget_or_set`` and ``aget_or_load`` are single-flight (``velro_cache.afill``).
+
+Written twice, deliberately: the few lines of control flow around an awaited
+call (``_aget_from_l2`` is ``backends._get_from_l2`` with ``await``, and so
+on). A coroutine cannot reuse a sync body that blocks on I/O, and routing the
+sync path through a coroutine would cost the L1 hit path; so only the steps
+between I/O are shared, and ``tests/test_async.py`` holds the two to one
+contract.
 """
 
 from __future__ import annotations

@@ -20,6 +20,12 @@ async caller reads from it.
 A Redis Cluster has no native async tier yet: ``ThreadedTier`` runs the sync
 cluster tier's methods in worker threads, so the async API keeps one set of
 semantics on every deployment.
+
+What is shared with ``RedisTier`` is imported, not copied: the scripts, the
+pool limits (``pool_kwargs``), the TTL and lease-key rules. The pipeline
+bodies (``set_many``, ``add``, ...) are written again with ``await``
+deliberately: redis.asyncio's pipeline is another class, and a body shared
+through a callback would cost every sync write a closure.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from .redis import (
     NotACounter,
     RedisTier,
     lease_key,
+    pool_kwargs,
     ttl_ms,
 )
 
@@ -109,14 +116,7 @@ _CLASSES: dict[type, type] = {
 
 def _pool(url: str, options: TieredOptions) -> aioredis.BlockingConnectionPool:
     """A pool with the sync pool's limits and timeouts (``tiers.redis.shared_pool``), for one loop."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=options.pool_size,
-        timeout=options.pool_timeout,
-        socket_timeout=options.socket_timeout,
-        socket_connect_timeout=options.socket_connect_timeout,
-        health_check_interval=30,
-    )
+    pool = aioredis.BlockingConnectionPool.from_url(url, **pool_kwargs(options))
     pool.connection_class = _CLASSES.get(pool.connection_class, pool.connection_class)
     return pool
 

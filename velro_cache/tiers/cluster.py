@@ -36,7 +36,7 @@ from redis.retry import Retry
 
 from ..options import TieredOptions
 from .incarnation import ClusterIncarnationConnection
-from .redis import RedisTier, lease_key, ttl_ms
+from .redis import RedisTier, lease_key, pool_kwargs, pool_settings, ttl_ms
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -133,20 +133,12 @@ def shared_cluster_client(urls: Sequence[str], options: TieredOptions) -> Cluste
 
     Each node gets a blocking pool of ``POOL_SIZE`` connections.
     """
-    key = (tuple(urls), options.pool_size, options.pool_timeout, options.socket_timeout, options.socket_connect_timeout)
+    key = (tuple(urls), *pool_settings(options))
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
             client = _clients[key] = ClusterClient(
-                lambda: build_cluster_client(
-                    urls,
-                    connection_pool_class=redis.BlockingConnectionPool,
-                    max_connections=options.pool_size,
-                    timeout=options.pool_timeout,
-                    socket_timeout=options.socket_timeout,
-                    socket_connect_timeout=options.socket_connect_timeout,
-                    health_check_interval=30,
-                )
+                lambda: build_cluster_client(urls, connection_pool_class=redis.BlockingConnectionPool, **pool_kwargs(options))
             )
         return client
 

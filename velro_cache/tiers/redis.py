@@ -138,36 +138,44 @@ def _new_lock_after_fork() -> None:
 os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
+def pool_settings(options: TieredOptions) -> tuple:
+    """The options that shape a data-path pool: a shared pool or client is kept per URL and these."""
+    return (options.pool_size, options.pool_timeout, options.socket_timeout, options.socket_connect_timeout)
+
+
+def connection_kwargs(options: TieredOptions) -> dict[str, Any]:
+    """The data path's connection timeouts, one definition for every pool (sync, async, Cluster, Sentinel).
+
+    A connection idle for 30 s is PINGed when it is next taken from the pool,
+    so a server restarted meanwhile fails there and not mid-command.
+    """
+    return {
+        "socket_timeout": options.socket_timeout,
+        "socket_connect_timeout": options.socket_connect_timeout,
+        "health_check_interval": 30,
+    }
+
+
+def pool_kwargs(options: TieredOptions) -> dict[str, Any]:
+    """``connection_kwargs`` plus the POOL_SIZE bound and how long a caller waits for a free connection."""
+    return {"max_connections": options.pool_size, "timeout": options.pool_timeout, **connection_kwargs(options)}
+
+
 def shared_pool(url: str, options: TieredOptions) -> redis.ConnectionPool:
     """One pool per URL and pool settings per process; its connections check the incarnation (``tiers.incarnation``).
 
     With ``SENTINELS`` the URL names the master's service and the pool
     follows the master the sentinels report (``tiers.sentinel``).
     """
-    key: tuple = (url, options.pool_size, options.pool_timeout, options.socket_timeout, options.socket_connect_timeout)
+    key: tuple = (url, *pool_settings(options))
     if options.sentinels:
         key += (options.sentinels, options.sentinel_kwargs)
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None and options.sentinels:
-            pool = master_pool(
-                url,
-                options,
-                socket_timeout=options.socket_timeout,
-                socket_connect_timeout=options.socket_connect_timeout,
-                health_check_interval=30,
-            )
-            _pools[key] = pool
+            pool = _pools[key] = master_pool(url, options, **connection_kwargs(options))
         elif pool is None:
-            pool = checked(redis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=options.pool_size,
-                timeout=options.pool_timeout,
-                socket_timeout=options.socket_timeout,
-                socket_connect_timeout=options.socket_connect_timeout,
-                health_check_interval=30,
-            ))
-            _pools[key] = pool
+            pool = _pools[key] = checked(redis.BlockingConnectionPool.from_url(url, **pool_kwargs(options)))
         return pool
 
 
