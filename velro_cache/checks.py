@@ -18,9 +18,7 @@ from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from .conf import VelroSettings, current_settings
-from .options import Problem, parse_options
-
-BACKEND_PATH = "velro_cache.backends.TieredCache"
+from .options import BACKEND_PATH, Problem, tiered_caches
 
 
 def _message(problem: Problem, prefix: str = "") -> CheckMessage:
@@ -41,10 +39,7 @@ def _settings_problems(parsed: VelroSettings, numbers: Iterable[str]) -> list[Ch
 def check_tiered_caches(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Every CACHES entry that uses TieredCache must have valid LOCATION and OPTIONS."""
     messages: list[CheckMessage] = []
-    for alias, config in getattr(django_settings, "CACHES", {}).items():
-        if config.get("BACKEND") != BACKEND_PATH:
-            continue
-        parsed = parse_options(config.get("LOCATION"), config.get("OPTIONS"))
+    for alias, parsed in tiered_caches().items():
         messages.extend(_message(problem, f"CACHES[{alias!r}]: ") for problem in parsed.problems)
     return messages
 

@@ -16,6 +16,7 @@ MIB = 1024 * 1024
 DEFAULT_L1_MAX_BYTES = 300 * MIB
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+BACKEND_PATH = "velro_cache.backends.TieredCache"  # how a CACHES entry names this backend
 
 L1_KEYS = {"MAX_BYTES", "MAX_AGE"}
 TOP_KEYS = {
@@ -276,6 +277,23 @@ def _unknown_keys(given: Iterable[str], known: set[str], what: str) -> list[Prob
         Problem("velro_cache.E060", "error", f"Unknown {what} {name!r}: TieredCache has no such option.", hint=hint)
         for name in sorted(set(given) - known)
     ]
+
+
+def tiered_caches() -> dict[str, TieredOptions]:
+    """Every CACHES alias TieredCache serves, with its parsed OPTIONS, in settings order.
+
+    The one reading of CACHES for them: the system checks report these
+    options' problems, the telemetry picks its Redis among them, commands
+    list them. Read each call, so ``override_settings`` is seen.
+    """
+    from django.conf import settings
+
+    configured = getattr(settings, "CACHES", {})
+    return {
+        alias: parse_options(config.get("LOCATION"), config.get("OPTIONS"))
+        for alias, config in configured.items()
+        if config.get("BACKEND") == BACKEND_PATH
+    }
 
 
 def parse_options(location: Any, options: dict | None) -> TieredOptions:

@@ -7,9 +7,7 @@ import socket
 import time
 from typing import Any
 
-from django.conf import settings as django_settings
-
-BACKEND_PATH = "velro_cache.backends.TieredCache"
+from ..options import tiered_caches
 
 _identity: tuple[int, str, float] | None = None  # (pid, worker id, started at)
 
@@ -30,7 +28,7 @@ def worker_id() -> str:
 
 def tiered_aliases() -> list[str]:
     """The CACHES aliases served by TieredCache, in settings order."""
-    return [alias for alias, config in getattr(django_settings, "CACHES", {}).items() if config.get("BACKEND") == BACKEND_PATH]
+    return list(tiered_caches())
 
 
 def _cache_figures(alias: str) -> dict[str, Any]:

@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from django.conf import settings as django_settings
 
 from ..conf import settings
-from ..options import parse_options
+from ..options import tiered_caches
 from .combine import combine, minute_series
-from .snapshot import BACKEND_PATH, process_snapshot, worker_id
+from .snapshot import process_snapshot, worker_id
 
 logger = logging.getLogger("velro_cache.telemetry")
 
@@ -47,14 +46,10 @@ def minute_key(minute: int) -> str:
 
 def telemetry_url() -> tuple[str, bool] | None:
     """The Redis the snapshots go to: the L2 of ``CACHE_ALIAS`` if it has one, else of the first TieredCache that does."""
-    configured = getattr(django_settings, "CACHES", {})
-    ordered = [settings.CACHE_ALIAS, *configured]
-    for alias in ordered:
-        config = configured.get(alias, {})
-        if config.get("BACKEND") != BACKEND_PATH or not config.get("LOCATION"):
-            continue
-        options = parse_options(config.get("LOCATION"), config.get("OPTIONS"))
-        if options.redis_urls:
+    tiered = tiered_caches()
+    for alias in (settings.CACHE_ALIAS, *tiered):
+        options = tiered.get(alias)
+        if options is not None and options.redis_urls:
             return options.redis_urls[0], options.cluster
     return None
 
