@@ -193,11 +193,6 @@ def _decode_ext(code: int, data: bytes) -> Any:
 _unpack_plain = partial(msgpack.unpackb, ext_hook=_decode_ext, raw=False, strict_map_key=False)
 
 
-def pack_expiry(expires_at: float | None) -> bytes:
-    """The expiry field of a frame, for rewriting it in place (``touch``)."""
-    return _EXPIRY.pack(expires_at or 0.0)
-
-
 def derive_signing_key(secret: str) -> bytes:
     """A key for the frame MAC, derived so SECRET_KEY itself never leaves Django.
 
@@ -303,11 +298,6 @@ class Serializer:
         """Prefix a body with its codec byte, expiry, load time and the MAC binding them to ``key``."""
         head = bytes((_FRAME_BYTE[codec],)) + _EXPIRY.pack(expires_at or 0.0) + _DELTA.pack(delta)
         return head + self._mac(self.signing_key, key, head, body) + body
-
-    def reframe(self, data: bytes, expires_at: float | None, *, key: str) -> bytes:
-        """A verified frame with a new expiry, signed again (what ``touch`` writes)."""
-        frame = self.unframe(data, key=key)
-        return self.frame(frame.codec, frame.body, expires_at, frame.delta, key=key)
 
     def unframe(self, data: bytes, *, key: str) -> Frame:
         """The parts of a wire value read from ``key``, MAC verified.

@@ -92,7 +92,6 @@ class Listener:
         self._thread: threading.Thread | None = None
         self.listening = threading.Event()  # set once LISTEN is in place (tests wait for it)
         self.heard = 0
-        self.caught_up = 0  # reconnects after which every captured table was retired
 
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -158,7 +157,6 @@ class Listener:
         ).fetchall()
         for (table,) in rows:
             retire_table(table, self.using)
-        self.caught_up += 1
 
 
 listener = Listener()

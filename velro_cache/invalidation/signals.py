@@ -34,13 +34,6 @@ DELETING = "_velro_cache_deleting"
 CLEARING = "_velro_cache_clearing"
 
 
-def _remember(declarations: tuple[ModelCache, ...], instance: models.Model) -> dict[str, Any]:
-    remembered: dict[str, Any] = {}
-    for declaration in declarations:
-        remembered.update(declaration.remember(instance))
-    return remembered
-
-
 def _retirement(declarations: tuple[ModelCache, ...], instance: models.Model, remembered: dict | None = None) -> Retirement:
     return combined(declaration.retirement(instance, remembered) for declaration in declarations)
 
