@@ -81,7 +81,7 @@ def test_cached_results_are_retired_by_namespace_invalidation(make_cache):
     assert roster(3) == "roster 3 #5" and summary(7) == "summary 7 #2"
 
 
-# -- timeout: DEFAULT_TIMEOUT = the TTL policy, None = never expire, a number = seconds ---------------
+# -- timeout: DEFAULT_TIMEOUT = the data-type TTL (ttl_for), None = never expire, a number = seconds ---------------
 
 
 def test_ttl_for_is_always_seconds(ttl_settings):

@@ -19,7 +19,7 @@ Per read it:
 ``timeout`` means what it means in Django's cache API, everywhere here:
 
 - ``DEFAULT_TIMEOUT`` (the default): the default TTL, which for these reads is
-  the TTL policy's answer for the key (``velro_cache.ttl.ttl_for``: the data
+  the key's data-type TTL (``velro_cache.ttl.ttl_for``: the data
   type's ``VELRO_CACHE["TTL"]``, adapted and jittered, else
   ``VELRO_CACHE["DEFAULT_TTL"]``);
 - ``None``: never expire;
@@ -65,7 +65,7 @@ def cached_read(
 
     ``key``: a tuple of parts (``("generation", 456, "meta")``) or a built key.
     ``tags``: namespaces outside the key's own prefixes that the value depends
-    on. ``timeout``: see the module docstring (default: the key's TTL policy).
+    on. ``timeout``: see the module docstring (default: the key's data-type TTL, ``ttl_for``).
     ``cache``: an alias or a cache (default ``VELRO_CACHE["CACHE_ALIAS"]``).
     """
     logical, names = _namespaces(key, tags)
@@ -77,7 +77,7 @@ def cached_read(
     record_read(logical)
     get_or_load = getattr(target, "get_or_load", None)
     if get_or_load is not None:
-        # A callable timeout is computed only when a value is stored: a hit costs no TTL policy.
+        # A callable timeout is computed only when a value is stored: a hit costs no ``ttl_for``.
         lazy = (lambda: ttl_for(logical)) if timeout is DEFAULT_TIMEOUT else timeout
         return get_or_load(physical, loader, lazy)
     value = target.get(physical, _MISSING)
@@ -95,13 +95,16 @@ async def acached_read(
     timeout: Any = DEFAULT_TIMEOUT,
     cache: Any = None,
 ) -> Any:
-    """``cached_read`` for coroutines: the same key, tokens, TTL policy and entries, awaited.
+    """``cached_read`` for coroutines: the same key, tokens, TTLs and entries, awaited.
 
     A value stored by ``cached_read`` is served here and the other way round.
     ``loader`` may be a plain callable or return an awaitable (``async def``).
     On TieredCache the load is ``aget_or_load``'s: single flight across
     coroutines, threads and processes (``velro_cache.afill``); on another
     backend, Django's ``aget``/``aset_many``.
+
+    Its body is ``cached_read``'s with ``await`` (written twice on purpose, as
+    ``velro_cache.aio`` says why); the key, token and TTL steps are shared.
     """
     logical, names = _namespaces(key, tags)
     dirty = dirty_namespaces()
@@ -179,7 +182,7 @@ def cached(
     tags: Iterable[KeyLike] | Callable[..., Iterable[KeyLike]] = (),
     cache: Any = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Cache a function's results through ``cached_read`` (namespaces, tokens, TTL policy and all).
+    """Cache a function's results through ``cached_read`` (namespaces, tokens, data-type TTLs and all).
 
     ``key`` is a prefix (a built key or a tuple of parts; default
     ``("fn", <module>, <qualname>)``) to which a digest of the arguments'
@@ -273,7 +276,7 @@ async def _awaited(value: Any) -> Any:
 
 
 def _seconds(logical: str, timeout: Any) -> float | None:
-    """``timeout`` as seconds to live (None: forever): DEFAULT_TIMEOUT asks the TTL policy."""
+    """``timeout`` as seconds to live (None: forever): DEFAULT_TIMEOUT asks ``ttl_for``."""
     return ttl_for(logical) if timeout is DEFAULT_TIMEOUT else timeout
 
 
