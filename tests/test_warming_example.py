@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 
 import pytest
 from django.core.cache import cache
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from studio.materialized import recent_generation_ids, top_active_users
 from studio.models import ApiToken, Generation, TeamMembership
 from studio.reads import generation_key, generation_meta
 
+from tests.support import save_after_generation_select
 from velro_cache import warming
 from velro_cache.db.refresh import refresh_views
 from velro_cache.namespaces import current_tokens, stamp
@@ -126,29 +127,10 @@ def test_velro_warm_summary_and_one_step(seeded):
     assert lines[-1].startswith("warmed ")
 
 
-def write_commits_during_the_load(generation_id: int, new_prompt: str):
-    """An execute wrapper: right after the warm-up's SELECT of generation rows, another
-    connection saves the generation (its invalidation commits) before the warm-up stores."""
-    done = threading.Event()
-
-    def save_elsewhere() -> None:
-        try:
-            generation = Generation.objects.get(pk=generation_id)
-            generation.prompt = new_prompt
-            generation.save()
-        finally:
-            connection.close()
-
-    def wrapper(execute, sql, params, many, context):
-        result = execute(sql, params, many, context)
-        if not done.is_set() and 'FROM "studio_generation"' in sql and "IN" in sql:
-            done.set()
-            writer = threading.Thread(target=save_elsewhere)
-            writer.start()
-            writer.join(30)
-        return result
-
-    return wrapper, done
+@pytest.mark.django_db
+def test_velro_warm_names_an_unknown_cache_alias_instead_of_a_traceback():
+    with pytest.raises(CommandError, match=r"Unknown cache alias 'nosuch'; CACHES defines: .*'default'"):
+        call_command("velro_warm", "--cache", "nosuch", stdout=io.StringIO())
 
 
 def raw_set_warm(ids: list[int]) -> int:
@@ -172,7 +154,7 @@ def test_a_write_committed_during_the_warm_up_is_not_undone(seeded, warmer):
         step = warming.declared().ordered(["recent_generations"])[0]
     else:
         step = warming.Step("recent_generations", lambda: raw_set_warm(recent_generation_ids(500)[:100]))
-    wrapper, interleaved = write_commits_during_the_load(generation_id, "changed while warming")
+    wrapper, interleaved = save_after_generation_select(generation_id, "changed while warming")
     with connection.execute_wrapper(wrapper):
         run = warming.warm(warming.Plan([step]))
     assert interleaved.is_set() and run.steps[0].status == "done" and run.steps[0].entries > 0

@@ -16,14 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps
-from django.conf import settings as django_settings
-from django.core.cache import BaseCache, caches
+from django.core.cache import BaseCache
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from velro_cache.backends import TieredCache
-from velro_cache.conf import settings
 from velro_cache.invalidation import Retirement, invalidate, registry
+from velro_cache.management.aliases import command_cache
 from velro_cache.namespaces import levels
 
 
@@ -43,8 +42,7 @@ class Command(BaseCommand):
         targets = self._targets(options)
         if not (targets or options["prefix"] or options["tag"] or options["key"] or options["data_types"]):
             raise CommandError("Say what to invalidate: --model [--pk], --prefix, --tag, --key or --data-type.")
-        alias = options["cache"] or settings.CACHE_ALIAS
-        cache = self._cache(alias)
+        alias, cache = command_cache(options["cache"])
         try:
             retired = invalidate(
                 *targets,
@@ -65,13 +63,6 @@ class Command(BaseCommand):
                     "until they expire."
                 )
             )
-
-    def _cache(self, alias: str) -> BaseCache:
-        """The cache the alias names; an unknown alias is the user's mistake, not a traceback."""
-        if alias not in django_settings.CACHES:
-            known = ", ".join(repr(name) for name in sorted(django_settings.CACHES))
-            raise CommandError(f"Unknown cache alias {alias!r}; CACHES defines: {known}.")
-        return caches[alias]
 
     def _targets(self, options: dict[str, Any]) -> list[Any]:
         label = options["model"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from velro_cache.management.aliases import command_cache
 from velro_cache.warming import ALL, RunResult, StepResult, declared, warm
 
 
@@ -39,9 +40,10 @@ class Command(BaseCommand):
             steps = plan.ordered(options["steps"])
         except KeyError as exc:
             raise CommandError(exc.args[0]) from exc
+        _, cache = command_cache(options["cache"])
         bar = None if options["json"] else _progress_bar(len(steps), self.stderr._out)
         try:
-            run = warm(plan, mode=ALL, only=options["steps"], budget=options["budget"], cache=options["cache"],
+            run = warm(plan, mode=ALL, only=options["steps"], budget=options["budget"], cache=cache,
                        progress=None if bar is None else _advance(bar))
         finally:
             if bar is not None:
