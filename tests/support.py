@@ -315,3 +315,62 @@ class WorkerProcess:
                 raise WorkerError(f"worker {self.process.pid} exited with {status}:\n{self.stderr()}")
         finally:
             self._stderr.close()
+
+
+# -- the example project, served by other processes -------------------------------------------------
+
+
+def example_env(redis_url: str) -> dict[str, str]:
+    """The environment a gunicorn (or manage.py) of the example project needs to use the test database and ``redis_url``."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": redis_url,
+        "DJANGO_DEBUG": "0",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def example_cache_prefix() -> str:
+    """The KEY_PREFIX the example settings derive from the database, so this process's cache is the workers' cache."""
+    import hashlib
+
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    identity = "|".join(str(v) for v in ("django.db.backends.postgresql", db["HOST"], db["PORT"], db["NAME"]))
+    return f"velro-example:{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+
+
+def save_after_generation_select(generation_id: int, new_prompt: str) -> tuple[Callable[..., Any], threading.Event]:
+    """An execute wrapper and the event it sets: right after a SELECT of generation rows by id,
+    another connection saves ``generation_id`` (its invalidation commits) before the reader stores.
+
+    The write happens at that exact point, not after a sleep: the race a
+    warm-up or preload must win is reproduced on every run.
+    """
+    from django.db import connection
+    from studio.models import Generation
+
+    done = threading.Event()
+
+    def save_elsewhere() -> None:
+        try:
+            generation = Generation.objects.get(pk=generation_id)
+            generation.prompt = new_prompt
+            generation.save()
+        finally:
+            connection.close()
+
+    def wrapper(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)
+        if not done.is_set() and 'FROM "studio_generation"' in sql and "IN" in sql:
+            done.set()
+            Background(save_elsewhere, name="save-elsewhere").join(30)
+        return result
+
+    return wrapper, done

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support import WorkerProcess, eventually
+from tests.support import Arrivals, Background, WorkerProcess, eventually
 
 L1_ONLY, L1_REDIS = "l1", "l1+redis"
 
@@ -52,13 +52,21 @@ async def test_32_coroutines_run_the_loader_once(acache):
 
 async def test_an_async_loader_is_awaited_once_for_32_coroutines(acache):
     runs = []
+    asked = []
+    everyone_asked = asyncio.Event()
 
     async def loader():
         runs.append(1)
-        await asyncio.sleep(0.05)  # the coroutines pile up behind the first
+        await everyone_asked.wait()  # the load stays open until all 32 have made their call
         return "loaded"
 
-    results = await asyncio.gather(*(acache.aget_or_load("slow", loader, 60) for _ in range(32)))
+    async def ask():
+        asked.append(1)
+        if len(asked) == 32:
+            everyone_asked.set()
+        return await acache.aget_or_load("slow", loader, 60)
+
+    results = await asyncio.gather(*(ask() for _ in range(32)))
     assert results == ["loaded"] * 32
     assert len(runs) == 1
     assert await acache.aget("slow") == "loaded"
@@ -121,17 +129,21 @@ async def test_a_sync_thread_and_coroutines_share_one_loader(make_cache):
     cache = make_cache()
     runs = []
     started = threading.Event()
+    asked = Arrivals(8)
 
     def slow_loader():
         runs.append("thread")
         started.set()
-        time.sleep(0.3)
+        asked.wait()  # the lease is held until every coroutine has made its call
         return "from-thread"
 
-    thread = threading.Thread(target=lambda: cache.get_or_load("mixed", slow_loader, 60))
-    thread.start()
+    async def ask():
+        asked.arrive()
+        return await cache.aget_or_load("mixed", lambda: runs.append("loop") or "from-loop", 60)
+
+    thread = Background(lambda: cache.get_or_load("mixed", slow_loader, 60))
     await asyncio.to_thread(started.wait, 5)
-    results = await asyncio.gather(*(cache.aget_or_load("mixed", lambda: runs.append("loop") or "from-loop", 60) for _ in range(8)))
+    results = await asyncio.gather(*(ask() for _ in range(8)))
     await asyncio.to_thread(thread.join, 5)
     assert results == ["from-thread"] * 8
     assert runs == ["thread"]

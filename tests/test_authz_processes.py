@@ -25,14 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.db import connection
 from studio.models import ApiToken, Generation, Role, Team, TeamMembership
 
 from tests.redis_server import free_port
 from tests.settings import redis_url
-from tests.support import eventually, stop_process, wait_for
+from tests.support import eventually, example_cache_prefix, example_env, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 3
@@ -42,27 +41,6 @@ TIME_BUDGET = 60.0
 DENIED = {401, 403}
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
-
-
-def example_env(port: int) -> dict[str, str]:
-    db = django_settings.DATABASES["default"]
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "example_project.settings",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": redis_url(REDIS_DB),
-        "DJANGO_DEBUG": "0",
-        "PYTHONPATH": str(ROOT),
-    }
-
-
-def example_cache_prefix() -> str:
-    """The KEY_PREFIX the example settings derive from the database (so our bumps reach the workers)."""
-    import hashlib
-
-    db = django_settings.DATABASES["default"]
-    identity = "|".join(str(v) for v in ("django.db.backends.postgresql", db["HOST"], db["PORT"], db["NAME"]))
-    return f"velro-example:{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
 
 
 @pytest.fixture
@@ -81,7 +59,7 @@ def server(settings, tmp_path):
             "--bind", f"127.0.0.1:{port}", "--access-logfile", str(log), "--access-logformat", "%(p)s %(m)s %(U)s %(s)s",
             "--timeout", "60",
         ],
-        env=example_env(port), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gunicorn.err", "w"),  # noqa: SIM115
+        env=example_env(redis_url(REDIS_DB)), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gunicorn.err", "w"),  # noqa: SIM115
     )
     try:
         wait_for(lambda: request(port, "GET", "/api/me/", None)[0] == 401, "gunicorn did not start", 30, until_dead=process)

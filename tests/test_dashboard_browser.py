@@ -23,15 +23,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from django.conf import settings as django_settings
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from model_bakery import baker
-
 from studio.models import ApiToken
+
 from tests.redis_server import free_port
 from tests.settings import redis_url
-from tests.support import stop_process, wait_for
+from tests.support import example_env, stop_process, wait_for
 from velro_cache.models import ViewRefresh
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,16 +58,8 @@ def get(port: int, path: str, headers: dict[str, str] | None = None) -> int:
 @pytest.fixture
 def server(transactional_db, tmp_path):
     redis.Redis.from_url(redis_url(REDIS_DB)).flushdb()
-    db = django_settings.DATABASES["default"]
     port = free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "example_project.settings",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": redis_url(REDIS_DB),
-        "DJANGO_DEBUG": "0",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = example_env(redis_url(REDIS_DB))
     process = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("gunicorn")), "example_project.wsgi:application",

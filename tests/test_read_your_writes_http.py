@@ -26,8 +26,8 @@ from studio.models import ApiToken, Generation, Team
 
 from tests.redis_server import free_port
 from tests.settings import redis_url
-from tests.support import stop_process, wait_for
-from tests.test_authz_processes import example_cache_prefix, example_env, request
+from tests.support import example_cache_prefix, example_env, stop_process, wait_for
+from tests.test_authz_processes import request
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_DB = 8  # this module's own
@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
 
 def gunicorn(port: int, tmp_path: Path, *extra: str) -> subprocess.Popen:
-    env = {**example_env(port), "REDIS_URL": redis_url(REDIS_DB)}
+    env = example_env(redis_url(REDIS_DB))
     return subprocess.Popen(
         [
             str(Path(sys.executable).with_name("gunicorn")), "example_project.wsgi:application",

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tests.support import eventually
 from velro_cache import warming
 from velro_cache.warming import L1, L2, Plan, Step
 
@@ -222,10 +223,7 @@ def test_the_asgi_lifespan_completes_startup_before_the_warm_up_ends():
     assert warming.results()["runs"] == 0  # the warm-up was still running when startup completed
     assert inner_calls == ["http"]
     release.set()
-    deadline = time.monotonic() + 10
-    while warming.results()["runs"] == 0 and time.monotonic() < deadline:  # let it finish inside this test
-        time.sleep(0.01)
-    assert warming.results()["runs"] == 1
+    assert eventually(lambda: warming.results()["runs"], 10) == 1  # let it finish inside this test
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,10 @@ from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from studio.models import ApiToken, Generation, RecentGeneration, TeamMembership
+from studio.models import ApiToken, RecentGeneration, TeamMembership
 from studio.reads import generation_key, memberships_key
 
+from tests.support import save_after_generation_select
 from velro_cache import warming
 from velro_cache.db.refresh import refresh_views
 from velro_cache.reads import peek
@@ -156,24 +157,7 @@ def test_a_write_during_a_preload_is_not_undone(seeded):
 
     user = user_with_recent_generations()
     target = users_recent_generation_ids(user)[0]
-    done = threading.Event()
-
-    def save_elsewhere():
-        try:
-            generation = Generation.objects.get(pk=target)
-            generation.prompt = "edited mid-preload"
-            generation.save()
-        finally:
-            connection.close()
-
-    def wrapper(execute, sql, params, many, context):
-        result = execute(sql, params, many, context)
-        if not done.is_set() and 'FROM "studio_generation"' in sql and "IN" in sql:
-            done.set()
-            writer = threading.Thread(target=save_elsewhere)
-            writer.start()
-            writer.join(30)
-        return result
+    wrapper, done = save_after_generation_select(target, "edited mid-preload")
 
     from studio.reads import generation_meta
 

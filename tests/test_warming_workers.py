@@ -13,21 +13,18 @@ from __future__ import annotations
 import asyncio
 import http.client
 import io
-import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connection
 
 from tests.redis_server import free_port
 from tests.settings import redis_url
-from tests.support import stop_process, wait_for
+from tests.support import eventually, example_cache_prefix, example_env, stop_process, wait_for
 from velro_cache import warming
 from velro_cache.db.refresh import refresh_views
 
@@ -37,18 +34,6 @@ WORKERS = 3
 SUMMARY = re.compile(r"warming default \(worker, pid (\d+)\): (\d+) entries .*; (.*)$")
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
-
-
-def example_env() -> dict[str, str]:
-    db = django_settings.DATABASES["default"]
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "example_project.settings",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": redis_url(REDIS_DB),
-        "DJANGO_DEBUG": "0",
-        "PYTHONPATH": str(ROOT),
-    }
 
 
 def status_of(port: int, path: str) -> int:
@@ -88,7 +73,7 @@ def test_three_gunicorn_workers_warm_l1_each_and_l2_once(seeded, tmp_path):
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
          "--workers", str(WORKERS)],
-        cwd=ROOT / "example_project", env=example_env(), stdout=subprocess.DEVNULL, stderr=open(log, "w"),  # noqa: SIM115
+        cwd=ROOT / "example_project", env=example_env(redis_url(REDIS_DB)), stdout=subprocess.DEVNULL, stderr=open(log, "w"),  # noqa: SIM115
     )
     try:
         wait_for(lambda: status_of(port, "/api/me/") == 401, "gunicorn did not start", 30, until_dead=process)
@@ -101,15 +86,6 @@ def test_three_gunicorn_workers_warm_l1_each_and_l2_once(seeded, tmp_path):
         stop_process(process)
         connection.close()
         redis.Redis.from_url(redis_url(REDIS_DB)).flushdb()
-
-
-def example_cache_prefix() -> str:
-    """The KEY_PREFIX the example settings derive from the database: the trigger's channel is named by it."""
-    import hashlib
-
-    db = django_settings.DATABASES["default"]
-    identity = "|".join(str(v) for v in ("django.db.backends.postgresql", db["HOST"], db["PORT"], db["NAME"]))
-    return f"velro-example:{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
 
 
 def runs_per_pid(log: Path) -> dict[int, list[dict[str, str]]]:
@@ -133,7 +109,7 @@ def test_a_trigger_on_redis_makes_every_worker_warm_again(seeded, tmp_path, sett
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
          "--workers", str(WORKERS)],
-        cwd=ROOT / "example_project", env=example_env(), stdout=subprocess.DEVNULL, stderr=open(log, "w"),  # noqa: SIM115
+        cwd=ROOT / "example_project", env=example_env(redis_url(REDIS_DB)), stdout=subprocess.DEVNULL, stderr=open(log, "w"),  # noqa: SIM115
     )
     try:
         wait_for(lambda: len(summaries(log)) == WORKERS, "not every worker logged its warm-up", 60, until_dead=process)
@@ -179,9 +155,7 @@ def test_the_asgi_lifespan_example_starts_at_once_and_warms_in_the_background(se
         return sent
 
     assert asyncio.run(startup()) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-    deadline = time.monotonic() + 30
-    while warming.results()["runs"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: warming.results()["runs"], 30)
     last = warming.results()["last_run"]
     assert last["mode"] == "worker" and last["entries"] > 0
     assert [step["name"] for step in last["steps"]][:2] == ["active_users", "recent_generations"]
