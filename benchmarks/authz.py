@@ -48,11 +48,6 @@ WORKERS = 3
 BATCH = 100  # objects per authorize_many, as the budget states it
 CLIENT_THREADS = 2
 DATABASE = "velro_bench_authz"
-PG = {
-    "HOST": os.environ.get("VELRO_BENCH_PG_HOST", "127.0.0.1"),
-    "PORT": os.environ.get("VELRO_BENCH_PG_PORT", "5432"),
-    "USER": os.environ.get("VELRO_BENCH_PG_USER", "postgres"),
-}
 BUDGET_CHECK_P99_US = 50.0
 BUDGET_BATCH_P99_US = 1000.0
 BUDGET_GET_P95_MS = 5.0
@@ -95,15 +90,6 @@ def _counting_application() -> Any:
 
 
 # -- setup ---------------------------------------------------------------------------------
-
-
-def _fresh_database(name: str) -> dict[str, Any]:
-    import psycopg
-
-    with psycopg.connect(dbname="postgres", host=PG["HOST"], port=PG["PORT"], user=PG["USER"], autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    return {"ENGINE": "django.db.backends.postgresql", "NAME": name, "PASSWORD": "", **PG}
 
 
 def _configure(database: dict[str, Any], prefix: str) -> None:
@@ -325,7 +311,7 @@ def measure_load(database: dict[str, Any], plan: dict[str, Any], report: Report)
 def run(args: argparse.Namespace) -> Report:
     plan = QUICK if args.quick else FULL
     name = f"{DATABASE}_quick" if args.quick else DATABASE
-    database = _fresh_database(name)
+    database = common.fresh_database(name)
     _configure(database, common.key_prefix("authz"))
     _seed(plan)
     report = Report("authz", "Authorization: cached checks and the example API under load", [

@@ -84,6 +84,40 @@ def redis_answers(url: str = REDIS_URL) -> bool:
         return False
 
 
+# -- PostgreSQL --------------------------------------------------------------------------
+
+# Where the benchmarks that need PostgreSQL find it (VELRO_BENCH_PG_*).
+PG = {
+    "HOST": os.environ.get("VELRO_BENCH_PG_HOST", "127.0.0.1"),
+    "PORT": os.environ.get("VELRO_BENCH_PG_PORT", "5432"),
+    "USER": os.environ.get("VELRO_BENCH_PG_USER", "postgres"),
+    "PASSWORD": os.environ.get("VELRO_BENCH_PG_PASSWORD", ""),
+}
+
+
+def postgres_admin(**connect: Any) -> Any:
+    """A connection to the ``postgres`` database of ``PG``, to create and drop a benchmark's own."""
+    import psycopg
+
+    return psycopg.connect(dbname="postgres", host=PG["HOST"], port=PG["PORT"], user=PG["USER"],
+                           password=PG["PASSWORD"] or None, **connect)
+
+
+def ensure_database(name: str) -> None:
+    """Create ``name`` if it does not exist; one seeded once is reused by later runs."""
+    with postgres_admin(autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            admin.execute(f'CREATE DATABASE "{name}"')
+
+
+def fresh_database(name: str) -> dict[str, Any]:
+    """``name`` dropped and created empty; its Django ``DATABASES`` entry."""
+    with postgres_admin(autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return {"ENGINE": "django.db.backends.postgresql", "NAME": name, **PG}
+
+
 class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)

@@ -46,12 +46,6 @@ FULL = {"users": 200, "teams": 20, "generations": 5_000, "warmup": 16_000, "requ
 QUICK = {"users": 30, "teams": 4, "generations": 300, "warmup": 200, "requests": 300}
 BUDGET_FEWER = 0.90
 DATABASE = "velro_bench_invalidation"
-PG = {
-    "HOST": os.environ.get("VELRO_BENCH_PG_HOST", "127.0.0.1"),
-    "PORT": os.environ.get("VELRO_BENCH_PG_PORT", "5432"),
-    "USER": os.environ.get("VELRO_BENCH_PG_USER", "postgres"),
-    "PASSWORD": os.environ.get("VELRO_BENCH_PG_PASSWORD", ""),
-}
 NO_CACHE = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
 
 
@@ -70,23 +64,10 @@ def __getattr__(name: str) -> Any:
 
 def _postgres_answers() -> bool:
     try:
-        import psycopg
-
-        with psycopg.connect(dbname="postgres", host=PG["HOST"], port=PG["PORT"], user=PG["USER"],
-                             password=PG["PASSWORD"] or None, connect_timeout=2):
+        with common.postgres_admin(connect_timeout=2):
             return True
     except Exception:  # noqa: BLE001 - any failure means "use SQLite"
         return False
-
-
-def _fresh_postgres_database(name: str) -> dict[str, Any]:
-    import psycopg
-
-    with psycopg.connect(dbname="postgres", host=PG["HOST"], port=PG["PORT"], user=PG["USER"],
-                         password=PG["PASSWORD"] or None, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    return {"ENGINE": "django.db.backends.postgresql", "NAME": name, **PG}
 
 
 def bench_database(base: str, quick: bool) -> tuple[dict[str, Any], str]:
@@ -97,7 +78,7 @@ def bench_database(base: str, quick: bool) -> tuple[dict[str, Any], str]:
     """
     name = f"{base}_quick" if quick else base
     if _postgres_answers():
-        return _fresh_postgres_database(name), f"PostgreSQL ({name} at {PG['HOST']}:{PG['PORT']})"
+        return common.fresh_database(name), f"PostgreSQL ({name} at {common.PG['HOST']}:{common.PG['PORT']})"
     path = os.path.join(tempfile.mkdtemp(prefix="velro-bench-"), "bench.sqlite3")
     return {"ENGINE": "django.db.backends.sqlite3", "NAME": path}, "SQLite (no PostgreSQL answered)"
 

@@ -41,12 +41,6 @@ from .common import ROOT, Report
 FULL = {"users": 20_000, "teams": 400, "generations": 400_000, "accesses": 600_000, "rounds": 30, "hits": 20_000}
 QUICK = {"users": 400, "teams": 20, "generations": 8_000, "accesses": 10_000, "rounds": 3, "hits": 500}
 
-PG = {
-    "HOST": os.environ.get("VELRO_BENCH_PG_HOST", "127.0.0.1"),
-    "PORT": os.environ.get("VELRO_BENCH_PG_PORT", "5432"),
-    "USER": os.environ.get("VELRO_BENCH_PG_USER", "postgres"),
-    "PASSWORD": os.environ.get("VELRO_BENCH_PG_PASSWORD", ""),
-}
 
 RECENT = "500 most recent generations (48 h)"
 # name -> (view, the columns warming reads, ORDER BY ... LIMIT ...)
@@ -81,15 +75,6 @@ def _database_name(quick: bool) -> str:
     return os.environ.get("VELRO_BENCH_PG_NAME", "velro_cache_bench_views" + ("_quick" if quick else ""))
 
 
-def _ensure_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(dbname="postgres", host=PG["HOST"], port=PG["PORT"], user=PG["USER"],
-                         password=PG["PASSWORD"] or None, autocommit=True) as admin:
-        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            admin.execute(f'CREATE DATABASE "{name}"')
-
-
 def _configure(database: str) -> None:
     """The example project's apps on a PostgreSQL database of the benchmark's own."""
     import django
@@ -102,7 +87,7 @@ def _configure(database: str) -> None:
         TIME_ZONE="UTC",
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "velro_cache", "studio"],
-        DATABASES={"default": {"ENGINE": "django.db.backends.postgresql", "NAME": database, **PG}},
+        DATABASES={"default": {"ENGINE": "django.db.backends.postgresql", "NAME": database, **common.PG}},
         CACHES={"default": {"BACKEND": "velro_cache.backends.TieredCache", "KEY_PREFIX": "bench-views"}},
         # Refreshes happen when the benchmark says so, never in the background mid-measurement.
         VELRO_CACHE={"VIEW_REFRESH_ON_WRITE": False},
@@ -323,7 +308,7 @@ COLUMNS = ["query", "source", "rows returned", "median ms", "p90 ms", "server ms
 def run(args: argparse.Namespace) -> Report:
     plan = QUICK if args.quick else FULL
     database = _database_name(args.quick)
-    _ensure_database(database)
+    common.ensure_database(database)
     _configure(database)
     started = time.perf_counter()
     _seed(plan)

@@ -46,12 +46,6 @@ QUICK = {"users": 150, "teams": 10, "generations": 1_500, "history": 1_500, "req
 MARKS = (100, 1_000, 10_000)  # the issue's "first 1,000 and 10,000 requests", and the very first ones
 WORLD_SEED, HISTORY_SEED, TODAY_SEED = 7, 1, 2
 
-PG = {
-    "HOST": os.environ.get("VELRO_BENCH_PG_HOST", "127.0.0.1"),
-    "PORT": os.environ.get("VELRO_BENCH_PG_PORT", "5432"),
-    "USER": os.environ.get("VELRO_BENCH_PG_USER", "postgres"),
-    "PASSWORD": os.environ.get("VELRO_BENCH_PG_PASSWORD", ""),
-}
 
 
 # -- setup -------------------------------------------------------------------------------
@@ -59,15 +53,6 @@ PG = {
 
 def _database_name(quick: bool) -> str:
     return os.environ.get("VELRO_BENCH_PG_NAME", "velro_cache_bench_warming" + ("_quick" if quick else ""))
-
-
-def _ensure_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(dbname="postgres", host=PG["HOST"], port=PG["PORT"], user=PG["USER"],
-                         password=PG["PASSWORD"] or None, autocommit=True) as admin:
-        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            admin.execute(f'CREATE DATABASE "{name}"')
 
 
 def _configure(database: str) -> None:
@@ -88,7 +73,7 @@ def _configure(database: str) -> None:
                         "django.contrib.sessions", "django.contrib.messages", "velro_cache", "studio"],
         MIDDLEWARE=["django.middleware.common.CommonMiddleware", "velro_cache.authz.middleware.AuthorizationMiddleware"],
         TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True, "OPTIONS": {}}],
-        DATABASES={"default": {"ENGINE": "django.db.backends.postgresql", "NAME": database, **PG}},
+        DATABASES={"default": {"ENGINE": "django.db.backends.postgresql", "NAME": database, **common.PG}},
         CACHES={"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": REDIS_URL,
                             "KEY_PREFIX": common.key_prefix("warming")}},
         VELRO_CACHE={"VIEW_REFRESH_ON_WRITE": False},
@@ -353,7 +338,7 @@ def run(args: argparse.Namespace) -> Report:
     if not common.redis_answers():
         raise SystemExit(f"benchmarks.warming needs Redis at {REDIS_URL}")
     database = _database_name(args.quick)
-    _ensure_database(database)
+    common.ensure_database(database)
     _configure(database)
     from studio.demo.plan import Planner
 
