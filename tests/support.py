@@ -7,6 +7,7 @@ configure Django themselves.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -128,6 +129,30 @@ class Arrivals:
     def wait(self, timeout: float = 10) -> None:
         if not self._all.wait(timeout):
             raise AssertionError(f"only {self._arrived} of {self.count} threads arrived within {timeout} s")
+
+
+class AsyncArrivals:
+    """``Arrivals`` for the coroutines of one event loop: ``arrive`` counts, ``await wait()`` until all have.
+
+    A loader awaiting ``wait`` stays open until every coroutine has made its
+    call, so they overlap by construction rather than by a sleep's length.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._arrived = 0
+        self._all = asyncio.Event()
+
+    def arrive(self) -> None:
+        self._arrived += 1
+        if self._arrived >= self.count:
+            self._all.set()
+
+    async def wait(self, timeout: float = 10) -> None:
+        try:
+            await asyncio.wait_for(self._all.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"only {self._arrived} of {self.count} coroutines arrived within {timeout} s") from None
 
 
 def run_together(count: int, target: Callable[[int], T], timeout: float = 60) -> list[T]:

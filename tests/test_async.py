@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support import Arrivals, Background, WorkerProcess, eventually
+from tests.support import Arrivals, AsyncArrivals, Background, WorkerProcess, eventually
 
 L1_ONLY, L1_REDIS = "l1", "l1+redis"
 
@@ -52,18 +52,15 @@ async def test_32_coroutines_run_the_loader_once(acache):
 
 async def test_an_async_loader_is_awaited_once_for_32_coroutines(acache):
     runs = []
-    asked = []
-    everyone_asked = asyncio.Event()
+    asked = AsyncArrivals(32)
 
     async def loader():
         runs.append(1)
-        await everyone_asked.wait()  # the load stays open until all 32 have made their call
+        await asked.wait()  # the load stays open until all 32 have made their call
         return "loaded"
 
     async def ask():
-        asked.append(1)
-        if len(asked) == 32:
-            everyone_asked.set()
+        asked.arrive()
         return await acache.aget_or_load("slow", loader, 60)
 
     results = await asyncio.gather(*(ask() for _ in range(32)))

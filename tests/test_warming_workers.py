@@ -58,6 +58,15 @@ def summaries(log: Path) -> dict[int, dict[str, str]]:
     return found
 
 
+def start_gunicorn(port: int, log: Path) -> subprocess.Popen:
+    """The example project's gunicorn (its gunicorn.conf.py: warming in each worker) with WORKERS workers, stderr to ``log``."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(WORKERS)],
+        cwd=ROOT / "example_project", env=example_env(redis_url(REDIS_DB)), stdout=subprocess.DEVNULL, stderr=open(log, "w"),  # noqa: SIM115
+    )
+
+
 @pytest.fixture
 def seeded():
     call_command("velro_seed", users=40, teams=6, generations=400, stdout=io.StringIO())
@@ -68,13 +77,8 @@ def test_three_gunicorn_workers_warm_l1_each_and_l2_once(seeded, tmp_path):
     import redis
 
     redis.Redis.from_url(redis_url(REDIS_DB)).flushdb()
-    port = free_port()
-    log = tmp_path / "gunicorn.err"
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(WORKERS)],
-        cwd=ROOT / "example_project", env=example_env(redis_url(REDIS_DB)), stdout=subprocess.DEVNULL, stderr=open(log, "w"),  # noqa: SIM115
-    )
+    port, log = free_port(), tmp_path / "gunicorn.err"
+    process = start_gunicorn(port, log)
     try:
         wait_for(lambda: status_of(port, "/api/me/") == 401, "gunicorn did not start", 30, until_dead=process)
         wait_for(lambda: len(summaries(log)) == WORKERS, "not every worker logged its warm-up", 60, until_dead=process)
@@ -104,13 +108,8 @@ def test_a_trigger_on_redis_makes_every_worker_warm_again(seeded, tmp_path, sett
     redis.Redis.from_url(redis_url(REDIS_DB)).flushdb()
     settings.CACHES = {**settings.CACHES, "default": {"BACKEND": "velro_cache.backends.TieredCache",
                                                       "LOCATION": redis_url(REDIS_DB), "KEY_PREFIX": example_cache_prefix()}}
-    port = free_port()
-    log = tmp_path / "gunicorn.err"
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(WORKERS)],
-        cwd=ROOT / "example_project", env=example_env(redis_url(REDIS_DB)), stdout=subprocess.DEVNULL, stderr=open(log, "w"),  # noqa: SIM115
-    )
+    port, log = free_port(), tmp_path / "gunicorn.err"
+    process = start_gunicorn(port, log)
     try:
         wait_for(lambda: len(summaries(log)) == WORKERS, "not every worker logged its warm-up", 60, until_dead=process)
         received = []

@@ -130,6 +130,7 @@ class AsyncRedisTier:
         self.url = url
         self.channel = channel
         self.client = aioredis.Redis(connection_pool=_pool(url, options))
+        # RedisTier._register_scripts' scripts but _SET_MANY (set_many below is a pipeline).
         register = self.client.register_script
         self._replace_if_equal = register(_REPLACE_IF_EQUAL)
         self._add = register(_ADD)
