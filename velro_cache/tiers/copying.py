@@ -76,24 +76,29 @@ def _shared(shape: Hashable, make: Callable[[], Copier]) -> Copier:
     return copier
 
 
-def plan_on_first_read(decoder: Copier, adopt: Callable[[Reader, Any, int], None]) -> Copier:
-    """A reader for a value held serialized until its first L1 read.
+def plan_on_first_read(decoder: Copier, adopt: Callable[[Any, Reader, Any, int], None]) -> Copier:
+    """A reader for values held serialized until their first L1 read, shared by every such entry.
 
-    That read decodes (what LocMemCache does on every read) and plans the copy
-    from what it decoded; ``adopt(reader, stored, size)`` then puts the planned
-    payload in place of this one (or, for a value that cannot be planned, the
-    decoder and the body, so planning is never tried twice). The value the
-    caller gets is the decoded one: the stored copy is made apart from it.
+    The entry stores ``held = (key, body)``; the reader is made once per codec
+    and store, not per entry, because making two closures for every value an
+    L2 hit promotes was most of a promotion's cost. The first read decodes
+    (what LocMemCache does on every read) and plans the copy from what it
+    decoded; ``adopt(held, reader, stored, size)`` then puts the planned
+    payload in place of the entry still holding ``held`` (or, for a value that
+    cannot be planned, the decoder and the body, so planning is never tried
+    twice). The value the caller gets is the decoded one: the stored copy is
+    made apart from it.
     """
 
-    def first_read(body: Any) -> Any:
+    def first_read(held: Any) -> Any:
+        body = held[1]
         value = decoder(body)
         try:
             reader, size = plan_copy(value)
         except NotPlannable:
-            adopt(decoder, body, sys.getsizeof(body))
+            adopt(held, decoder, body, sys.getsizeof(body))
         else:
-            adopt(reader, value if reader is None else reader(value), size)
+            adopt(held, reader, value if reader is None else reader(value), size)
         return value
 
     return first_read
