@@ -126,6 +126,16 @@ def test_l2(tmp_path: Path) -> None:
         assert_positive(row, ["round trips / call"])
 
 
+def test_miss_path(tmp_path: Path) -> None:
+    run_quick("benchmarks.miss_path", out=tmp_path)
+    markdown, data = load(tmp_path, "miss_path")
+    assert_budgets_well_formed(markdown, data)
+    rows = section(data, "Miss, load, set of a fresh key")["rows"]
+    assert {row["cache"] for row in rows} >= {"theine 2 (W-TinyLFU, Rust)", "TieredCache L1 (get + set)", "TieredCache L1 (get_or_load)"}
+    for row in rows:
+        assert_positive(row, [*STAT_COLUMNS, "× theine (median)"])
+
+
 def test_compression(tmp_path: Path) -> None:
     run_quick("benchmarks.compression", out=tmp_path)
     _, data = load(tmp_path, "compression")
