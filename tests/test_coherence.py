@@ -121,3 +121,29 @@ def test_set_does_not_keep_a_value_another_process_overwrote(private_redis, tier
 def test_add_does_not_keep_a_value_another_process_overwrote(private_redis, tiered_on):
     a, key = race_other_process_write(private_redis.url(7), tiered_on, "add")
     assert a.get(key) == "theirs"
+
+def test_get_many_promotes_its_batch_but_not_a_value_overwritten_while_it_read(private_redis, tiered_on):
+    """get_many admits the values it read into L1 together, except one another process replaced meanwhile."""
+    url = private_redis.url(7)
+    a, b = tiered_on(url), tiered_on(url)
+    keys = [f"batch:{uuid.uuid4().hex[:8]}:{i}" for i in range(20)]
+    heard = a._state.listener.messages_applied
+    b.set_many({key: {"v": "old", "i": i} for i, key in enumerate(keys)}, 60)
+    assert eventually(lambda: a._state.listener.messages_applied > heard)  # a's reads begin after it heard the write
+    reached, release = pause_after_l2(a, "get_many")
+    thread = Background(lambda: a.get_many(keys))
+    assert reached.wait(5)  # Redis answered a's MGET with the old values
+    heard = a._state.listener.messages_applied
+    b.set(keys[3], {"v": "new", "i": 3}, 60)
+    assert eventually(lambda: a._state.listener.messages_applied > heard)
+    release.set()
+    thread.join()
+    assert a.get(keys[3]) == {"v": "new", "i": 3}  # not the old value held from the batch
+    hits = a.stats()["by_type"]
+    before = sum(row["l1_hits"] for row in hits.values())
+    got = a.get_many(keys)
+    assert got == {key: {"v": "new" if i == 3 else "old", "i": i} for i, key in enumerate(keys)}
+    after = sum(row["l1_hits"] for row in a.stats()["by_type"].values())
+    assert after - before >= len(keys) - 1  # the rest was promoted by the first get_many
+    got[keys[0]]["v"] = "mutated"
+    assert a.get(keys[0]) == {"v": "old", "i": 0}

@@ -13,6 +13,9 @@ import datetime
 import time
 from decimal import Decimal
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from benchmarks.shapes import record_page
 from velro_cache.tiers.copying import plan_copy
 
@@ -88,3 +91,40 @@ def test_records_of_one_shape_share_one_copier():
     assert all(a is not b and a["tags"] is not b["tags"] and a["variants"][0] is not b["variants"][0] for a, b in zip(copied, page))
     assert copied[0]["created"] is page[0]["created"]  # immutable leaves are shared, never copied
     assert copy.deepcopy(page) == copied
+
+
+def _mutable_ids(value, found=None):
+    """The ids of every mutable container inside ``value`` (itself included)."""
+    found = set() if found is None else found
+    if isinstance(value, (dict, list, set)):
+        found.add(id(value))
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple, set, frozenset)) else ()
+    for item in items:
+        _mutable_ids(item, found)
+    return found
+
+
+_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5), st.datetimes(), st.decimals(allow_nan=False))
+_KEYS = st.one_of(st.text(max_size=8), st.integers(), st.tuples(st.integers(), st.text(max_size=3)))
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(_KEYS, inner, max_size=5),
+        st.tuples(inner, inner),
+        st.sets(st.integers(), max_size=3),
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_VALUES)
+def test_a_planned_copy_equals_the_value_and_shares_no_mutable_container(value):
+    """Whatever the keys (str, int, tuple: bound, never compiled into the copier) and nesting, a copy is independent."""
+    reader, _ = plan_copy(value)
+    copied = value if reader is None else reader(value)
+    assert copied == value and type(copied) is type(value)
+    assert not (_mutable_ids(copied) & _mutable_ids(value))
+    again = value if reader is None else reader(value)
+    assert not (_mutable_ids(copied) & _mutable_ids(again))

@@ -48,6 +48,8 @@ OPS = st.lists(
     st.one_of(
         st.tuples(st.just("set"), KEYS, st.integers(1, 120), st.one_of(st.none(), st.integers(1, 30))),
         st.tuples(st.just("add"), KEYS, st.integers(1, 120), st.one_of(st.none(), st.integers(1, 30))),
+        # A batch promoted together (get_many's first reads), a key possibly twice.
+        st.tuples(st.just("set_many"), st.lists(st.tuples(KEYS, st.integers(1, 120), st.one_of(st.none(), st.integers(1, 30))), max_size=12)),
         st.tuples(st.just("get"), KEYS),
         st.tuples(st.just("delete"), KEYS),
         st.tuples(st.just("touch"), KEYS, st.one_of(st.none(), st.integers(1, 30))),
@@ -82,6 +84,19 @@ def test_budget_and_values_hold_under_random_operations(ops: list[tuple], max_by
                 model[key] = (payload, weight, expires_at)
             elif name == "set" or not was_live:
                 model.pop(key, None)
+        elif name == "set_many":
+            items = []
+            for key, weight, ttl in op[1]:
+                serial += 1
+                items.append((key, f"{key}#{serial}", weight, None if ttl is None else clock.now + ttl))
+            stored = store.set_many(items)
+            last = {item[0]: item for item in items}
+            assert sorted(stored) == sorted(key for key, (_, _, weight, _) in last.items() if weight <= max_bytes // 2)
+            for key, payload, weight, expires_at in last.values():
+                if key in stored:
+                    model[key] = (payload, weight, expires_at)
+                else:
+                    model.pop(key, None)
         elif name == "get":
             value = store.get(op[1])
             if value is not MISSING:
@@ -115,6 +130,20 @@ def test_an_entry_heavier_than_half_the_budget_is_rejected_and_drops_the_old_val
     assert store.weighted_size == 0
     assert store.set("edge", "v", 500, None) is True
     assert store.add("huge", "v", 10_000, None) is False
+
+
+def test_a_batch_holds_what_the_same_sets_one_by_one_hold() -> None:
+    """set_many (a get_many's promotion): with room for all, the same keys, values and weights as sequential sets."""
+    items = [(f"k{i % 70}", f"v{i}", 1 + i % 13, None) for i in range(200)]
+    one_by_one, batched = MemoryStore(100_000), MemoryStore(100_000)
+    for key, payload, weight, expires_at in items:
+        one_by_one.set(key, payload, weight, expires_at)
+    for start in range(0, len(items), 50):
+        batched.set_many(items[start : start + 50])
+    assert sorted(batched.keys()) == sorted(one_by_one.keys())
+    assert {key: batched.get(key) for key in batched.keys()} == {key: one_by_one.get(key) for key in one_by_one.keys()}
+    assert batched.weighted_size == one_by_one.weighted_size
+    assert len(batched) == held_regions(batched)
 
 
 def test_weights_below_one_still_count() -> None:

@@ -78,6 +78,7 @@ class AsyncTieredMixin:
     _settle: Any
     _write_failed: Any
     _decode_from_l2: Any
+    _decode_many_from_l2: Any
     _readable: Any
     _verifies: Any
     _l2_answer_distrusted: Any
@@ -182,10 +183,13 @@ class AsyncTieredMixin:
             datas = [None] * len(pending)
         else:
             self._stats.latency["l2"].observe(time.perf_counter() - start)
-        for (key, full, counters), data in zip(pending, datas):
-            ok, value = await self._aaccept_from_l2(full, data, counters, ticket)
-            if ok:
-                found[key] = value
+        values, retire = self._decode_many_from_l2(pending, datas, ticket)
+        found.update(values)
+        for full, data in retire:
+            try:
+                await self._al2_call("delete_if_equal", full, data)
+            except L2Unavailable:
+                pass
         return found
 
     async def ahas_key(self, key: Any, version: int | None = None) -> bool:

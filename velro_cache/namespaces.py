@@ -20,14 +20,24 @@ Why the pieces are what they are:
 - Only declared levels carry tokens (``Levels``): the key's first part (its
   data type) always, then the prefixes that model declarations name. A read
   costs one cache lookup per level, typically two.
+- Retired keys are reclaimed, not left to their TTL (a generation PATCHed
+  2,000 times held 2,001 copies in Redis): a fill records its physical key in
+  a Redis set per namespace and token (``track``, one pipelined round trip on
+  the miss path only), and ``retire`` deletes the members of the retired
+  token's set in bounded batches (``reclaim``). No key is scanned; what a
+  bounded retire leaves, or a set lost with Redis, ages out by its TTL as before.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import secrets
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import redis
 
 from .keys import SEPARATOR, STAMP_MARK, data_type_segment, digest, parse_key
 
@@ -38,6 +48,14 @@ TOKEN_BYTES = 6  # 48 random bits, 8 characters
 # (the limit Django's key validation warns about).
 MAX_STAMPED_LENGTH = 200
 _MEMO_LIMIT = 50_000
+MEMBERS_KEY_TYPE = "nsk"  # reserved first part: the sets of keys stamped with one token
+RECLAIM_BATCH = 250  # keys popped and deleted per round trip
+RECLAIM_LIMIT = 1000  # keys reclaimed per retired namespace inside one retire (the rest age out)
+# A member set outlives its members (their TTL is jittered and adapted): it is
+# given this many times the longest TTL tracked in it, plus a minute.
+MEMBERS_TTL_FACTOR = 2
+
+logger = logging.getLogger("velro_cache")
 
 
 def token_key(namespace: str) -> str:
@@ -71,11 +89,83 @@ def _create_token(cache: Any, key: str) -> str:
 
 
 def retire(cache: Any, namespaces: Iterable[str]) -> list[str]:
-    """Give each namespace a new token; returns the namespaces retired."""
+    """Give each namespace a new token, then reclaim the keys stamped with the old one; the namespaces retired."""
     names = sorted(set(namespaces))
     if names:
+        old = cache.get_many([token_key(name) for name in names]) if _members_client(cache) is not None else {}
         cache.set_many({token_key(name): new_token() for name in names}, None)
+        reclaim(cache, {name: old[token_key(name)] for name in names if isinstance(old.get(token_key(name)), str)})
     return names
+
+
+def members_key(namespace: str, token: str) -> str:
+    """The set of keys stamped with ``token`` for ``namespace`` (a cache key, prefixed like any other)."""
+    return f"{MEMBERS_KEY_TYPE}{SEPARATOR}{namespace}{SEPARATOR}{token}"
+
+
+def _members_client(cache: Any) -> Any:
+    """The raw Redis client reclaiming goes through: only a TieredCache with an L2 whose breaker is closed."""
+    if not getattr(cache, "has_l2", False) or not cache.l2_trusted():
+        return None
+    return cache.get_client()
+
+
+def track(cache: Any, names: Sequence[str], tokens: Sequence[str], stamped: Sequence[str], seconds: float | None) -> None:
+    """Record ``stamped`` keys under each namespace's token, so retiring that token can delete them.
+
+    Best effort by design: a key not recorded (Redis refused, the breaker
+    open) is only left to age out by its TTL, as every key was before.
+    """
+    if not stamped or (seconds is not None and seconds <= 0):
+        return  # nothing will be stored
+    client = _members_client(cache)
+    if client is None:
+        return
+    ttl = None if seconds is None else math.ceil(seconds * MEMBERS_TTL_FACTOR) + 60
+    try:
+        pipe = client.pipeline(transaction=False)
+        for name, token in zip(names, tokens):
+            key = cache.make_key(members_key(name, token))
+            pipe.sadd(key, *stamped)
+            if ttl is not None:
+                pipe.expire(key, ttl, nx=True)  # a new set gets the TTL ...
+                pipe.expire(key, ttl, gt=True)  # ... an older one keeps the longest
+        pipe.execute()
+    except redis.RedisError as exc:
+        logger.debug("velro_cache: keys of %s not tracked for reclaiming: %s", names, type(exc).__name__)
+
+
+def reclaim(cache: Any, retired: Mapping[str, str]) -> int:
+    """Delete the keys stamped with each retired ``{namespace: old token}``, at most RECLAIM_LIMIT each; the number deleted.
+
+    Those keys can never be read again (no reader stamps a retired token), so
+    deleting them changes nothing a caller sees; it frees their memory now
+    instead of at their TTL. Deletion goes through ``cache.delete_many``: L1
+    copies and other processes' copies go too, and a cluster's slots are handled there.
+    """
+    client = _members_client(cache)
+    if client is None:
+        return 0
+    deleted = 0
+    for name, token in retired.items():
+        key = cache.make_key(members_key(name, token))
+        try:
+            deleted += _reclaim_set(cache, client, key)
+        except redis.RedisError as exc:
+            logger.debug("velro_cache: keys of retired %s not reclaimed: %s", name, type(exc).__name__)
+    return deleted
+
+
+def _reclaim_set(cache: Any, client: Any, key: str) -> int:
+    deleted = 0
+    while deleted < RECLAIM_LIMIT:
+        members = client.spop(key, min(RECLAIM_BATCH, RECLAIM_LIMIT - deleted))
+        if not members:
+            client.delete(key)
+            break
+        cache.delete_many([member.decode() for member in members])
+        deleted += len(members)
+    return deleted
 
 
 def stamp(key: str, tokens: Sequence[str]) -> str:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import math
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -44,7 +45,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from .invalidation.retirement import resolve_cache
 from .invalidation.transactions import dirty_namespaces
 from .keys import SEPARATOR, KeyLike, as_key, data_type_segment
-from .namespaces import TOKEN_KEY_TYPE, current_tokens, levels, new_token, stamp, token_key
+from .namespaces import TOKEN_KEY_TYPE, current_tokens, levels, new_token, stamp, token_key, track
 from .ttl import base_ttl, record_read, ttl_for
 
 T = TypeVar("T", bound=Hashable)
@@ -73,13 +74,20 @@ def cached_read(
     if dirty and not dirty.isdisjoint(names):
         return loader()
     target = resolve_cache(cache)
-    physical = stamp(logical, current_tokens(target, names))
+    tokens = current_tokens(target, names)
+    physical = stamp(logical, tokens)
     record_read(logical)
     get_or_load = getattr(target, "get_or_load", None)
     if get_or_load is not None:
         # A callable timeout is computed only when a value is stored: a hit costs no ``ttl_for``.
         lazy = (lambda: ttl_for(logical)) if timeout is DEFAULT_TIMEOUT else timeout
-        return get_or_load(physical, loader, lazy)
+
+        def load_and_track() -> Any:
+            value = loader()
+            track(target, names, tokens, [physical], _tracked_seconds(logical, timeout))
+            return value
+
+        return get_or_load(physical, load_and_track, lazy)
     value = target.get(physical, _MISSING)
     if value is _MISSING:
         value = loader()
@@ -163,6 +171,7 @@ def cached_read_many(
         for item in missing:
             result[item] = loaded.get(item)
         rows = [(plan[item][0], physical[item], result[item]) for item in missing if item not in bypass]
+        _track_batch(target, plan, tokens, physical, [item for item in missing if item not in bypass], timeout)
         _store_batch(target, rows, timeout)
     return {item: result[item] for item in keys}
 
@@ -273,6 +282,25 @@ async def _acurrent_tokens(target: Any, names: Sequence[str]) -> list[str]:
 
 async def _awaited(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
+
+
+def _tracked_seconds(logical: str, timeout: Any) -> float | None:
+    """The longest a tracked key lives (for its namespace member set): the timeout, else its data type's TTL."""
+    if timeout is DEFAULT_TIMEOUT:
+        return ttl_for(logical)
+    return None if callable(timeout) or timeout is None else float(timeout)
+
+
+def _track_batch(
+    target: Any, plan: Mapping[Any, tuple[str, tuple[str, ...]]], tokens: dict[str, str], physical: dict, items: list, timeout: Any
+) -> None:
+    """``track`` for a batch's stored keys: one call per set of namespaces they share."""
+    groups: dict[tuple[str, ...], list[Any]] = {}
+    for item in items:
+        groups.setdefault(plan[item][1], []).append(item)
+    for names, group in groups.items():
+        longest = max((_tracked_seconds(plan[item][0], timeout) or math.inf) for item in group)
+        track(target, names, [tokens[name] for name in names], [physical[item] for item in group], None if longest == math.inf else longest)
 
 
 def _seconds(logical: str, timeout: Any) -> float | None:

@@ -85,6 +85,7 @@ MAC_BYTES = 16
 _EXPIRY = struct.Struct(">d")
 _DELTA = struct.Struct(">f")
 _KEY_LENGTH = struct.Struct(">I")
+_TIMES = struct.Struct(">df")  # expiry and load time, as the header holds them after the codec byte
 HEADER_BYTES = 1 + _EXPIRY.size + _DELTA.size
 BODY_START = HEADER_BYTES + MAC_BYTES
 
@@ -321,9 +322,8 @@ class Serializer:
             raise UnverifiedEntry("frame with a bad MAC (another signing key, another key's frame, or forged)")
         if codec in _PICKLE_CODECS and not self.pickle_fallback:
             raise CorruptEntry("pickled value found while PICKLE_FALLBACK is False")
-        expires_at = _EXPIRY.unpack_from(data, 1)[0] or None
-        delta = _DELTA.unpack_from(data, 1 + _EXPIRY.size)[0]
-        return Frame(codec, body, expires_at, delta)
+        expires_at, delta = _TIMES.unpack_from(data, 1)
+        return Frame(codec, body, expires_at or None, delta)
 
     def loads(self, data: bytes, *, key: str) -> Any:
         frame = self.unframe(data, key=key)
@@ -338,6 +338,25 @@ class Serializer:
     def _mac(secret: bytes, key: str, head: bytes, body: bytes) -> bytes:
         # Length-prefixed key: (key, head+body) pairs cannot shift bytes between them.
         encoded = key.encode()
-        mac = hashlib.blake2b(_KEY_LENGTH.pack(len(encoded)) + encoded + head, key=secret, digest_size=MAC_BYTES)
+        mac = _keyed_blake2b(secret).copy()
+        mac.update(_KEY_LENGTH.pack(len(encoded)) + encoded + head)
         mac.update(body)
         return mac.digest()
+
+
+_KEYED: dict[bytes, Any] = {}
+
+
+def _keyed_blake2b(secret: bytes) -> Any:
+    """A BLAKE2b state already keyed with ``secret``, copied for each MAC.
+
+    Keying compresses a whole block for the key; a copy of the keyed state
+    gives the same digest without it (a share of every frame's verify on a
+    first read). Few secrets exist per process (the current key and its fallbacks).
+    """
+    keyed = _KEYED.get(secret)
+    if keyed is None:
+        if len(_KEYED) >= 64:
+            _KEYED.clear()
+        keyed = _KEYED[secret] = hashlib.blake2b(key=secret, digest_size=MAC_BYTES)
+    return keyed

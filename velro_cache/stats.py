@@ -137,7 +137,10 @@ class CacheStats:
         with self._types_lock:
             if name not in self._types and len(self._types) >= MAX_DATA_TYPES:
                 name = OTHER_TYPE
-            return self._types.setdefault(name, DataTypeCounters())
+            counters = self._types.get(name)
+            if counters is None:  # made only when kept: past the limit every new name lands here
+                counters = self._types[name] = DataTypeCounters()
+            return counters
 
     def for_key(self, key: Any) -> DataTypeCounters:
         return self.for_type(stats_group_of(key))

@@ -76,24 +76,29 @@ def _shared(shape: Hashable, make: Callable[[], Copier]) -> Copier:
     return copier
 
 
-def plan_on_first_read(decoder: Copier, adopt: Callable[[Reader, Any, int], None]) -> Copier:
-    """A reader for a value held serialized until its first L1 read.
+def plan_on_first_read(decoder: Copier, adopt: Callable[[Any, Reader, Any, int], None]) -> Copier:
+    """A reader for values held serialized until their first L1 read, shared by every such entry.
 
-    That read decodes (what LocMemCache does on every read) and plans the copy
-    from what it decoded; ``adopt(reader, stored, size)`` then puts the planned
-    payload in place of this one (or, for a value that cannot be planned, the
-    decoder and the body, so planning is never tried twice). The value the
-    caller gets is the decoded one: the stored copy is made apart from it.
+    The entry stores ``held = (key, body)``; the reader is made once per codec
+    and store, not per entry, because making two closures for every value an
+    L2 hit promotes was most of a promotion's cost. The first read decodes
+    (what LocMemCache does on every read) and plans the copy from what it
+    decoded; ``adopt(held, reader, stored, size)`` then puts the planned
+    payload in place of the entry still holding ``held`` (or, for a value that
+    cannot be planned, the decoder and the body, so planning is never tried
+    twice). The value the caller gets is the decoded one: the stored copy is
+    made apart from it.
     """
 
-    def first_read(body: Any) -> Any:
+    def first_read(held: Any) -> Any:
+        body = held[1]
         value = decoder(body)
         try:
             reader, size = plan_copy(value)
         except NotPlannable:
-            adopt(decoder, body, sys.getsizeof(body))
+            adopt(held, decoder, body, sys.getsizeof(body))
         else:
-            adopt(reader, value if reader is None else reader(value), size)
+            adopt(held, reader, value if reader is None else reader(value), size)
         return value
 
     return first_read
@@ -194,24 +199,32 @@ def _plan_dict(value: dict, budget: list[int]) -> tuple[Copier, int]:
 
 
 def _dict_copier(nested: tuple[tuple[Any, Copier], ...]) -> Copier:
-    """A copy of a dict whose listed keys hold mutable values, each copied by its own copier."""
-    if len(nested) == 1:
-        ((only_key, only_reader),) = nested
+    """A copy of a dict whose listed keys hold mutable values, each copied by its own copier.
 
-        def copy_one(source: dict) -> dict:
-            result = source.copy()
-            result[only_key] = only_reader(source[only_key])
-            return result
+    Compiled once per shape into straight-line code (``r[k0] = s[k0][:]``
+    ...): a loop over ``(key, copier)`` pairs with a call per nested value
+    was most of a record's copy, and a record page copies thirty records per
+    L1 hit. Only names go into the source; keys and copiers are bound as
+    constants of the function, so no cached data is ever compiled.
+    """
+    names: dict[str, Any] = {}
+    lines = ["def copy_dict(s):", "    r = s.copy()"]
+    for index, (key, reader) in enumerate(nested):
+        names[f"k{index}"] = key
+        lines.append(f"    r[k{index}] = {_copy_expression(index, reader, names)}")
+    lines.append("    return r")
+    exec("\n".join(lines), names)  # noqa: S102 - source made of fixed templates and indices only
+    return names["copy_dict"]
 
-        return copy_one
 
-    def copy_dict(source: dict) -> dict:
-        result = source.copy()
-        for key, reader in nested:
-            result[key] = reader(source[key])
-        return result
-
-    return copy_dict
+def _copy_expression(index: int, reader: Copier, names: dict[str, Any]) -> str:
+    """The expression copying ``s[k<index>]``: C-level copies inline, any other copier called."""
+    if reader is list.copy:
+        return f"s[k{index}][:]"
+    if reader is dict.copy or reader is set.copy:
+        return f"s[k{index}].copy()"
+    names[f"c{index}"] = reader
+    return f"c{index}(s[k{index}])"
 
 
 def _plan_items(value: list | tuple, budget: list[int]) -> tuple[list[Reader], int]:

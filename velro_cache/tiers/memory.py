@@ -211,6 +211,42 @@ class MemoryStore:
         self._notify(notes)
         return stored
 
+    def set_many(self, items: list[tuple[str, object, int, float | None]]) -> list[str]:
+        """Store ``(key, payload, weight, expires_at)`` items; the keys stored.
+
+        One lock, one drain of the read buffer and one eviction pass for the
+        batch instead of one per key (``WTinyLfuEviction.on_add_many``): the
+        eviction sees the same events in the same order (each new key enters
+        the window), it only settles them once. An item too heavy for L1 is not
+        stored and drops any older value; of a key given twice the last wins.
+        """
+        stored: list[str] = []
+        added: list[Entry] = []
+        with self.lock:
+            self._drain_reads()
+            data, eviction, expiry, limit = self._data, self._eviction, self._expiry, self.max_entry_bytes
+            for key, (payload, weight, expires_at) in {item[0]: item[1:] for item in items}.items():
+                weight = max(1, int(weight))
+                old = data.get(key)
+                if weight > limit:
+                    if old is not None:
+                        del data[key]
+                        eviction.on_remove(old)
+                    continue
+                entry = data[key] = Entry(key, payload, weight, expires_at)
+                if old is None:
+                    added.append(entry)
+                else:
+                    eviction.on_replace(old, entry)
+                if expires_at is not None:
+                    expiry.push(entry, expires_at)
+                stored.append(key)
+            eviction.on_add_many(added)
+            self._settle()
+            notes = self._take_notes()
+        self._notify(notes)
+        return stored
+
     def add(self, key: str, payload: object, weight: int, expires_at: float | None) -> bool:
         """Store only if ``key`` is absent or expired, atomically with respect to other writers."""
         with self.lock:
@@ -287,11 +323,15 @@ class MemoryStore:
             self._eviction.on_replace(old, entry)
         if expires_at is not None:
             self._expiry.push(entry, expires_at)
-            self._expiry.compact(self._data)
+        self._settle()
+        return True
+
+    def _settle(self) -> None:
+        """After writes: drop stale deadlines, expired entries and the overweight, then one climbing step."""
+        self._expiry.compact(self._data)
         self._sweep_expired()
         self._evict()
         self._eviction.climb()
-        return True
 
     def _drain_reads(self) -> None:
         reads = self._reads

@@ -28,6 +28,7 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from ..options import TieredOptions
 from ..stats import CacheStats, _read
@@ -149,6 +150,7 @@ class ProcessState:
         self.store = MemoryStore(options.l1_max_bytes)
         self.stats = CacheStats()
         self.key_memos: dict[tuple, dict] = {}
+        self.first_readers: dict[int, Any] = {}  # codec -> the store's shared first-read reader (backends)
         incarnation.subscribe(self.forget_all_local)  # a Redis that came back older: nothing local is trusted
         self._start_process_parts(wait_for_channel=True)
 
@@ -272,6 +274,20 @@ class ProcessState:
                 return True
             self.store.delete(key)  # a rejected value must not leave an older one behind
             return False
+
+    def fill_l1_many(self, items: list[tuple[str, object, int, float | None]], ticket: int) -> list[str]:
+        """``fill_l1`` for a batch read together (one ticket, one lock): the keys stored.
+
+        A key changed since ``ticket`` is skipped; the store admits the rest in
+        one pass (``MemoryStore.set_many``), so a get_many promotes 100 values
+        for about the bookkeeping of one.
+        """
+        with self.store.lock:
+            if not self.l1_enabled:
+                return []
+            unchanged = self.writes.unchanged_since
+            fresh = [item for item in items if unchanged(item[0], ticket)]
+            return self.store.set_many(fresh)
 
     def apply_remote_drop(self, keys: list[str] | None) -> None:
         if keys is None:

@@ -4,6 +4,7 @@
     velro_stats --json          # the same figures, machine-readable
     velro_stats --watch 2       # redraw every 2 seconds until interrupted
     velro_stats --history 30    # add the last 30 minutes, one row per minute (--json: the series)
+    velro_stats --memory        # add Redis memory per data type of each TieredCache (SCAN + sampled MEMORY USAGE)
 
 Figures come from the snapshots the workers publish to Redis (velro_cache.telemetry);
 when Redis does not answer, this process's own figures are shown under a warning.
@@ -20,7 +21,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from velro_cache import alerts
 from velro_cache.telemetry import deployment, history
-from velro_cache.telemetry.report import duration, percent, render, table
+from velro_cache.telemetry.report import duration, percent, render, size, table
 
 
 class Command(BaseCommand):
@@ -31,6 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("--watch", type=float, metavar="SECONDS", help="redraw every SECONDS until interrupted")
         parser.add_argument("--count", type=int, default=0, help="with --watch: stop after this many reports (0: never)")
         parser.add_argument("--history", type=int, default=0, metavar="MINUTES", help="also the last MINUTES minutes, per minute")
+        parser.add_argument("--memory", action="store_true", help="also Redis memory per data type (scans the cache's keys)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         shown = 0
@@ -52,6 +54,8 @@ class Command(BaseCommand):
             payload = {"complete": found.complete, "error": found.error, **found.view, "alerts": [asdict(alert) for alert in firing]}
             if options["history"]:
                 payload["history"] = series
+            if options["memory"]:
+                payload["redis_memory"] = self._memory()
             self.stdout.write(json.dumps(payload, default=str))
             return
         if clear:
@@ -59,6 +63,27 @@ class Command(BaseCommand):
         self.stdout.write(render(found.view, complete=found.complete, error=found.error, alerts=firing))
         if series:
             self.stdout.write("\n" + "\n".join(self._history_lines(series)))
+        if options["memory"]:
+            self.stdout.write("\n" + "\n".join(self._memory_lines(self._memory())))
+
+    @staticmethod
+    def _memory() -> dict[str, dict[str, dict[str, Any]]]:
+        """Per TieredCache alias with a Redis L2: its memory per data type (``telemetry.memory``)."""
+        from django.core.cache import caches
+
+        from velro_cache.backends import TieredCache
+        from velro_cache.telemetry.memory import redis_memory
+
+        return {alias: redis_memory(caches[alias]) for alias in caches if isinstance(caches[alias], TieredCache) and caches[alias].has_l2}
+
+    @staticmethod
+    def _memory_lines(memory: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+        rows = [
+            (alias, data_type, row["keys"], size(row["bytes"]), "exact" if row["sampled"] == row["keys"] else f"{row['sampled']} sampled")
+            for alias, by_type in memory.items()
+            for data_type, row in by_type.items()
+        ]
+        return table(("cache", "data type", "keys in Redis", "memory", "bytes"), rows)
 
     @staticmethod
     def _history_lines(series: list[dict[str, Any]]) -> list[str]:
