@@ -84,6 +84,18 @@ class AuthorizationContext:
                 result.update(self._decide(policy, list(dict.fromkeys(pks)), action))
         return result
 
+    def preload(self, policy: ObjectPolicy) -> bool:
+        """Load (or find cached) the user's role context for ``policy``; whether one is cached now.
+
+        For warming (``authz.warm``): False for anonymous or locally inactive
+        users, unvalidated contexts (versions unreadable, caching off), contexts
+        off, and contexts too large to cache.
+        """
+        if not self._may_hold_roles():
+            return False
+        prefix = self._key_prefix()
+        return isinstance(prefix, str) and self._role_context(policy, prefix) is not None
+
     def mark_stale(self) -> None:
         """A bump was made in this thread: re-read the versions before the next cached check."""
         self._stale = True

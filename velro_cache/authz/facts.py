@@ -55,7 +55,7 @@ def from_database(policy: ObjectPolicy, pks: Sequence[Any]) -> dict[Any, Facts]:
     """Facts of the objects that exist, by the pk asked for (one query; names ``_authz_`` like the role query)."""
     names = columns(policy)
     aliases = {f"_authz_fact{index}": F(name) for index, name in enumerate(names)}
-    rows = policy.model._base_manager.filter(pk__in=list(pks)).annotate(**aliases).values_list("pk", *aliases)
+    rows = policy.model._base_manager.filter(pk__in=list(pks)).annotate(**aliases).order_by().values_list("pk", *aliases)
     found = {row[0]: _facts(policy, row) for row in rows}
     asked: dict[Any, Facts] = {}
     for pk in pks:
