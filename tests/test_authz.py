@@ -40,6 +40,12 @@ def own_prefix(settings):
 
 
 @pytest.fixture
+def decisions_only(settings):
+    """Per-(user, object) decisions without role contexts: the path tests/test_authz_contexts.py replaces."""
+    settings.VELRO_CACHE = {**getattr(settings, "VELRO_CACHE", {}), "AUTHZ_CONTEXTS": False}
+
+
+@pytest.fixture
 def team() -> Team:
     return baker.make(Team)
 
@@ -146,7 +152,7 @@ def test_shares_and_an_extended_hierarchy(shares, team):
 # -- query counts -------------------------------------------------------------------------
 
 
-def test_a_miss_costs_one_query_and_a_hit_none(generation, team, django_assert_num_queries):
+def test_a_miss_costs_one_query_and_a_hit_none(decisions_only, generation, team, django_assert_num_queries):
     viewer = member(team, Role.VIEWER)
     with authz.scope():
         with django_assert_num_queries(1):
@@ -159,7 +165,7 @@ def test_a_miss_costs_one_query_and_a_hit_none(generation, team, django_assert_n
         assert authz.authorize(viewer, generation, "read")
 
 
-def test_a_batch_of_uncached_objects_costs_one_query(owner, team, django_assert_num_queries):
+def test_a_batch_of_uncached_objects_costs_one_query(decisions_only, owner, team, django_assert_num_queries):
     viewer = member(team, Role.VIEWER)
     mine = baker.make(Generation, owner=viewer, team=None, _quantity=10)
     theirs = baker.make(Generation, owner=owner, team=team, _quantity=30)
@@ -224,7 +230,7 @@ def test_deleting_a_team_revokes_its_members(generation, team):
     assert not authz.authorize(viewer, generation, "read")
 
 
-def test_a_grant_is_seen_by_the_granting_request_before_and_after_commit(generation, team):
+def test_a_grant_is_seen_by_the_granting_request_before_and_after_commit(decisions_only, generation, team):
     user = member(team, Role.VIEWER)
     with authz.scope():
         assert not authz.authorize(user, generation, "write")  # a cached deny
@@ -302,7 +308,7 @@ def test_api_patch_needs_editor(client, generation, team):
     assert client.patch(url, headers=api_headers(viewer), **patch).status_code == 200
 
 
-def test_batch_is_one_authorization_query(client, owner, team, django_assert_max_num_queries):
+def test_batch_is_one_authorization_query(decisions_only, client, owner, team, django_assert_max_num_queries):
     viewer = member(team, Role.VIEWER)
     gens = baker.make(Generation, owner=owner, team=team, _quantity=20)
     headers = api_headers(viewer)

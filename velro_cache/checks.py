@@ -149,16 +149,17 @@ def materialized_view_model_problems(models: list[Any], vendors: dict[str, str])
     return messages
 
 
-# -- authorization (E040, W040, E041) --------------------------------------------------------------
+# -- authorization (E040, W040, E041, E090, E091) --------------------------------------------------------------
 
 AUTHZ_MIDDLEWARE = "velro_cache.authz.middleware.AuthorizationMiddleware"
 
 
 def authz_setting_problems(parsed: VelroSettings, caches: dict[str, Any], middleware: list[str]) -> list[CheckMessage]:
-    """E040: AUTHZ_CACHE is not a bool; W040: decisions could never be cached with this cache."""
-    messages = _settings_problems(parsed, ("E040",))
+    """E040: AUTHZ_CACHE is not a bool; E090/E091: bad AUTHZ_CONTEXTS/AUTHZ_CONTEXT_MAX_ROWS;
+    W040: decisions could never be cached with this cache."""
+    messages = _settings_problems(parsed, ("E040", "E090", "E091"))
     backend = caches.get(parsed.CACHE_ALIAS, {}).get("BACKEND")
-    given_as_bool = not messages  # a bad AUTHZ_CACHE is E040's to report, not W040's
+    given_as_bool = not _settings_problems(parsed, ("E040",))  # a bad AUTHZ_CACHE is E040's to report, not W040's
     if given_as_bool and parsed.AUTHZ_CACHE and AUTHZ_MIDDLEWARE in middleware and backend and backend != BACKEND_PATH:
         messages.append(
             Warning(

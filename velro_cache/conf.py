@@ -120,10 +120,17 @@ class VelroSettings:
     # Refresh log rows kept per view (velro_cache.models.ViewRefresh).
     VIEW_REFRESH_LOG_KEEP: int = 1000
 
-    # -- authorization (checks E040, W040, E041) --
+    # -- authorization (checks E040, W040, E041, E090, E091) --
     # Serve authorization decisions from the cache (versions read once per
     # request from Redis). False: every check is answered by the database.
     AUTHZ_CACHE: bool = True
+    # Decide checks from each user's cached role context and the objects'
+    # cached owner/team (velro_cache.authz.roles), so an object the user never
+    # checked costs no query. False: per-(user, object) decisions only.
+    AUTHZ_CONTEXTS: bool = True
+    # Role-source rows (memberships, shares) a user's context holds at most;
+    # beyond it that user's checks use per-object decisions.
+    AUTHZ_CONTEXT_MAX_ROWS: int = 1000
 
     # -- coherence (check E051; a cache's STALENESS_BOUND is its OPTIONS', E050) --
     # At each request's start, confirm every L1 is current as of then (one
@@ -304,7 +311,11 @@ def _view_settings(raw: dict[str, Any], problems: list[Problem]) -> dict[str, An
 
 
 def _authz_settings(raw: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
-    return {"AUTHZ_CACHE": _checked(raw, "AUTHZ_CACHE", lambda v: isinstance(v, bool), problems, "E040", "True or False")}
+    return {
+        "AUTHZ_CACHE": _checked(raw, "AUTHZ_CACHE", lambda v: isinstance(v, bool), problems, "E040", "True or False"),
+        "AUTHZ_CONTEXTS": _checked(raw, "AUTHZ_CONTEXTS", lambda v: isinstance(v, bool), problems, "E090", "True or False"),
+        "AUTHZ_CONTEXT_MAX_ROWS": _checked(raw, "AUTHZ_CONTEXT_MAX_ROWS", _is_positive_int, problems, "E091", "a positive integer"),
+    }
 
 
 # -- coherence ----------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ In the plan's order (lower priority first):
 
 1. ``active_users`` (L1, every worker): the 100 most active users of the last
    24 h, from the ``ActiveUser`` view; their token identities, team lists and
-   authorization decisions on the recent generations they hold a role on.
+   authorization contexts (``authz.warm_contexts``: their role on every team),
+   and the facts (owner, team) of the 500 recent generations
+   (``authz.warm_objects``), so their check on any recent generation, one
+   they never opened included, runs no query.
 2. ``recent_generations`` (L1 and L2): the 500 most recent generations of the
    last 48 h.
 3. ``team_memberships`` (L2, one worker for all): the team lists of every user
@@ -35,7 +38,6 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in
 
 from velro_cache import authz, warming
-from velro_cache.authz import ObjectRef
 from velro_cache.reads import cached_read_many
 
 from .auth import identity_of
@@ -45,23 +47,18 @@ from .reads import generation_metas, system_config, team_memberships_many, token
 
 ACTIVE_USERS = 100
 RECENT_GENERATIONS = 500
-DECISIONS_PER_USER = 100  # a user's decisions warmed: their most recent generations first
 BATCH = 100
 
 
 def warm_active_users() -> Iterator[int]:
-    """The top users' token identities, team lists and read/media decisions, a batch of users at a time."""
+    """The top users' token identities, team lists and role contexts, a batch of users at a time,
+    after the recent generations' facts (shared by every user's checks)."""
     user_ids = [row["user_id"] for row in top_active_users(ACTIVE_USERS)]
-    recent = list(
-        RecentGeneration.objects.filter(id__in=recent_generation_ids(RECENT_GENERATIONS))
-        .order_by("-created_at", "-id")
-        .values_list("id", "owner_id", "team_id")
-    )
+    yield authz.warm_objects(Generation, recent_generation_ids(RECENT_GENERATIONS))
     for batch in warming.batches(user_ids, BATCH):
         yield _warm_identities(batch)
-        teams = team_memberships_many(batch)
-        yield len(teams)
-        yield _warm_decisions(batch, teams, recent)
+        yield len(team_memberships_many(batch))
+        yield _warm_contexts(batch)
 
 
 def _warm_identities(user_ids: list[int]) -> int:
@@ -72,24 +69,10 @@ def _warm_identities(user_ids: list[int]) -> int:
     return len(keys)
 
 
-def _warm_decisions(user_ids: list[int], teams: dict[int, list[dict]], recent: list[tuple[int, int, int | None]]) -> int:
-    """Each user's cached decisions on the recent generations they own or share a team with.
-
-    Which generations: the view's owner and team columns (only a choice of
-    what to warm). The decisions themselves come from ``authorize_many``:
-    roles read from the database, keys carrying the version tokens read
-    before, so a revoke that commits meanwhile retires what this stores.
-    """
-    users = get_user_model().objects.filter(pk__in=user_ids, is_active=True)
-    warmed = 0
-    for user in users:
-        team_ids = {row["team_id"] for row in teams.get(user.pk, [])}
-        mine = [pk for pk, owner_id, team_id in recent if owner_id == user.pk or team_id in team_ids][:DECISIONS_PER_USER]
-        if mine:
-            with authz.scope():
-                authz.authorize_many(user, [ObjectRef(Generation, pk) for pk in mine], "read")
-            warmed += len(mine)
-    return warmed
+def _warm_contexts(user_ids: list[int]) -> int:
+    """Each active user's role context: read from the database under version tokens read
+    before, so a revoke that commits meanwhile retires what this stores."""
+    return authz.warm_contexts(get_user_model().objects.filter(pk__in=user_ids, is_active=True))
 
 
 def warm_recent_generations() -> Iterator[int]:
@@ -130,8 +113,8 @@ SESSION_GENERATIONS = 50  # a user's most recent generations (own and their team
 
 def preload_working_set(user_id: int) -> list[str]:
     """Warm what a user's session reads first: their team list, their teams' and own recent
-    generations and their decisions on them. Returns the logical keys warmed (decisions are
-    keyed by version tokens, so they are not scored)."""
+    generations, their facts and the user's role context. Returns the logical keys warmed
+    (contexts and facts are keyed by version tokens, so they are not scored)."""
     from .reads import generation_key, memberships_key
 
     teams = team_memberships_many([user_id])
@@ -145,7 +128,8 @@ def preload_working_set(user_id: int) -> list[str]:
     recent = sorted(set(recent), key=lambda row: -row[0])[:SESSION_GENERATIONS]
     ids = [pk for pk, _, _ in recent]
     generation_metas(ids)
-    _warm_decisions([user_id], teams, recent)
+    authz.warm_objects(Generation, ids)
+    _warm_contexts([user_id])
     return [memberships_key(user_id), *(generation_key(pk) for pk in ids)]
 
 

@@ -3,8 +3,11 @@
 - ``policy``: ``ObjectPolicy``, ``RoleSource``, ``register`` (admin-style).
 - ``api``: ``authorize``, ``authorize_many``, ``role_for``, explicit bumps.
 - ``context``: the per-request context (versions read once per request).
-- ``decisions``: decision keys, the lookup through the cache, the one query on a miss.
-- ``versions``: the per-user and global version tokens (namespace tokens).
+- ``roles``: a user's cached role context (what their role sources confer).
+- ``facts``: protected objects' cached owner and team, shared by every user.
+- ``decisions``: per-(user, object) decision keys, for contexts off or too large.
+- ``versions``: the per-user, global and per-model object version tokens (namespace tokens).
+- ``warm``: role contexts and object facts loaded ahead (warming plans, session preloads).
 - ``invalidation``: write capture -> bumps on commit.
 - ``middleware`` / ``backends``: ``request.authz`` and ``user.has_perm(perm, obj)``.
 
@@ -31,6 +34,7 @@ from .policy import (
     register,
     registry,
 )
+from .warm import warm_contexts, warm_objects
 
 __all__ = [
     "AlreadyRegistered",
@@ -47,4 +51,6 @@ __all__ = [
     "registry",
     "role_for",
     "scope",
+    "warm_contexts",
+    "warm_objects",
 ]

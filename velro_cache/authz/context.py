@@ -12,6 +12,11 @@ When the tokens cannot be read (Redis unreachable, a cache without
 unvalidated: each check is answered from the database and nothing is read
 from or written to the cache. An allow is never served on trust.
 
+With ``VELRO_CACHE["AUTHZ_CONTEXTS"]`` on (the default) a check is decided
+from the user's role context (``authz.roles``, loaded once per request) and
+the object's facts (``authz.facts``), both cached under tokens read in the
+same round trip; a context too large falls back to per-object decisions.
+
 Read-your-writes: a bump made in this thread marks the current request's
 contexts stale. While the bump waits for its transaction to commit, checks
 go to the database (which sees the transaction's own writes); once it has
@@ -27,7 +32,7 @@ from typing import Any
 from ..conf import settings
 from ..exceptions import L2Unavailable
 from ..invalidation.retirement import resolve_cache
-from . import decisions, versions
+from . import decisions, facts, roles, versions
 from .policy import ObjectPolicy, registry
 
 _UNVALIDATED = object()
@@ -42,6 +47,9 @@ class AuthorizationContext:
         self._cache = cache
         self._prefix: Any = None  # None: not loaded yet; _UNVALIDATED: decide from the database
         self._stale = False
+        self._global_token = ""
+        self._object_tokens: dict[ObjectPolicy, str] = {}  # policy -> its objects' facts token, read with the prefix
+        self._roles: dict[ObjectPolicy, roles.RoleContext | None] = {}  # this request's contexts
 
     @property
     def cache(self) -> Any:
@@ -76,6 +84,18 @@ class AuthorizationContext:
                 result.update(self._decide(policy, list(dict.fromkeys(pks)), action))
         return result
 
+    def preload(self, policy: ObjectPolicy) -> bool:
+        """Load (or find cached) the user's role context for ``policy``; whether one is cached now.
+
+        For warming (``authz.warm``): False for anonymous or locally inactive
+        users, unvalidated contexts (versions unreadable, caching off), contexts
+        off, and contexts too large to cache.
+        """
+        if not self._may_hold_roles():
+            return False
+        prefix = self._key_prefix()
+        return isinstance(prefix, str) and self._role_context(policy, prefix) is not None
+
     def mark_stale(self) -> None:
         """A bump was made in this thread: re-read the versions before the next cached check."""
         self._stale = True
@@ -89,7 +109,26 @@ class AuthorizationContext:
         prefix = self._key_prefix()
         if prefix is _UNVALIDATED:
             return decisions.computed(policy, self.user_id, pks, action)
+        context = self._role_context(policy, prefix)
+        if context is not None:
+            return self._from_context(policy, context, pks, action)
         return decisions.from_cache_or_database(self.cache, prefix, policy, self.user_id, pks, action)
+
+    def _role_context(self, policy: ObjectPolicy, prefix: str) -> roles.RoleContext | None:
+        """The user's role context for this policy (once per request), None when off or too large."""
+        if policy not in self._object_tokens:
+            return None  # contexts off, or a policy registered after this request read its versions
+        if policy not in self._roles:
+            self._roles[policy] = roles.cached_or_loaded(self.cache, prefix, policy, self.user_id)
+        return self._roles[policy]
+
+    def _from_context(self, policy: ObjectPolicy, context: roles.RoleContext, pks: list[Any], action: str) -> dict[Any, bool]:
+        """Decisions from the role context and the objects' facts; a missing object is denied."""
+        if not context.active:
+            return dict.fromkeys(pks, False)
+        required = policy.required_rank(action)
+        known = facts.cached_or_loaded(self.cache, policy, self._global_token, self._object_tokens[policy], pks)
+        return {pk: pk in known and context.rank_on(policy, self.user_id, known[pk]) >= required for pk in pks}
 
     def _key_prefix(self) -> Any:
         if self._stale:
@@ -97,6 +136,7 @@ class AuthorizationContext:
                 return _UNVALIDATED  # this transaction's own writes: only the database knows them
             self._stale = False
             self._prefix = None
+            self._roles = {}
         if self._prefix is None:
             self._prefix = self._load()
         return self._prefix
@@ -104,10 +144,12 @@ class AuthorizationContext:
     def _load(self) -> Any:
         if not settings.AUTHZ_CACHE or self.user_id is None:
             return _UNVALIDATED
+        policies = registry.policies() if settings.AUTHZ_CONTEXTS else []
         try:
-            user_token, global_token = versions.read_tokens(self.cache, self.user_id)
+            user_token, global_token, object_tokens = versions.read_versions(self.cache, self.user_id, policies)
         except L2Unavailable:
             return _UNVALIDATED
+        self._global_token, self._object_tokens = global_token, object_tokens
         return decisions.key_prefix(self.user_id, user_token, global_token)
 
 

@@ -10,7 +10,9 @@ and multi-table children by their concrete model) and tells this subscriber:
   object's old and new owner, and the role-source users of its old and new
   ``via`` values (a generation moved to another team: the members of both);
   when it is deleted, its owner and those users too (a pk reused later must
-  not inherit their decisions); a role source row's old and new user; a user
+  not inherit their decisions). Either also retires the model's cached
+  object facts (``authz.facts``: owner and team, shared by every user's
+  role context); a role source row's old and new user; a user
   whose ``is_active``/``is_superuser`` changed or who is deleted.
 - ``table_written(model, verb, sql)``: rows unknown (``QuerySet.update``,
   ``bulk_update``, ``bulk_create``, raw SQL): the global version is bumped,
@@ -31,17 +33,21 @@ from django.contrib.auth import get_user_model
 from django.db import models
 
 from ..invalidation import capture
-from . import versions
+from . import facts, versions
 from .context import note_bump
 from .policy import ObjectPolicy, RoleSource, registry
 
 USER_FLAGS = ("is_active", "is_superuser")
 
 
-def _bump(user_ids: set[Any], using: str) -> None:
+def _bump(user_ids: set[Any], using: str, objects: set[ObjectPolicy] | None = None) -> None:
+    """Retire these users' versions and these protected models' object facts on commit."""
     user_ids.discard(None)
     if user_ids:
         versions.bump_users(user_ids, using)
+    if objects:
+        versions.bump_objects(objects, using)
+    if user_ids or objects:
         note_bump()
 
 
@@ -88,16 +94,26 @@ class AuthorizationSubscriber:
     # -- rows known ---------------------------------------------------------------------
     def row_changed(self, model: type[models.Model], before: models.Model | None, after: models.Model | None, using: str) -> None:
         users: set[Any] = set()
+        objects: set[ObjectPolicy] = set()
         for policy in registry.policies():
             if _concrete(policy.model) is model:
                 users |= self._protected(policy, before, after, using)
+                if self._facts_changed(policy, before, after):
+                    objects.add(policy)
             for source in policy.sources:
                 if _concrete(source.model) is model and (before is None or after is None or self._source_moved(source, before, after)):
                     users |= {_value(before, source.user_attname()), _value(after, source.user_attname())}
         if _concrete(get_user_model()) is model and before is not None:
             if after is None or any(_value(before, flag) != _value(after, flag) for flag in self._flags()):
                 users.add(before.pk)
-        _bump(users, using)
+        _bump(users, using, objects)
+
+    @staticmethod
+    def _facts_changed(policy: ObjectPolicy, before: Any, after: Any) -> bool:
+        """Whether a save or delete changed what ``authz.facts`` caches of the object (owner, ``via`` values)."""
+        if before is None:
+            return False  # a new object: no facts are cached for a pk that did not exist
+        return after is None or any(_value(before, name) != _value(after, name) for name in facts.columns(policy))
 
     def _protected(self, policy: ObjectPolicy, before: Any, after: Any, using: str) -> set[Any]:
         if before is None:

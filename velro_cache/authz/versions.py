@@ -7,6 +7,13 @@ so a retirement coarsened to the data type bumps everyone). A
 request reads both once, from Redis (``fetch_authoritative``, never L1), so a
 request that starts after a bump cannot even name an old decision.
 
+Role contexts (``authz.roles``) ride on the same two tokens. The facts of
+protected objects they are combined with (``authz.facts``: an object's owner
+and team, shared by every user) carry the global token and their model's
+object token, namespace ``authz:obj:<key name>``, retired when an object's
+owner or role-source field changes or an object is deleted. A request reads
+all of them in the same one round trip.
+
 A bump retires the namespace after the transaction commits (through
 ``velro_cache.invalidation``'s on-commit machinery): a new random token is
 written. Random, not a counter: a token lost with Redis (flushed, restarted)
@@ -23,6 +30,7 @@ from ..exceptions import L2Unavailable
 from ..invalidation.retirement import Retirement
 from ..invalidation.transactions import dirty_namespaces, schedule
 from ..keys import build_key
+from .policy import ObjectPolicy
 
 NAMESPACE = "authz"
 # The global version is the data type's own token: a retirement that coarsens
@@ -42,17 +50,39 @@ def user_key(user_id: Any) -> str:
 new_token = namespaces.new_token
 
 
+def object_namespace(policy: ObjectPolicy) -> str:
+    """The namespace whose token the cached facts of one protected model carry."""
+    return build_key(NAMESPACE, "obj", policy.key_name)
+
+
 def read_tokens(cache: Any, user_id: Any) -> tuple[str, str]:
-    """The user's and the global token, from the tier all processes share.
+    """The user's and the global token, from the tier all processes share."""
+    user_token, global_token, _ = read_versions(cache, user_id, ())
+    return user_token, global_token
+
+
+def read_versions(cache: Any, user_id: Any, policies: Iterable[ObjectPolicy]) -> tuple[str, str, dict[ObjectPolicy, str]]:
+    """The user's token, the global token and each policy's object token, in one round trip.
+
+    ``user_id`` None (warming objects' facts, which no user owns): the user
+    token returned is ``""``.
 
     Raises ``L2Unavailable`` when they cannot be known (Redis down, or a
     cache without ``fetch_authoritative``): the caller must then decide from
     the database, never trust a local copy.
     """
+    names = list(policies)
+    objects = [namespaces.token_key(object_namespace(policy)) for policy in names]
+    users = [] if user_id is None else [user_key(user_id)]
+    found = _fetch(cache, [*users, GLOBAL_KEY, *objects])
+    user_token = found[users[0]] if users else ""
+    return user_token, found[GLOBAL_KEY], {name: found[key] for name, key in zip(names, objects)}
+
+
+def _fetch(cache: Any, keys: list[str]) -> dict[str, Any]:
     fetch = getattr(cache, "fetch_authoritative", None)
     if fetch is None:
         raise L2Unavailable(f"{type(cache).__name__} cannot read authoritatively")
-    keys = [user_key(user_id), GLOBAL_KEY]
     found = fetch(keys)
     if not _complete(found, keys):
         for key in keys:
@@ -61,7 +91,7 @@ def read_tokens(cache: Any, user_id: Any) -> tuple[str, str]:
         found = fetch(keys)  # whoever's add won, everyone reads the same token
         if not _complete(found, keys):
             raise L2Unavailable("authorization versions could not be stored")
-    return found[keys[0]], found[keys[1]]
+    return found
 
 
 def _complete(found: dict[str, Any], keys: list[str]) -> bool:
@@ -77,6 +107,11 @@ def bump(names: Iterable[str], using: str) -> None:
 
 def bump_users(user_ids: Iterable[Any], using: str) -> None:
     bump({user_namespace(user_id) for user_id in user_ids if user_id is not None}, using)
+
+
+def bump_objects(policies: Iterable[ObjectPolicy], using: str) -> None:
+    """Retire the cached facts of these protected models (an owner or team changed, an object deleted)."""
+    bump({object_namespace(policy) for policy in policies}, using)
 
 
 def bump_global(using: str) -> None:
