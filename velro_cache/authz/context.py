@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
-from ..conf import settings
+from .. import switches
 from ..exceptions import L2Unavailable
 from ..invalidation.retirement import resolve_cache
 from . import decisions, versions
@@ -102,7 +102,7 @@ class AuthorizationContext:
         return self._prefix
 
     def _load(self) -> Any:
-        if not settings.AUTHZ_CACHE or self.user_id is None:
+        if self.user_id is None or not switches.on(switches.AUTHZ_CACHE, self.user_id):
             return _UNVALIDATED
         try:
             user_token, global_token = versions.read_tokens(self.cache, self.user_id)

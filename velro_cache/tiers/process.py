@@ -29,6 +29,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from .. import switches
 from ..options import TieredOptions
 from ..stats import CacheStats, _read
 from . import incarnation
@@ -147,6 +148,7 @@ class ProcessState:
     def __init__(self, options: TieredOptions) -> None:
         self.options = options
         self.store = MemoryStore(options.l1_max_bytes)
+        self.store.use_lru(not switches.on(switches.EVICTION_POLICY, switches.process_subject()))
         self.stats = CacheStats()
         self.key_memos: dict[tuple, dict] = {}
         incarnation.subscribe(self.forget_all_local)  # a Redis that came back older: nothing local is trusted
@@ -256,7 +258,7 @@ class ProcessState:
         that fills which started before this write are refused too.
         """
         with self.store.lock:
-            keep = payload is not None and self.l1_enabled and self.writes.unchanged_since(key, ticket)
+            keep = payload is not None and self.l1_enabled and switches.on(switches.L1, key) and self.writes.unchanged_since(key, ticket)
             if not (keep and self.store.set(key, payload, weight, expires_at)):
                 self.store.delete(key)
             self.writes.note([key])
@@ -264,7 +266,7 @@ class ProcessState:
     def fill_l1(self, key: str, payload: object, weight: int, expires_at: float | None, ticket: int | None) -> bool:
         """Store in L1 unless L1 is off or (with a ticket) the key changed since the read began."""
         with self.store.lock:
-            if not self.l1_enabled:
+            if not self.l1_enabled or (self.l2 is not None and not switches.on(switches.L1, key)):
                 return False
             if ticket is not None and not self.writes.unchanged_since(key, ticket):
                 return False
