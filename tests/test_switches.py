@@ -141,7 +141,7 @@ def _hot_hits(cache) -> float:
 def test_eviction_policy_off_evicts_in_plain_lru_order(make_cache):
     assert _hot_hits(make_cache(l2=False, max_bytes=64 * 1024)) > 0.9  # the control: W-TinyLFU keeps the hot set
     switches.set(switches.EVICTION_POLICY, "off")
-    lru = make_cache(l2=False, max_bytes=64 * 1024)
+    lru = make_cache(l2=False, max_bytes=64 * 1024 + 1)  # a new L1 (another budget): built under the switch
     assert lru._l1.eviction_stats()["policy"] == "lru"
     assert _hot_hits(lru) == 0.0  # each scan flushes it, as in any LRU
     held = lru._l1
