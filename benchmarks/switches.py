@@ -9,8 +9,10 @@ where it is stopped, on the same cache and key, with LocMemCache timed in
 the same rounds as the yardstick. Then what a decision costs where one is
 made (an L2 hit's promotion, a write, a TTL: ``switches.on`` at 100 %, at
 0 % and at a partial percentage, which hashes), what a refresh costs, and
-how long a change takes to reach another OS process (set in Redis here,
-watched there), whose budget is the issue's "within a second".
+how long a change takes to reach another OS process (written here, watched
+there), through ``switches.set`` (which nudges every worker) and written
+into the hash by hand (the periodic re-read); the budget is the issue's
+"within a second".
 
 Run: ``python -m benchmarks.switches`` (about a minute) or ``--quick``.
 """
@@ -23,7 +25,7 @@ import time
 from typing import Any
 
 from . import common
-from .common import Case, Report
+from .common import Report
 
 LOCMEM, TIERED = "LocMemCache", "TieredCache"
 FAST_REFRESH = 0.01  # seconds between refreshes while "on" in the hit rounds
@@ -117,8 +119,11 @@ def _decision_costs(plan: dict[str, int]) -> dict[str, list[int]]:
     return cases
 
 
-def _reach(plan: dict[str, int]) -> list[float]:
-    """Seconds from a change written to Redis to another OS process seeing it, per change (alternating values)."""
+ANNOUNCED, BY_HAND = "switches.set (hash + nudge)", "written by hand (hash only: the periodic re-read)"
+
+
+def _reach(plan: dict[str, int]) -> dict[str, list[float]]:
+    """Seconds from a change written here to another OS process seeing it, per change, both ways of writing one."""
     import redis
 
     from tests.support import WorkerProcess
@@ -128,16 +133,20 @@ def _reach(plan: dict[str, int]) -> list[float]:
     client.hdel(switches.HASH_KEY, switches.WARMING)
     worker = WorkerProcess("tests.test_switches_processes", common.REDIS_URL)
     worker.wait_ready()
-    delays = []
+    delays: dict[str, list[float]] = {ANNOUNCED: [], BY_HAND: []}
     try:
-        for index in range(plan["changes"]):
-            share = 10.0 + index % 2  # 10, 11, 10, ...: every write is a change
+        for index in range(2 * plan["changes"]):
+            way = (ANNOUNCED, BY_HAND)[index % 2]
+            share = 10.0 + index % 4  # 10, 11, 12, 13, 10, ...: every write is a change
             worker.send(op="watch", name=switches.WARMING, want=share)
             time.sleep(0.05 + (index * 0.137) % 1.0)  # spread the writes over the worker's refresh period
-            client.hset(switches.HASH_KEY, switches.WARMING, f"{share:g}")
+            if way == ANNOUNCED:
+                switches.set(switches.WARMING, share)
+            else:
+                client.hset(switches.HASH_KEY, switches.WARMING, f"{share:g}")
             written = time.time()
             seen = worker.receive()
-            delays.append(max(0.0, seen - written) if seen is not None else float("inf"))
+            delays[way].append(max(0.0, seen - written) if seen is not None else float("inf"))
     finally:
         client.hdel(switches.HASH_KEY, switches.WARMING)
         worker.stop()
@@ -163,7 +172,9 @@ def run(args: argparse.Namespace) -> Report:
     share = common.ratio(on["median µs"], off["median µs"])
     rows = [
         {"case": name, **stats, "× off (median)": common.ratio(stats["median µs"], off["median µs"])}
-        for name, stats in (("TieredCache L1 hit, refresher off", off), ("TieredCache L1 hit, refresher on", on), ("LocMemCache get", locmem))
+        for name, stats in (
+            ("TieredCache L1 hit, refresher off", off), ("TieredCache L1 hit, refresher on", on), ("LocMemCache get", locmem),
+        )
     ]
     rows[1]["budget"] = report.budget(
         f"L1 hit median with the refresher on <= {MEDIAN_BUDGET}x off", share <= MEDIAN_BUDGET,
@@ -180,18 +191,21 @@ def run(args: argparse.Namespace) -> Report:
         ["Each figure includes the timer itself (about 0.1 µs).",
          f"The refresher runs one refresh every {1.0:g} s per process."],
     )  # fmt: skip
-    ordered = sorted(delays)
-    worst = ordered[-1]
-    reach = {
-        "changes": len(ordered),
-        "median s": common.percentile(ordered, 0.5),
-        "p90 s": common.percentile(ordered, 0.9),
-        "max s": worst,
-        "budget": report.budget(f"every change seen by the other process within {REACH_BUDGET:g} s", worst <= REACH_BUDGET, f"max {worst:.3f} s"),
-    }
-    report.table("A change reaching another OS process (written to Redis here, watched there every 1 ms)",
-                 ["changes", "median s", "p90 s", "max s", "budget"], [reach],
-                 ["Writes are spread over the worker's refresh period, so the delay is that period's remainder plus one HGETALL."])  # fmt: skip
+    reach_rows = []
+    for way, values in delays.items():
+        ordered = sorted(values)
+        row = {"written": way, "changes": len(ordered), "median s": common.percentile(ordered, 0.5),
+               "p90 s": common.percentile(ordered, 0.9), "max s": ordered[-1]}  # fmt: skip
+        if way == ANNOUNCED:
+            row["budget"] = report.budget(
+                f"every change made with switches.set seen by the other process within {REACH_BUDGET:g} s",
+                ordered[-1] <= REACH_BUDGET, f"max {ordered[-1]:.3f} s",
+            )
+        reach_rows.append(row)
+    report.table("A change reaching another OS process (written here, watched there every 1 ms)",
+                 ["written", "changes", "median s", "p90 s", "max s", "budget"], reach_rows,
+                 ["Writes are spread over the worker's 1 s refresh period. A change written by hand waits for the "
+                  "periodic re-read (the period's remainder plus one HGETALL, more when the machine is loaded)."])  # fmt: skip
     return report
 
 

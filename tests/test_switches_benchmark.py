@@ -12,7 +12,8 @@ def test_switches_benchmark_times_the_hit_a_decision_and_the_reach_of_a_change(t
     markdown, data = load(tmp_path, "switches")
     assert_budgets_well_formed(markdown, data)
     hits = section(data, "L1 hit latency")
-    assert [row["case"] for row in hits["rows"]] == ["TieredCache L1 hit, refresher off", "TieredCache L1 hit, refresher on", "LocMemCache get"]
+    cases = [row["case"] for row in hits["rows"]]
+    assert cases == ["TieredCache L1 hit, refresher off", "TieredCache L1 hit, refresher on", "LocMemCache get"]
     assert len(section(data, "What a decision costs")["rows"]) == 4
-    (reach,) = section(data, "A change reaching")["rows"]
-    assert reach["changes"] == 2 and reach["max s"] >= reach["median s"] >= 0
+    reach = section(data, "A change reaching")["rows"]
+    assert [row["changes"] for row in reach] == [2, 2] and all(row["max s"] >= row["median s"] >= 0 for row in reach)

@@ -16,7 +16,9 @@ switches at 10 % do not pick the same users.
 Runtime values live in one Redis hash (``velro:{switches}``, field = switch
 name, value = ``on``, ``off`` or a percentage such as ``25``), on the Redis of
 ``VELRO_CACHE["CACHE_ALIAS"]``. Each process re-reads it once a second from
-its own thread (one HGETALL), so a change made anywhere is applied by every
+its own thread (one HGETALL), and at once when ``set``/``clear`` announce a
+change on ``velro:{switches}:changed`` (a nudge, not the value: a lost nudge
+only leaves the periodic read). So a change made anywhere is applied by every
 worker within a second, and no read of the cache ever waits for Redis because
 of a switch: ``on()`` is a dict lookup and, for a partial percentage, one
 CRC32. A value in the hash that does not parse (written by hand, by an older
@@ -48,6 +50,7 @@ from .conf import VelroSettings, current_settings
 logger = logging.getLogger("velro_cache.switches")
 
 HASH_KEY = "velro:{switches}"
+CHANNEL = "velro:{switches}:changed"  # set/clear announce here, so workers re-read at once
 REFRESH_EVERY = 1.0  # seconds between a process's reads of the hash
 _BUCKETS = 10_000  # a percentage is honoured to 0.01
 
@@ -91,6 +94,7 @@ _runtime: dict[str, float] = {}
 _refused: dict[str, bytes] = {}
 _hooks: list[Callable[[str], None]] = []
 _lock = threading.Lock()
+_writes = 0  # this process's set/clear/reset calls, so a refresh that read Redis before one cannot undo it
 
 
 # -- deciding ------------------------------------------------------------------------------------
@@ -213,16 +217,28 @@ def set(name: str, value: Any, *, using: str | None = None) -> float:  # noqa: A
     """
     _known(name)
     share = parse_value(value)
-    _client(using).hset(HASH_KEY, name, _text(share))
-    _apply({**_runtime, name: share})
+    client = _client(using)
+    client.hset(HASH_KEY, name, _text(share))
+    _announce(client)
+    _apply(lambda current: {**current, name: share})
     return share
 
 
 def clear(name: str, *, using: str | None = None) -> None:
     """Drop a switch's runtime value: its setting applies again, in every worker within a second."""
     _known(name)
-    _client(using).hdel(HASH_KEY, name)
-    _apply({key: share for key, share in _runtime.items() if key != name})
+    client = _client(using)
+    client.hdel(HASH_KEY, name)
+    _announce(client)
+    _apply(lambda current: {key: share for key, share in current.items() if key != name})
+
+
+def _announce(client: Any) -> None:
+    """Nudge every worker to re-read now; a lost nudge only means the periodic read applies it."""
+    try:
+        client.publish(CHANNEL, b"1")
+    except Exception as exc:
+        logger.debug("velro_cache: switch change not announced: %s", type(exc).__name__)
 
 
 @dataclass(frozen=True)
@@ -262,6 +278,7 @@ def refresh(using: str | None = None) -> bool:
     A field that does not parse, or names no switch, is refused with a
     warning (once per value) and the last good value of that switch stays.
     """
+    seen = _writes
     try:
         raw = _client(using).hgetall(HASH_KEY)
     except Exception as exc:  # no L2, Redis down: the last good values stay
@@ -279,7 +296,7 @@ def refresh(using: str | None = None) -> bool:
             if _refused.get(name) != value:
                 _refused[name] = value
                 logger.warning("velro_cache: refusing runtime switch value %r for %r (%s); keeping %s", value, name, exc, _describe(name))
-    _apply(values)
+    _apply(lambda current: values, read_before=seen)
     return True
 
 
@@ -288,12 +305,21 @@ def _describe(name: str) -> str:
     return "its setting" if runtime is None else f"{_text(runtime)}"
 
 
-def _apply(values: dict[str, float]) -> None:
-    """Make ``values`` the runtime values and tell the hooks which switches' percentages changed."""
-    global _runtime
+def _apply(update: Callable[[dict[str, float]], dict[str, float]], *, read_before: int | None = None) -> None:
+    """Replace the runtime values by ``update(current)`` and tell the hooks which switches' percentages changed.
+
+    ``read_before``: a refresh's count of local changes when it began reading
+    Redis; if this process set or cleared a switch since, what it read may
+    predate that write, so it is dropped (the next refresh reads it).
+    """
+    global _runtime, _writes
     with _lock:
+        if read_before is not None and read_before != _writes:
+            return
+        if read_before is None:
+            _writes += 1
         before = {name: percent(name) for name in REGISTRY}
-        _runtime = values
+        _runtime = update(_runtime)
         changed = [name for name in REGISTRY if percent(name) != before[name]]
     for name in changed:
         logger.info("velro_cache: switch %r is now %s", name, _text(percent(name)))
@@ -313,7 +339,7 @@ def on_change(hook: Callable[[str], None]) -> None:
 def reset() -> None:
     """Forget every runtime value in this process (tests; the hash in Redis is left alone)."""
     _refused.clear()
-    _apply({})
+    _apply(lambda current: {})
 
 
 # -- what a change must undo -----------------------------------------------------------------------
@@ -344,17 +370,66 @@ _owner_pid = 0
 
 
 def _run(stop: threading.Event) -> None:
-    """Re-read the hash every REFRESH_EVERY seconds, on a fixed schedule (a slow read does not add up)."""
+    """Re-read the hash every REFRESH_EVERY seconds on a fixed schedule, and at once when a change is announced.
+
+    The announcement (``set``/``clear`` publish on ``CHANNEL``) is only a
+    nudge: the periodic read is what guarantees a change is seen, also one
+    written by hand or while this thread's subscription was down.
+    """
     due = time.monotonic()
-    while True:
+    nudges: Any = None
+    while not stop.is_set():
         due += REFRESH_EVERY
-        if stop.wait(max(0.0, due - time.monotonic())):
-            return
+        nudges = _wait(nudges, stop, due)
+        if stop.is_set():
+            break
         try:
             refresh()
         except Exception:  # a bug here must not end the refreshes for the process's life
             logger.exception("velro_cache: switch refresh failed")
         due = max(due, time.monotonic() - REFRESH_EVERY)
+    _close(nudges)
+
+
+def _wait(nudges: Any, stop: threading.Event, due: float) -> Any:
+    """Wait until ``due``, an announcement or ``stop``; returns the subscription to keep (None: none, retried next time)."""
+    while not stop.is_set():
+        left = due - time.monotonic()
+        if left <= 0:
+            return nudges
+        if nudges is None:
+            nudges = _subscribe()
+            if nudges is None:  # no Redis, or it does not answer: the periodic read alone
+                stop.wait(left)
+                return None
+        try:
+            if nudges.get_message(timeout=min(left, 0.25)) is not None:  # short slices: stop() is noticed soon
+                return nudges
+        except Exception:  # the subscription broke: poll until the next read, subscribe again after it
+            _close(nudges)
+            stop.wait(max(0.0, due - time.monotonic()))
+            return None
+    return nudges
+
+
+def _subscribe() -> Any:
+    """A subscription to ``CHANNEL`` on the switches' Redis, or None."""
+    try:
+        pubsub = _client(None).pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(CHANNEL)
+        return pubsub
+    except Exception as exc:
+        logger.debug("velro_cache: switch announcements not subscribed: %s", type(exc).__name__)
+        return None
+
+
+def _close(nudges: Any) -> None:
+    if nudges is None:
+        return
+    try:
+        nudges.close()
+    except Exception:
+        logger.debug("velro_cache: closing the switch subscription failed", exc_info=True)
 
 
 def start(*, read_now: bool = True) -> bool:
