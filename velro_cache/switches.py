@@ -370,24 +370,22 @@ _owner_pid = 0
 
 
 def _run(stop: threading.Event) -> None:
-    """Re-read the hash every REFRESH_EVERY seconds on a fixed schedule, and at once when a change is announced.
+    """Re-read the hash REFRESH_EVERY seconds after the last read, and at once when a change is announced.
 
     The announcement (``set``/``clear`` publish on ``CHANNEL``) is only a
     nudge: the periodic read is what guarantees a change is seen, also one
     written by hand or while this thread's subscription was down.
     """
-    due = time.monotonic()
     nudges: Any = None
     while not stop.is_set():
-        due += REFRESH_EVERY
-        nudges = _wait(nudges, stop, due)
+        # REFRESH_EVERY after the last read, nudged or not: a value written just after a read is read a second later.
+        nudges = _wait(nudges, stop, time.monotonic() + REFRESH_EVERY)
         if stop.is_set():
             break
         try:
             refresh()
         except Exception:  # a bug here must not end the refreshes for the process's life
             logger.exception("velro_cache: switch refresh failed")
-        due = max(due, time.monotonic() - REFRESH_EVERY)
     _close(nudges)
 
 
