@@ -8,7 +8,8 @@ request cannot reach a decision cached before the revoke, whatever any L1
 still holds.
 
 When the tokens cannot be read (Redis unreachable, a cache without
-``fetch_authoritative``, ``VELRO_CACHE["AUTHZ_CACHE"]`` off) the context is
+``fetch_authoritative``, the ``authz_cache`` switch off for this user:
+``velro_cache.switches``, setting ``VELRO_CACHE["AUTHZ_CACHE"]``) the context is
 unvalidated: each check is answered from the database and nothing is read
 from or written to the cache. An allow is never served on trust.
 
