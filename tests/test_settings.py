@@ -50,6 +50,7 @@ GOOD = {
     "READ_YOUR_WRITES": False,
     "TELEMETRY_INTERVAL": 1,
     "TELEMETRY_RETENTION": 60,
+    "SWITCHES": {"compression": False, "l1": 25, "warming": True},
     "ALERTS": {
         "HIT_RATE_BELOW": 0.9,
         "L1_P95_ABOVE": None,
@@ -103,6 +104,10 @@ def test_every_setting_given_well_is_taken():
         ("ALERTS", {"HIT_RATE": 0.9}, "E072"),
         ("ALERTS", {"HIT_RATE_BELOW": 95}, "E073"),
         ("ALERTS", {"BREAKER_OPEN": None}, "E073"),
+        ("SWITCHES", ["l1"], "E080"),
+        ("SWITCHES", {"l2": False}, "E081"),
+        ("SWITCHES", {"l1": "off"}, "E082"),
+        ("SWITCHES", {"l1": 101}, "E082"),
     ],
 )
 def test_a_bad_value_is_a_problem_and_its_default_applies(name, value, check_id):

@@ -1,5 +1,5 @@
 """The Django app: registers the system checks, installs write capture and the request-start confirmation,
-starts the telemetry publisher and exports the Prometheus metrics when Django starts."""
+starts the telemetry publisher and the switch refresher, and exports the Prometheus metrics when Django starts."""
 
 from django.apps import AppConfig
 
@@ -29,3 +29,6 @@ class VelroCacheConfig(AppConfig):
         alerts.install()  # thresholds of VELRO_CACHE["ALERTS"], evaluated on the publisher's ticks
         publisher.start()  # this process's figures to Redis, off the request path
         prometheus.register_default()  # velro_cache_* in prometheus_client's registry, when it is installed
+        from . import switches
+
+        switches.start()  # the runtime switches, re-read from Redis every second

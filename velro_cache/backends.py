@@ -366,7 +366,7 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
         expires_at = None if seconds is None else time.time() + seconds
         if type(value) is int:
             return self._serializer.dumps(value, expires_at, key=full), None
-        encoded = self._serializer.encode(value)
+        encoded = self._serializer.encode(value, full)
         return self._serializer.frame(*encoded, expires_at, delta, key=full), encoded
 
     # -- reads ------------------------------------------------------------------

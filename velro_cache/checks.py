@@ -204,3 +204,12 @@ def check_coherence_settings(app_configs: Any = None, **kwargs: Any) -> list[Che
 def check_telemetry_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """E070/E071: TELEMETRY_INTERVAL / TELEMETRY_RETENTION out of range; E072/E073: ALERTS malformed or a bad threshold."""
     return _settings_problems(current_settings(), ("E070", "E071", "E072", "E073"))
+
+
+# -- switches (E080-E082) --------------------------------------------------------------------------
+
+
+@register()
+def check_switch_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E080: SWITCHES not a dict; E081: an unknown switch; E082: a value that is not True, False or 0-100."""
+    return _settings_problems(current_settings(), ("E080", "E081", "E082"))

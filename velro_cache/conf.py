@@ -12,7 +12,7 @@ none reads ``django.conf.settings.VELRO_CACHE`` itself. A cache's own
 ``OPTIONS`` are parsed by ``velro_cache.options`` instead.
 
 Sections follow the concerns of the package: TTL and keys, invalidation,
-materialized views (L3), authorization.
+materialized views (L3), authorization, coherence, telemetry, switches.
 """
 
 from __future__ import annotations
@@ -144,6 +144,13 @@ class VelroSettings:
     TELEMETRY_RETENTION: int = 1440
     # Alert thresholds (velro_cache.alerts.THRESHOLDS names them); yours are merged over these.
     ALERTS: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_ALERTS)
+
+    # -- switches (checks E080-E082; velro_cache.switches) --
+    # Switch name -> True, False or the percentage (0-100) of users or keys it
+    # is on for; a switch left out is on, except that ADAPTIVE_TTL, AUTHZ_CACHE
+    # and READ_YOUR_WRITES above are the settings of their switches. A runtime
+    # value in Redis overrides it.
+    SWITCHES: Mapping[str, bool | float] = field(default_factory=lambda: MappingProxyType({}))
 
     # What was wrong with the given dict (reported by the system checks).
     problems: tuple[Problem, ...] = field(default=(), repr=False)
@@ -376,6 +383,45 @@ def _telemetry_settings(raw: dict[str, Any], problems: list[Problem]) -> dict[st
     }
 
 
+# -- switches ----------------------------------------------------------------------------------
+
+
+def _switch_value(value: Any) -> bool:
+    """True, False, or a number from 0 to 100 (the percentage of users or keys a switch is on for)."""
+    return isinstance(value, bool) or (_is_number(value) and 0 <= value <= 100)
+
+
+def _switch_settings(raw: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
+    """E080 (SWITCHES not a dict), E081 (an unknown switch), E082 (a value that is not a bool or a percentage).
+
+    Only valid entries are kept; ``velro_cache.switches`` turns them into
+    percentages, with a switch left out taking its older bool setting
+    (ADAPTIVE_TTL, ...) or else being on. The names come from its registry
+    (imported here, at parse time, since it imports this module).
+    """
+    from .switches import REGISTRY
+
+    given = raw.get("SWITCHES", {})
+    if not isinstance(given, dict):
+        problems.append(
+            _error("E080", f"VELRO_CACHE['SWITCHES'] must be a dict of switch name -> True, False or 0-100, got {type(given).__name__}.")
+        )
+        given = {}
+    table = {}
+    for name, value in given.items():
+        if name not in REGISTRY:
+            problems.append(
+                _error("E081", f"VELRO_CACHE['SWITCHES'] names an unknown switch {name!r}.", hint=f"Known: {', '.join(REGISTRY)}.")
+            )
+        elif not _switch_value(value):
+            problems.append(
+                _error("E082", f"VELRO_CACHE['SWITCHES'][{name!r}] must be True, False or a percentage from 0 to 100, got {value!r}.")
+            )
+        else:
+            table[name] = value
+    return {"SWITCHES": MappingProxyType(table)}
+
+
 # -- the parse ----------------------------------------------------------------------------------
 
 
@@ -395,6 +441,7 @@ def parse_settings(raw: Any) -> VelroSettings:
     values: dict[str, Any] = {}
     for concern in (
         _ttl_and_key_settings, _invalidation_settings, _view_settings, _authz_settings, _coherence_settings, _telemetry_settings,
+        _switch_settings,
     ):
         values.update(concern(raw, problems))
     return VelroSettings(problems=tuple(problems), **values)

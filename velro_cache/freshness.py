@@ -17,8 +17,9 @@ Hooked to Django's ``request_started`` signal rather than a middleware: the
 handlers (WSGI and ASGI) send it before any middleware runs, so every view is
 covered, whatever the MIDDLEWARE order, including middleware that reads the
 cache before its own (authorization). Cost: one Redis round trip per request
-for each cache with an L2, none on L1 hits; ``VELRO_CACHE["READ_YOUR_WRITES"]
-= False`` turns it off. Code outside a request (management commands, Celery
+for each cache with an L2, none on L1 hits; the ``read_your_writes`` switch
+(``velro_cache.switches``; setting ``VELRO_CACHE["READ_YOUR_WRITES"]``) turns
+it off, for everyone or a percentage of clients. Code outside a request (management commands, Celery
 tasks) calls ``confirm_current()`` where it needs the same guarantee.
 """
 
@@ -26,9 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core.signals import request_started
 
-from .conf import current_settings
+from . import switches
 from .tiers.process import confirm_current
 
 __all__ = ["confirm_current", "connect"]
@@ -36,8 +38,27 @@ __all__ = ["confirm_current", "connect"]
 
 def confirm_at_request_start(sender: Any = None, **kwargs: Any) -> None:
     """The ``request_started`` receiver: make this process's L1s current as of the request's start."""
-    if current_settings().READ_YOUR_WRITES:
+    if switches.on(switches.READ_YOUR_WRITES, _client_of(kwargs)):
         confirm_current()
+
+
+def _client_of(signal_kwargs: dict[str, Any]) -> str | None:
+    """Who makes the request, for the switch's rollout: the user is not known yet when a request starts,
+    so their credentials stand in (the ``Authorization`` header, else the session cookie); None: anonymous."""
+    environ = signal_kwargs.get("environ")
+    if environ is not None:
+        headers = {"authorization": environ.get("HTTP_AUTHORIZATION"), "cookie": environ.get("HTTP_COOKIE")}
+    else:
+        scope = signal_kwargs.get("scope") or {}
+        raw = dict(scope.get("headers") or ())
+        headers = {name: (raw.get(name.encode()) or b"").decode("latin-1") or None for name in ("authorization", "cookie")}
+    if headers["authorization"]:
+        return headers["authorization"]
+    name = django_settings.SESSION_COOKIE_NAME + "="
+    for part in (headers["cookie"] or "").split(";"):
+        if part.strip().startswith(name):
+            return part.strip()[len(name):]
+    return None
 
 
 def connect() -> None:

@@ -54,6 +54,7 @@ import lz4.block
 import msgpack
 import ormsgpack
 
+from . import switches
 from .exceptions import CorruptEntry, UnserializableValue, UnverifiedEntry
 
 # Codecs of a body. OBJECT is L1-only: an immutable value held as itself.
@@ -231,13 +232,13 @@ class Serializer:
         self.compress_min_bytes = compress_min_bytes
 
     # -- bodies (shared by L1 and the wire) ---------------------------------
-    def encode(self, value: Any) -> tuple[int, bytes]:
-        """Return ``(codec, body)`` for any storable value."""
+    def encode(self, value: Any, key: str | None = None) -> tuple[int, bytes]:
+        """Return ``(codec, body)`` for any storable value; ``key`` decides the compression switch's rollout."""
         try:
             codec, body = PLAIN, _pack_json_like(value)
         except TypeError:  # also what ormsgpack raises past its depth limit
             codec, body = self._encode_typed(value)
-        if len(body) >= self.compress_min_bytes:
+        if len(body) >= self.compress_min_bytes and switches.on(switches.COMPRESSION, key):
             packed = lz4.block.compress(body)
             if len(packed) < len(body):
                 return codec + 1, packed
@@ -292,7 +293,7 @@ class Serializer:
         """Bytes for Redis at ``key``, or an int that Redis stores as decimal text."""
         if type(value) is int and INT64_MIN <= value <= INT64_MAX:
             return value
-        codec, body = self.encode(value)
+        codec, body = self.encode(value, key)
         return self.frame(codec, body, expires_at, delta, key=key)
 
     def frame(self, codec: int, body: bytes, expires_at: float | None, delta: float = 0.0, *, key: str) -> bytes:

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import switches
 from .conf import VelroSettings, current_settings
 from .keys import SEPARATOR, STAMP_MARK
 from .namespaces import levels
@@ -51,7 +52,7 @@ class TtlRules:
     ttl: Mapping[str, int]
     default_ttl: int
     data_types: Mapping[str, str]
-    adaptive: bool
+    adaptive: bool  # the setting; ttl_for asks the adaptive-TTL switch, which also has runtime values
     min_factor: float
     max_factor: float
     jitter: float
@@ -191,7 +192,7 @@ def ttl_for(key: str) -> float:
     seconds: float | None = base_ttl(key)
     if seconds is None:
         return float(current.default_ttl)
-    if current.adaptive:
+    if switches.on(switches.ADAPTIVE_TTL, key):
         seconds *= adaptive_factor(*sketch.counts(subject_of(key)), current)
     if current.jitter:
         seconds *= 1 + current.jitter * (2 * random.random() - 1)

@@ -8,7 +8,8 @@ request cannot reach a decision cached before the revoke, whatever any L1
 still holds.
 
 When the tokens cannot be read (Redis unreachable, a cache without
-``fetch_authoritative``, ``VELRO_CACHE["AUTHZ_CACHE"]`` off) the context is
+``fetch_authoritative``, the ``authz_cache`` switch off for this user:
+``velro_cache.switches``, setting ``VELRO_CACHE["AUTHZ_CACHE"]``) the context is
 unvalidated: each check is answered from the database and nothing is read
 from or written to the cache. An allow is never served on trust.
 
@@ -29,7 +30,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
-from ..conf import settings
+from .. import switches
 from ..exceptions import L2Unavailable
 from ..invalidation.retirement import resolve_cache
 from . import decisions, facts, roles, versions
@@ -142,7 +143,7 @@ class AuthorizationContext:
         return self._prefix
 
     def _load(self) -> Any:
-        if not settings.AUTHZ_CACHE or self.user_id is None:
+        if self.user_id is None or not switches.on(switches.AUTHZ_CACHE, self.user_id):
             return _UNVALIDATED
         policies = registry.policies() if settings.AUTHZ_CONTEXTS else []
         try:

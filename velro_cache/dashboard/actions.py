@@ -4,7 +4,7 @@ Each action names a target the deployment must already know: a namespace that
 is a declared key level (or a known first key part), a data type with a TTL or
 a key mapping, a materialized view that exists. Only then does it run, through
 the same public API code would use (``invalidate``, ``refresh_view``,
-``warming.warm`` and ``warming.trigger``).
+``warming.warm`` and ``warming.trigger``, ``switches.set`` and ``switches.clear``).
 """
 
 from __future__ import annotations
@@ -115,6 +115,56 @@ def _warm(target: str) -> str:
     )
 
 
+CLEAR = "clear"
+
+
+def _switch_choices() -> list[str]:
+    """What the switch action accepts: ``name=on``, ``name=off``, ``name=<percent>`` or ``name=clear``."""
+    from .. import switches
+
+    return [f"{name}={value}" for name in switches.REGISTRY for value in ("on", "off", "50", CLEAR)]
+
+
+def _switch_problem(target: str) -> str | None:
+    """Why ``name=value`` is not a switch change, or None when it is one."""
+    from .. import switches
+
+    name, _, value = target.partition("=")
+    name, value = name.strip(), value.strip()
+    if name not in switches.REGISTRY:
+        return f"No switch {name!r}. Known: {', '.join(switches.REGISTRY)}."
+    if value == CLEAR:
+        return None
+    try:
+        switches.parse_value(value)
+    except ValueError as error:
+        return f"Switch {name!r}: {error} (or clear)."
+    return None
+
+
+def _set_switch(target: str) -> str:
+    """Set (or clear) a switch's runtime value; every worker applies it within a second."""
+
+    problem = _switch_problem(target)
+    if problem:
+        raise ValueError(problem)
+    name, _, value = (part.strip() for part in target.partition("="))
+    try:
+        return _write_switch(name, value)
+    except Exception as error:  # no L2, Redis down: a message, and nothing changed
+        raise ValueError(f"Switch {name!r} could not be written to Redis ({type(error).__name__}: {error}).") from error
+
+
+def _write_switch(name: str, value: str) -> str:
+    from .. import switches
+
+    if value == CLEAR:
+        switches.clear(name)
+        return f"Cleared switch {name!r}: its setting ({switches.get(name).setting:g} %) applies again in every worker within a second."
+    share = switches.set(name, value)
+    return f"Switch {name!r} set to {share:g} % at runtime; every worker applies it within a second."
+
+
 def _views() -> list[str]:
     from ..db.registry import all_views
 
@@ -128,6 +178,7 @@ ACTIONS = {
         Action("invalidate_data_type", "Invalidate a data type", "data type", known_data_types, _invalidate_data_type),
         Action("refresh_view", "Refresh a materialized view", "view", _views, _refresh_view),
         Action("warm", "Warm the cache", "warming step (or all)", _warming_steps, _warm),
+        Action("switch", "Set a switch", "switch=on, off, a percentage or clear", _switch_choices, _set_switch),
     )
 }
 
@@ -148,6 +199,8 @@ def validate(name: str, target: str) -> Outcome:
         return Outcome(False, f"No materialized view {target!r}. Nothing was changed.")
     if name == "warm" and target not in _warming_steps():
         return Outcome(False, f"No warming step {target!r}. Nothing was changed.")
+    if name == "switch" and _switch_problem(target):
+        return Outcome(False, f"{_switch_problem(target)} Nothing was changed.")
     return Outcome(True, f"{action.label}: {target}")
 
 

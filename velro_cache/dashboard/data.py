@@ -114,4 +114,12 @@ def dashboard_context() -> dict[str, Any]:
         "alerts": alerts.current(),
         "views": views,
         "views_error": views_error,
+        "switches": _switches(),
     }
+
+
+def _switches() -> list[dict[str, Any]]:
+    """Each switch as this worker applies it: its setting, its runtime value (None: none) and the percentage in force."""
+    from .. import switches
+
+    return [state.as_dict() for state in switches.all()]

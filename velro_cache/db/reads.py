@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
+from .. import switches
 from ..conf import settings as velro_settings
 from ..keys import build_key
 from ..reads import cached_read
@@ -62,6 +63,7 @@ def read_view(
     *,
     cache: Any = None,
     timeout: Any = DEFAULT_TIMEOUT,
+    live: Callable[[], T] | None = None,
 ) -> T:
     """``loader()``'s result (a query of ``view``), cached for the view's refresh period.
 
@@ -71,8 +73,13 @@ def read_view(
     is seconds. ``cache``: an alias or a cache (default
     ``VELRO_CACHE["CACHE_ALIAS"]``). Return plain data from the loader (lists
     of dicts), not querysets: they are what every tier can store.
+    ``live``: the same answer from the live tables; with the ``view_reads``
+    switch off for this key (``velro_cache.switches``) it is called instead,
+    uncached (a live read has no refresh period to be cached for).
     """
     parts = key if isinstance(key, tuple) else (key,)
+    if live is not None and not switches.on(switches.VIEW_READS, view_key(view, *parts)):
+        return live()
     seconds = view_ttl(view) if timeout is DEFAULT_TIMEOUT else timeout
     return cached_read(view_key(view, *parts), loader, timeout=seconds, cache=cache)
 

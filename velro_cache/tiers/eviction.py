@@ -37,7 +37,7 @@ from typing import Any
 
 from .sketch import FrequencySketch
 
-__all__ = ["Entry", "WTinyLfuEviction", "WindowTuner", "WINDOW", "PROBATION", "PROTECTED"]
+__all__ = ["Entry", "LruEviction", "WTinyLfuEviction", "WindowTuner", "WINDOW", "PROBATION", "PROTECTED"]
 
 WINDOW, PROBATION, PROTECTED = range(3)
 REGION_NAMES = ("window", "probation", "protected")
@@ -503,3 +503,63 @@ class WTinyLfuEviction(_Segments):
         if self.tuner is not None:
             stats.update(self.tuner.stats())
         return stats
+
+
+class LruEviction:
+    """Plain LRU, what the L1 does with the eviction-policy switch off (``velro_cache.switches``).
+
+    The same events as :class:`WTinyLfuEviction`, so the store drives either
+    one: every entry sits in one recency order (reported as the window), a
+    hit moves it to the end, and the least recently used goes first. No
+    sketch, no admission: the baseline the W-TinyLFU policy is measured
+    against, available in production to roll back to.
+    """
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.order: OrderedDict[Any, Entry] = OrderedDict()
+        self.regions: tuple[OrderedDict[Any, Entry], ...] = (self.order, OrderedDict(), OrderedDict())
+        self.weighted_size = 0
+
+    def on_add(self, entry: Entry) -> None:
+        entry.region = WINDOW
+        self.order[entry.key] = entry
+        self.weighted_size += entry.weight
+
+    def on_access(self, entry: Entry) -> None:
+        self.order.move_to_end(entry.key)
+
+    def on_reads(self, keys: list[Any], data: dict[Any, Entry]) -> None:
+        order = self.order
+        for key in keys:
+            if key in order:
+                order.move_to_end(key)
+
+    def on_replace(self, old: Entry, new: Entry) -> None:
+        self.weighted_size += new.weight - old.weight
+        new.region = WINDOW
+        self.order[old.key] = new
+        self.order.move_to_end(old.key)
+
+    def on_remove(self, entry: Entry) -> None:
+        del self.order[entry.key]
+        self.weighted_size -= entry.weight
+
+    def clear(self) -> None:
+        self.order.clear()
+        self.weighted_size = 0
+
+    def evict(self) -> list[Entry]:
+        evicted: list[Entry] = []
+        order = self.order
+        while self.weighted_size > self.maximum and order:
+            _, entry = order.popitem(last=False)
+            self.weighted_size -= entry.weight
+            evicted.append(entry)
+        return evicted
+
+    def climb(self) -> None:
+        """Nothing adapts in plain LRU."""
+
+    def stats(self) -> dict[str, Any]:
+        return {"policy": "lru", "maximum": self.maximum, "weighted_size": self.weighted_size, "entries": len(self.order)}

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .eviction import REGION_NAMES, Entry, WTinyLfuEviction
+from .eviction import REGION_NAMES, Entry, LruEviction, WTinyLfuEviction
 
 __all__ = ["MISSING", "MemoryStore"]
 
@@ -109,7 +109,7 @@ class MemoryStore:
         self._on_evict = on_evict
         self._data: dict[Any, Entry] = {}
         self._reads: list[Any] = []
-        self._eviction = WTinyLfuEviction(self.max_bytes)
+        self._eviction: WTinyLfuEviction | LruEviction = WTinyLfuEviction(self.max_bytes)
         self._expiry = _ExpiryQueue()
         self._notes: list[tuple[Any, str]] = []
         # Hits are served only before this monotonic time (see tiers.coherence):
@@ -294,6 +294,23 @@ class MemoryStore:
             self._reads = []
             self._eviction.clear()
             self._expiry.clear()
+
+    def use_lru(self, lru: bool) -> None:
+        """Evict by plain LRU (True) or adaptive W-TinyLFU (False), keeping what is held (the eviction-policy switch).
+
+        The entries are handed to the new policy oldest first, then it evicts
+        whatever it would not keep.
+        """
+        with self.lock:
+            if isinstance(self._eviction, LruEviction) == lru:
+                return
+            self._drain_reads()
+            self._eviction = LruEviction(self.max_bytes) if lru else WTinyLfuEviction(self.max_bytes)
+            for entry in self._data.values():
+                self._eviction.on_add(entry)
+            self._evict()
+            notes = self._take_notes()
+        self._notify(notes)
 
     def maintenance(self) -> None:
         """Apply buffered reads, free expired entries and adapt the window; safe anytime."""

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from .. import switches
 from ..options import TieredOptions
 from ..stats import CacheStats, _read
 from . import incarnation
@@ -148,6 +149,7 @@ class ProcessState:
     def __init__(self, options: TieredOptions) -> None:
         self.options = options
         self.store = MemoryStore(options.l1_max_bytes)
+        self.store.use_lru(not switches.on(switches.EVICTION_POLICY, switches.process_subject()))
         self.stats = CacheStats()
         self.key_memos: dict[tuple, dict] = {}
         self.first_readers: dict[int, Any] = {}  # codec -> the store's shared first-read reader (backends)
@@ -258,7 +260,7 @@ class ProcessState:
         that fills which started before this write are refused too.
         """
         with self.store.lock:
-            keep = payload is not None and self.l1_enabled and self.writes.unchanged_since(key, ticket)
+            keep = payload is not None and self.l1_enabled and switches.on(switches.L1, key) and self.writes.unchanged_since(key, ticket)
             if not (keep and self.store.set(key, payload, weight, expires_at)):
                 self.store.delete(key)
             self.writes.note([key])
@@ -266,7 +268,7 @@ class ProcessState:
     def fill_l1(self, key: str, payload: object, weight: int, expires_at: float | None, ticket: int | None) -> bool:
         """Store in L1 unless L1 is off or (with a ticket) the key changed since the read began."""
         with self.store.lock:
-            if not self.l1_enabled:
+            if not self.l1_enabled or (self.l2 is not None and not switches.on(switches.L1, key)):
                 return False
             if ticket is not None and not self.writes.unchanged_since(key, ticket):
                 return False

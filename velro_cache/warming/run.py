@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import switches
 from ..invalidation.retirement import resolve_cache
 from ..keys import build_key
 from .plan import L1, Plan, Step, declared
@@ -71,6 +72,8 @@ def warm(
         raise ValueError(f"warm(mode=...) is {ALL!r} or {WORKER!r}, not {mode!r}")
     resolved = _resolve(plan)
     run = RunResult(plan=resolved.name, mode=mode, started_at=time.time())
+    if not switches.on(switches.WARMING):
+        return _switched_off(run, resolved, only)
     started = time.monotonic()
     total = resolved.budget if budget is None else budget
     deadline = None if total is None else started + total
@@ -102,6 +105,15 @@ def warm(
         run.plan, mode, os.getpid(), run.entries, run.seconds, run.errors,
         " ".join(f"{step.name}={step.status}:{step.entries}" for step in run.steps),
     )
+    return run
+
+
+def _switched_off(run: RunResult, plan: Plan, only: Iterable[str] | None) -> RunResult:
+    """The warming switch is off: every step is reported skipped, with the reason, and nothing runs."""
+    for step in plan.ordered(only):
+        run.steps.append(StepResult(step.name, step.priority, sorted(step.tiers), status=SKIPPED, error="the warming switch is off"))
+    record.add(run)
+    logger.info("warming %s (%s, pid %d): not run, the warming switch is off", run.plan, run.mode, os.getpid())
     return run
 
 

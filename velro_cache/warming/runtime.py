@@ -13,7 +13,9 @@ triggered it never waits, and keeps each predictor's score:
   (warming must never pile up behind a slow database);
 - ``deduped``: preloads skipped because the same ``dedupe`` key (a user) was
   preloaded less than ``DEDUPE_SECONDS`` ago;
-- ``errors``: preloads that raised (logged, never raised into a request).
+- ``errors``: preloads that raised (logged, never raised into a request);
+- ``switched_off``: preloads not queued because the ``warming`` switch is off
+  for that ``dedupe`` key (``velro_cache.switches``).
 
 Staleness is not this module's concern by design: the preload functions use
 the same read-through helpers as requests (tokens stamped before the load,
@@ -30,6 +32,8 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
+
+from .. import switches
 
 logger = logging.getLogger("velro_cache.warming")
 
@@ -53,7 +57,8 @@ class _Scores:
             self._recent: dict[Hashable, float] = {}
 
     def _row(self, predictor: str) -> dict[str, int]:
-        return self._counts.setdefault(predictor, {"runs": 0, "warmed": 0, "read": 0, "dropped": 0, "deduped": 0, "errors": 0})
+        fields = ("runs", "warmed", "read", "dropped", "deduped", "errors", "switched_off")
+        return self._counts.setdefault(predictor, dict.fromkeys(fields, 0))
 
     def count(self, predictor: str, field: str, n: int = 1) -> None:
         with self._lock:
@@ -129,6 +134,9 @@ def preload(predictor: str, load: Callable[[], Iterable[str]], *, dedupe: Hashab
     ``predictor`` names the prediction (for its score); ``dedupe`` (e.g.
     ``("user", 42)``) skips a preload that ran for the same thing recently.
     """
+    if not switches.on(switches.WARMING, dedupe):
+        scores.count(predictor, "switched_off")
+        return False
     if not scores.claim(dedupe, time.monotonic()):
         scores.count(predictor, "deduped")
         return False
