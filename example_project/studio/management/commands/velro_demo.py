@@ -22,9 +22,10 @@ from django.test.utils import override_settings
 from tqdm import tqdm
 
 from studio.demo import report, runner
-from studio.demo.plan import PATCH, PlannedRequest, Planner, World
+from studio.demo.plan import PATCH, PlannedRequest, World
 from studio.models import ApiToken, Generation
 from studio.reads import forget_generation, read_stats
+from studio.traffic import TrafficModel
 
 NO_CACHE = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
 
@@ -68,7 +69,7 @@ class Command(BaseCommand):
         if not Generation.objects.exists() or not ApiToken.objects.exists():
             raise CommandError("No Velro data yet: run `manage.py velro_seed` first.")
         rng = random.Random(options["seed"])
-        plan = Planner(World.load(rng), rng).plan(options["requests"])
+        plan = TrafficModel(World.load(rng), rng).stream(options["requests"])
         if options["cold"]:
             cache.clear()
 
@@ -102,7 +103,7 @@ class Command(BaseCommand):
         with override_settings(CACHES=NO_CACHE):
             result = self._run("uncached", plan, options)
         for item in plan:
-            if item.endpoint == PATCH:
+            if item.endpoint == PATCH and "new:" not in item.path:
                 forget_generation(int(item.path.rstrip("/").rsplit("/", 1)[1]))
         return result
 
