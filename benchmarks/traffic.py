@@ -27,9 +27,11 @@ the database's history (the versions before the arm plus every write's
 answer): a version is stale when a newer write had completed before the read
 was sent; a 404 for a generation whose creation had answered is stale too.
 
-Run: ``python -m benchmarks.traffic`` (5-8 minutes on 2 cores) or
-``--quick``. Needs PostgreSQL (``VELRO_BENCH_PG_*``) and Redis
-(``VELRO_BENCH_REDIS_URL``).
+Run: ``python -m benchmarks.traffic`` (5-8 minutes on 2 quiet cores) or
+``--quick``. ``VELRO_BENCH_TRAFFIC_REQUESTS`` / ``VELRO_BENCH_TRAFFIC_MARK``
+shorten the stream and its cold start on a loaded machine (the report says
+so). Needs PostgreSQL (``VELRO_BENCH_PG_*``), Redis (``VELRO_BENCH_REDIS_URL``)
+and the ``bench`` extra (django-cachalot, django-cacheops).
 """
 
 from __future__ import annotations
@@ -411,8 +413,19 @@ def _sizes(quick: bool) -> dict[str, int]:
 
 
 def _terminate_cleanly() -> None:
-    """SIGTERM as SystemExit, so the running arm's ``finally`` stops its gunicorn."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    """SIGTERM as SystemExit in this process, so the running arm's ``finally`` stops its gunicorn.
+
+    The driver's forked clients inherit the handler; a pool ends them with
+    SIGTERM, which in them keeps its default meaning.
+    """
+    main = os.getpid()
+
+    def handle(signum: int, frame: Any) -> None:
+        if os.getpid() != main:
+            os._exit(128 + signum)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handle)
 
 
 def run(args: argparse.Namespace) -> Report:
