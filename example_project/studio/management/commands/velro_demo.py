@@ -27,13 +27,12 @@ from django.db import connection
 from django.test.utils import override_settings
 from tqdm import tqdm
 
-from velro_cache import warming
-
 from studio.demo import report, runner
 from studio.demo.plan import PATCH, PlannedRequest, World
 from studio.models import ApiToken, Generation
 from studio.reads import forget_generation, read_stats
 from studio.traffic import TrafficModel
+from velro_cache import warming
 
 NO_CACHE = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
 # label (None: one pass on the cache as it is) and whether warm() runs first
