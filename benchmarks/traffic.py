@@ -175,15 +175,16 @@ def _arm(arm: str, plan: list[Any], sizes: dict[str, int], database: str, max_id
     velro = arm.startswith("velro")
     try:
         stats = [_telemetry(sizes["workers"], need_warming=arm == "velro_warm")] if velro else []
-        created = multiprocessing.Manager().dict()
         missing = max_id + 10_000_000
         samples, elapsed = [], []
-        for start, stop in ((0, sizes["mark"]), (sizes["mark"], len(plan))):
-            part, seconds = _replay(port, plan, start, stop, sizes["clients"], created, missing)
-            samples += part
-            elapsed.append(seconds)
-            if velro:
-                stats.append(_telemetry(sizes["workers"]))
+        with multiprocessing.Manager() as manager:
+            created = manager.dict()
+            for start, stop in ((0, sizes["mark"]), (sizes["mark"], len(plan))):
+                part, seconds = _replay(port, plan, start, stop, sizes["clients"], created, missing)
+                samples += part
+                elapsed.append(seconds)
+                if velro:
+                    stats.append(_telemetry(sizes["workers"]))
     finally:
         _stop_server(server)
     return {"samples": samples, "elapsed": elapsed, "stats": stats, "initial": initial}
