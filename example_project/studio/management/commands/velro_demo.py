@@ -68,7 +68,7 @@ class Command(BaseCommand):
     help = "Simulate Velro API traffic through the cache and print a report."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--requests", type=int, default=5000)
+        parser.add_argument("--requests", type=int, default=3000, help="requests per pass (two passes by default)")
         parser.add_argument(
             "--clients", type=int, default=1,
             help="concurrent client threads (they share one interpreter: latencies include GIL waits)",
@@ -88,7 +88,7 @@ class Command(BaseCommand):
             help="compare: a cold pass without warming, then a cold pass after warm() (the default); "
             "on: only the warmed pass; off: one pass on the cache as it is",
         )
-        parser.add_argument("--window", type=int, default=500, help="requests per point of the warm-up curve")
+        parser.add_argument("--window", type=int, default=250, help="requests per point of the warm-up curve")
         parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
