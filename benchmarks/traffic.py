@@ -65,6 +65,7 @@ LABELS = {"off": "caching off", "velro": "velro-cache", "velro_warm": "velro-cac
           "cachalot": "django-cachalot", "cacheops": "django-cacheops"}
 WORLD_SEED, HISTORY_SEED, STREAM_SEED = 7, 1, 2
 CURVE_MARKS = (1_000, 10_000)
+START_TIMEOUT = 300  # seconds for gunicorn to answer: minutes on a machine loaded many times over
 
 
 # -- setup ------------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def _start_server(database: str, arm: str, workers: int, port: int) -> subproces
     config = ["-c", str(ROOT / "example_project" / "gunicorn.conf.py")] if arm == "velro_warm" else []
     command = [*config, "-b", f"127.0.0.1:{port}", "-w", str(workers), "example_project.wsgi:application"]
     server = subprocess.Popen([sys.executable, "-m", "gunicorn", *command, "--log-level", "warning"], cwd=ROOT, env=env)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/me/", timeout=2)
