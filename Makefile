@@ -49,14 +49,17 @@ test-matrix: services
 bench: $(STAMP) services
 	$(PY) -m benchmarks
 
-## make demo: migrate and seed the example project, drive traffic, print the report, serve on 127.0.0.1:8000.
+## make demo: migrate and seed the example project, drive the traffic model without and with warming, print both
+## reports and the warm-up curve, then serve on 127.0.0.1:8000 with the caches warm.
 # Whether Redis answers is decided once, here, and passed to every command (VELRO_EXAMPLE_L2).
+# gunicorn with the example's config warms each worker as it starts (post_worker_init): L1 per worker,
+# on top of the L2 the demo's warmed pass left.
 demo: $(STAMP)
 	cd example_project && export VELRO_EXAMPLE_L2=$$(../$(PY) -m example_project.redis_probe) && \
 		../$(PY) manage.py migrate --noinput && \
 		../$(PY) manage.py velro_seed && \
 		../$(PY) manage.py velro_demo && \
-		../$(PY) manage.py runserver 127.0.0.1:8000
+		../$(PY) -m gunicorn -c gunicorn.conf.py
 
 clean:
 	rm -rf $(VENV) .venv-py3*-dj60 .cache .pytest_cache .hypothesis

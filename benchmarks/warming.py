@@ -2,8 +2,8 @@
 
 The example project on PostgreSQL with L1 + L2 (Redis), its API driven
 in-process through Django's full request path (test ``Client``, one client),
-on the demo's traffic model (``studio.demo.plan``: Zipf popularity of users
-and generations, mostly reads, ~5 % edits, some 401/403/404).
+on the Velro traffic model (``studio.traffic``: sessions that revisit, Zipf teams
+and generations, new generations over time, 5 % writes, some 401/403/404).
 
 Yesterday's traffic comes from the same model with another seed: its reads are
 written to the access log (``studio_generationaccess``) and the views are
@@ -109,20 +109,21 @@ def _world() -> Any:
     return World.load(random.Random(WORLD_SEED))
 
 
-def _write_history(world: Any, count: int) -> int:
-    """Yesterday's traffic, from the same popularity: its reads into the access log, its users' tokens marked used."""
+def _write_history(world: Any, plan: list[Any]) -> int:
+    """Yesterday's traffic (a stream of the same model): its reads into the access log, its users' tokens marked used."""
     from datetime import timedelta
 
     from django.utils import timezone
-    from studio.demo.plan import DETAIL, MEDIA, Planner
+    from studio.demo.plan import DETAIL, MEDIA
     from studio.models import ApiToken, GenerationAccess
 
     user_of = {key: user for user, key in world.token_of.items()}
     rng = random.Random(HISTORY_SEED)
     now = timezone.now()
     rows = []
-    for item in Planner(world, random.Random(HISTORY_SEED)).plan(count):
-        generation_id = int(item.path.split("/")[3]) if item.endpoint in (DETAIL, MEDIA) else None
+    for item in plan:
+        part = item.path.split("/")[3] if item.endpoint in (DETAIL, MEDIA) else ""
+        generation_id = int(part) if part.isdigit() else None  # not the stream's own creations
         if generation_id in world.owner_of and item.token in user_of:  # not the planned 404s and 401s
             rows.append(GenerationAccess(generation_id=generation_id, user_id=user_of[item.token],
                                          kind="media" if item.endpoint == MEDIA else "read",
@@ -170,10 +171,12 @@ def _replay(plan: list[Any]) -> list[dict[str, int]]:
     from django.core.cache import cache
     from django.db import connection
     from django.test import Client
-    from studio.demo.runner import _send
+    from studio.demo.runner import Created, _send
+    from studio.models import Generation
     from studio.reads import read_stats
 
     client = Client(raise_request_exception=False)
+    created = Created(missing=(Generation.objects.order_by("-pk").values_list("pk", flat=True).first() or 0) + 10_000_000)
     counter = _Counter()
     reads = read_stats.thread_counter()
     samples = []
@@ -182,7 +185,7 @@ def _replay(plan: list[Any]) -> list[dict[str, int]]:
             hits, misses = _data_counts(cache)
             read_hits, read_misses = reads["hits"], reads["misses"]
             queries = counter.count
-            status = _send(client, item)
+            status = _send(client, item, created)
             after = _data_counts(cache)
             samples.append({"status": status, "hits": after[0] - hits, "misses": after[1] - misses,
                             "read_hits": reads["hits"] - read_hits, "read_misses": reads["misses"] - read_misses,
@@ -340,13 +343,13 @@ def run(args: argparse.Namespace) -> Report:
     database = _database_name(args.quick)
     common.ensure_database(database)
     _configure(database)
-    from studio.demo.plan import Planner
+    from studio.traffic import TrafficModel
 
     seeded = _seed(sizes)
     world = _world()
-    history = _write_history(world, sizes["history"])
+    history = _write_history(world, TrafficModel(world, random.Random(HISTORY_SEED)).stream(sizes["history"]))
     _refresh_views()
-    plan = Planner(world, random.Random(TODAY_SEED)).plan(sizes["requests"])
+    plan = TrafficModel(world, random.Random(TODAY_SEED)).stream(sizes["requests"])
 
     with common.library_warnings() as warned:
         without, _, types_cold = _arm(plan, warm=False)

@@ -20,7 +20,7 @@ from velro_cache.authz import ObjectRef
 from velro_cache.authz.middleware import RequestAuthorization
 
 from .auth import token_required
-from .models import Generation
+from .models import Generation, Role, TeamMembership
 from .reads import (
     generation_meta,
     generation_metas,
@@ -42,6 +42,7 @@ MEDIA_FIELDS = (
 )
 EDITABLE_FIELDS = {"prompt", "status"}
 MAX_PROMPT_LENGTH = 4000
+DEFAULT_MODEL = "velro-image-v3"
 
 
 def authz(request: HttpRequest) -> RequestAuthorization:
@@ -144,6 +145,32 @@ def _update_generation(request: HttpRequest, generation_id: int) -> JsonResponse
     return JsonResponse(pick(serialize_generation(generation), READ_FIELDS))
 
 
+def _create_generation(request: HttpRequest) -> JsonResponse:
+    """A new generation owned by the caller, in one of their teams where they are an editor or owner.
+
+    Like edits, the decision reads the membership from the database; the
+    generation's cached "not found" is retired when the row commits.
+    """
+    try:
+        body = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return error(400, "invalid_json", "The request body is not valid JSON.")
+    prompt = body.get("prompt") if isinstance(body, dict) else None
+    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT_LENGTH:
+        return error(400, "invalid_prompt", f"'prompt' must be 1-{MAX_PROMPT_LENGTH} characters.")
+    team_id = body.get("team_id")
+    if team_id is not None:
+        writable = TeamMembership.objects.filter(
+            team_id=team_id, user_id=request.user.pk, role__in=[Role.EDITOR, Role.OWNER]
+        )
+        if not isinstance(team_id, int) or not writable.exists():
+            return forbidden("create")
+    generation = Generation.objects.create(
+        owner_id=request.user.pk, team_id=team_id, prompt=prompt, model_name=DEFAULT_MODEL,
+    )
+    return JsonResponse(pick(serialize_generation(generation), READ_FIELDS), status=201)
+
+
 def _parse_ids(raw: str, limit: int) -> list[int] | JsonResponse:
     try:
         ids = list(dict.fromkeys(int(part) for part in raw.split(",") if part.strip()))
@@ -156,9 +183,12 @@ def _parse_ids(raw: str, limit: int) -> list[int] | JsonResponse:
     return ids
 
 
-@require_GET
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
 @token_required
 def generation_batch(request: HttpRequest) -> JsonResponse:
+    if request.method == "POST":
+        return _create_generation(request)
     limit = system_config("api.batch_max_ids", DEFAULT_BATCH_MAX_IDS)
     ids = _parse_ids(request.GET.get("ids", ""), limit)
     if isinstance(ids, JsonResponse):

@@ -22,7 +22,8 @@ MEDIA = "GET /api/generations/<id>/media/"
 PATCH = "PATCH /api/generations/<id>/"
 BATCH = "GET /api/generations/?ids="
 ME = "GET /api/me/"
-ENDPOINTS = (DETAIL, MEDIA, PATCH, BATCH, ME)
+CREATE = "POST /api/generations/"
+ENDPOINTS = (DETAIL, MEDIA, PATCH, BATCH, ME, CREATE)
 
 ZIPF_EXPONENT = 1.1
 MIX = {
@@ -44,6 +45,7 @@ class PlannedRequest:
     path: str
     token: str | None
     body: str | None = None
+    creates: int | None = None  # a creation: the ordinal that later paths name as ``new:<k>`` (studio.traffic)
 
 
 def zipf_cum_weights(n: int, exponent: float = ZIPF_EXPONENT) -> list[float]:

@@ -236,3 +236,46 @@ def _queries(cached: RunResult, uncached: RunResult | None) -> list[str]:
         else:
             lines.append(f"  {endpoint:<34}{q_on:>10.3f}{'-':>10}{'-':>9}")
     return lines
+
+
+# -- several passes -------------------------------------------------------------------------------
+
+COUNTS = ("l1_hits", "l2_hits", "misses", "corrupt", "requests")
+
+
+def stats_delta(after: Any, before: Any) -> Any:
+    """What a pass added to the backend's counters (they are cumulative per process): totals and per data type."""
+    if not backend_has_types(after) or not backend_has_types(before):
+        return after
+
+    def minus(now: Mapping[str, Any], then: Mapping[str, Any]) -> dict[str, int]:
+        return {name: int(now.get(name, 0)) - int(then.get(name, 0)) for name in COUNTS if _is_number(now.get(name))}
+
+    by_type = {name: minus(row, before["by_type"].get(name, {})) for name, row in after["by_type"].items()}
+    by_type = {name: row for name, row in by_type.items() if row.get("requests", 0)}
+    return {"totals": minus(after["totals"], before["totals"]), "by_type": by_type}
+
+
+def curve(passes: Mapping[str, RunResult], window: int) -> list[str]:
+    """The warm-up curve of each pass: the read-through hit rate per window of requests, and cumulative."""
+    labels = list(passes)
+    count = min(len(run.samples) for run in passes.values())
+    lines = ["", "=" * 78, f"Warm-up curve: hit rate per {window} requests after a cold start (cumulative in brackets)", "=" * 78]
+    lines.append(f"  {'requests':<14}" + "".join(f"{label:>28}" for label in labels))
+    totals = {label: [0, 0] for label in labels}
+    for start in range(0, count, window):
+        row = f"  {f'{start + 1}-{min(start + window, count)}':<14}"
+        for label in labels:
+            part = passes[label].samples[start:start + window]
+            hits, misses = sum(s.hits for s in part), sum(s.misses for s in part)
+            totals[label][0] += hits
+            totals[label][1] += misses
+            cumulative = pct(totals[label][0], sum(totals[label])).strip()
+            row += f"{pct(hits, hits + misses).strip():>16} {_bar(hits, hits + misses)} ({cumulative})".rjust(28)
+        lines.append(row)
+    return lines
+
+
+def _bar(part: int, whole: int, width: int = 5) -> str:
+    filled = round(width * part / whole) if whole else 0
+    return "#" * filled + "." * (width - filled)

@@ -20,6 +20,7 @@ from django.db import connection
 from django.test import Client
 
 from studio.reads import read_stats
+from studio.traffic import resolve
 
 from .plan import PlannedRequest
 
@@ -59,12 +60,31 @@ def request_host() -> str:
     return "localhost"
 
 
-def _send(client: Client, item: PlannedRequest) -> int:
+class Created:
+    """The ids the server gave the plan's creations, shared by the clients (``studio.traffic.resolve``)."""
+
+    def __init__(self, missing: int) -> None:
+        self.ids: dict[int, int] = {}
+        self.missing = missing  # above every real id: an unresolved ``new:<k>`` is a 404
+
+    def path(self, item: PlannedRequest) -> str:
+        return resolve(item.path, self.ids, self.missing)
+
+    def record(self, item: PlannedRequest, response: Any) -> None:
+        if item.creates is not None and response.status_code == 201:
+            self.ids[item.creates] = response.json()["id"]
+
+
+def _send(client: Client, item: PlannedRequest, created: Created | None = None) -> int:
     headers = {"Authorization": f"Bearer {item.token}"} if item.token else {}
-    if item.method == "PATCH":
-        response = client.patch(item.path, item.body, content_type="application/json", headers=headers)
+    path = created.path(item) if created is not None else item.path
+    if item.method in ("PATCH", "POST"):
+        send = client.patch if item.method == "PATCH" else client.post
+        response = send(path, item.body, content_type="application/json", headers=headers)
     else:
-        response = client.get(item.path, headers=headers)
+        response = client.get(path, headers=headers)
+    if created is not None:
+        created.record(item, response)
     return response.status_code
 
 
@@ -73,6 +93,7 @@ def _work(
     samples: list[Sample | None],
     next_index: Callable[[], int],
     tick: Callable[[int], None],
+    created: Created,
 ) -> None:
     client = Client(SERVER_NAME=request_host(), raise_request_exception=False)
     counter = _QueryCounter()
@@ -82,7 +103,7 @@ def _work(
         while (index := next_index()) < len(plan):
             queries, hits, misses = counter.count, reads["hits"], reads["misses"]
             started = time.perf_counter_ns()
-            status = _send(client, plan[index])
+            status = _send(client, plan[index], created)
             latency = time.perf_counter_ns() - started
             samples[index] = Sample(
                 plan[index].endpoint, status, latency, counter.count - queries,
@@ -96,6 +117,9 @@ def _work(
 
 def run(plan: list[PlannedRequest], clients: int, progress: Any = None) -> RunResult:
     """Run the plan with ``clients`` concurrent clients (1 = in the calling thread)."""
+    from studio.models import Generation
+
+    created = Created(missing=(Generation.objects.order_by("-pk").values_list("pk", flat=True).first() or 0) + 10_000_000)
     samples: list[Sample | None] = [None] * len(plan)
     counter = itertools.count()
     lock = threading.Lock()
@@ -110,10 +134,10 @@ def run(plan: list[PlannedRequest], clients: int, progress: Any = None) -> RunRe
 
     started = time.perf_counter()
     if clients <= 1:
-        _work(plan, samples, next_index, tick)
+        _work(plan, samples, next_index, tick, created)
     else:
         threads = [
-            threading.Thread(target=_threaded, args=(plan, samples, next_index, tick), daemon=True)
+            threading.Thread(target=_threaded, args=(plan, samples, next_index, tick, created), daemon=True)
             for _ in range(clients)
         ]
         for thread in threads:

@@ -1,8 +1,13 @@
 """`manage.py velro_demo`: drive simulated Velro traffic and print what the cache did.
 
-Two passes: the main run with the configured cache, then (unless --compare 0) a
-replay of the start of the same plan with caching off, which is the honest way to
-say how many database queries the cache saved.
+The traffic is the Velro traffic model (``studio.traffic``). By default
+(``--warming compare``) the same stream runs twice after a cold start (the
+cache cleared, as after a deploy): without warming, then after
+``velro_cache.warming.warm()`` with the example's plan; both reports print,
+then the warm-up curve of the two side by side. The warmed pass runs last,
+so the caches are warm when the command ends. Then (unless --compare 0) a
+replay of the start of the same stream with caching off, which is the honest
+way to say how many database queries the cache saved.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import random
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -22,11 +28,28 @@ from django.test.utils import override_settings
 from tqdm import tqdm
 
 from studio.demo import report, runner
-from studio.demo.plan import PATCH, PlannedRequest, Planner, World
+from studio.demo.plan import PATCH, PlannedRequest, World
 from studio.models import ApiToken, Generation
 from studio.reads import forget_generation, read_stats
+from studio.traffic import TrafficModel
+from velro_cache import warming
 
 NO_CACHE = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
+# label (None: one pass on the cache as it is) and whether warm() runs first
+PASSES = {
+    "compare": [("cold start, no warming", False), ("cold start, warmed", True)],
+    "on": [("cold start, warmed", True)],
+    "off": [("", False)],
+}
+
+
+@dataclass
+class Pass:
+    label: str
+    result: runner.RunResult
+    read_types: dict
+    backend_stats: Any
+    warm_up: str
 
 
 @contextmanager
@@ -45,7 +68,7 @@ class Command(BaseCommand):
     help = "Simulate Velro API traffic through the cache and print a report."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--requests", type=int, default=5000)
+        parser.add_argument("--requests", type=int, default=3000, help="requests per pass (two passes by default)")
         parser.add_argument(
             "--clients", type=int, default=1,
             help="concurrent client threads (they share one interpreter: latencies include GIL waits)",
@@ -60,6 +83,12 @@ class Command(BaseCommand):
             help="clear the default cache first (its KEY_PREFIX's keys; without a prefix, "
             "the whole Redis database)",
         )
+        parser.add_argument(
+            "--warming", choices=("compare", "on", "off"), default="compare",
+            help="compare: a cold pass without warming, then a cold pass after warm() (the default); "
+            "on: only the warmed pass; off: one pass on the cache as it is",
+        )
+        parser.add_argument("--window", type=int, default=250, help="requests per point of the warm-up curve")
         parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -68,14 +97,9 @@ class Command(BaseCommand):
         if not Generation.objects.exists() or not ApiToken.objects.exists():
             raise CommandError("No Velro data yet: run `manage.py velro_seed` first.")
         rng = random.Random(options["seed"])
-        plan = Planner(World.load(rng), rng).plan(options["requests"])
-        if options["cold"]:
-            cache.clear()
+        plan = TrafficModel(World.load(rng), rng).stream(options["requests"])
 
-        read_stats.reset()
-        cached = self._run("cached", plan, options)
-        read_types = read_stats.snapshot()
-        backend_stats = self._backend_stats()
+        passes = [self._pass(label, warm, plan, options) for label, warm in PASSES[options["warming"]]]
         uncached = None
         if options["compare"]:
             uncached = self._run_uncached(plan[: options["compare"]], options)
@@ -85,10 +109,26 @@ class Command(BaseCommand):
             "database": f"{connection.vendor} ({connection.settings_dict['NAME']})",
             "debug": str(settings.DEBUG),
         }
-        lines = report.render(
-            report.ReportInput(cached, uncached, read_types, backend_stats, setup)
-        )
-        self.stdout.write("\n".join(lines))
+        for one in passes:
+            if one.label:
+                self.stdout.write(f"\n### {one.label}" + (f": {one.warm_up}" if one.warm_up else ""))
+            self.stdout.write("\n".join(report.render(
+                report.ReportInput(one.result, uncached, one.read_types, one.backend_stats, setup))))
+        if len(passes) > 1:
+            self.stdout.write("\n".join(report.curve({one.label: one.result for one in passes}, options["window"])))
+
+    def _pass(self, label: str, warm: bool, plan: list[PlannedRequest], options: dict) -> Pass:
+        """One pass of the stream: after a cold start (and a warm-up) when ``label`` names one."""
+        if label or options["cold"]:
+            cache.clear()
+        warm_up = ""
+        if warm:
+            run = warming.warm()
+            warm_up = f"warm() loaded {run.entries:,} entries in {run.seconds:.2f} s, {run.errors} error(s)"
+        before = self._backend_stats()
+        read_stats.reset()
+        result = self._run(label or "cached", plan, options)
+        return Pass(label, result, read_stats.snapshot(), report.stats_delta(self._backend_stats(), before), warm_up)
 
     def _run(self, label: str, plan: list[PlannedRequest], options: dict) -> runner.RunResult:
         with quiet_request_log(), tqdm(
@@ -102,7 +142,7 @@ class Command(BaseCommand):
         with override_settings(CACHES=NO_CACHE):
             result = self._run("uncached", plan, options)
         for item in plan:
-            if item.endpoint == PATCH:
+            if item.endpoint == PATCH and "new:" not in item.path:
                 forget_generation(int(item.path.rstrip("/").rsplit("/", 1)[1]))
         return result
 
