@@ -137,6 +137,17 @@ def start_workers(url: str, control_url: str, count: int) -> list[WorkerProcess]
     return workers
 
 
+def warm(workers: list[WorkerProcess]) -> None:
+    """One call in each before the clock starts.
+
+    A first call builds the cache's clients (a cluster's slot map) and waits
+    for its listener's subscription: up to seconds on a loaded machine, which
+    must not eat the history's lead (a history of misses judges nothing).
+    """
+    for worker in workers:
+        worker.call(op="warm")
+
+
 def run_history(plan: Plan, workdir: Path | None = None) -> Outcome:
     """Run ``plan`` against servers of its own and return the checker's verdict."""
     with ExitStack() as stack:
@@ -158,6 +169,7 @@ def run_history(plan: Plan, workdir: Path | None = None) -> Outcome:
         workers = start_workers(proxy.url(0) if plan.proxied else server.url(0), control.url(0), plan.workers)
         for worker in workers:
             stack.callback(worker.stop)
+        warm(workers)
         return _drive(plan, Target(server, proxy, workdir), workers, [f"k{n}" for n in range(plan.keys)])
 
 
@@ -173,8 +185,7 @@ def _run_on_cluster(plan: Plan, workdir: Path, control: RedisServer, stack: Exit
     workers = start_workers(",".join(cluster.urls), control.url(0), plan.workers)
     for worker in workers:
         stack.callback(worker.stop)
-    for worker in workers:  # a first call builds the cluster client (seconds on a loaded machine): not in the history
-        worker.call(op="warm")
+    warm(workers)
     return _drive(plan, Target(None, None, workdir, cluster=cluster, victim=victim), workers, keys)
 
 

@@ -10,9 +10,8 @@ What changes from one Redis, and why:
   Redis the PUBLISH rides in the write's own pipeline, executed after the
   write; across nodes nothing orders a PUBLISH on one node after a SET on
   another, and a process hearing it early could re-read the old value and
-  keep it in L1. So a write costs a second round trip here, sent to the node
-  that took the write (it just answered). PUBLISH on any node reaches the
-  subscribers of every node.
+  keep it in L1. So a write costs a second round trip here. PUBLISH on any
+  node reaches the subscribers of every node.
 * Every coherence message goes out through the node this process's listener
   subscribes through (every process with the same LOCATION subscribes through
   the same first node), not the node that took the write: a PUBLISH on one
