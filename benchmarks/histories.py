@@ -5,7 +5,9 @@ OS processes, each a TieredCache with its own L1, issue versioned writes,
 deletes and reads on a few keys through a TCP proxy to a redis-server this
 run owns, while a fault is injected for real (none, SIGKILL + restart,
 SIGSTOP/SIGCONT, the pub/sub socket held silent, FLUSHALL, a restart from an
-older RDB snapshot). The checker marks every read that served a value some
+older RDB snapshot), and on a three-primary Redis Cluster (no fault, SIGSTOP
+or SIGKILL of a primary the listeners do not subscribe through). The checker
+marks every read that served a value some
 write had replaced before the read began, and its staleness (how long after
 that write returned). Each fault runs several rounds with different seeds;
 the table gives the totals and the worst round, against the spec's bound.
@@ -45,6 +47,10 @@ SCENARIOS = (
     Scenario("silent-socket", "silent-socket"),
     Scenario("flush", "flush"),
     Scenario("restore", "restore"),
+    # On a three-primary Redis Cluster of the run's own; the fault hits a primary the listeners do not subscribe through.
+    Scenario("cluster: none", "cluster-none"),
+    Scenario("cluster: node-stop", "node-stop"),
+    Scenario("cluster: node-kill", "node-kill"),
 )
 
 
@@ -137,6 +143,9 @@ def _intro(plan: dict[str, Any]) -> list[str]:
         "Every read is a \"request\" (`tests.history.worker.start_request`); without a request-boundary hook in the",
         "library these are raw cross-process figures. The fault's own plan may differ (`tests/history/faults.py`):",
         "`restore` uses 300 keys, `stop` a read-heavy mix without deletes.",
+        "The `cluster:` rows run the same workers on a three-primary Redis Cluster of their own (no proxy; 6 keys spread",
+        "over every primary); `node-stop`/`node-kill` SIGSTOP or SIGKILL (and restart) a primary the listeners do not",
+        "subscribe through, so their confirmations keep coming from a live node while its keys' writes are held back.",
     ]
 
 

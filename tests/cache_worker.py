@@ -91,6 +91,18 @@ def _write(cache, command: dict):
     return True
 
 
+def _poll(cache, keys: list[str], seconds: float) -> list[list]:
+    reads = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for key in keys:
+            start = time.monotonic()
+            value = cache.get(key)
+            reads.append([key, start, time.monotonic(), value])
+        time.sleep(0.001)
+    return reads
+
+
 def _handle(cache, command: dict):
     op = command["op"]
     if command.get("request"):  # as a request would start: Django's handlers send this first
@@ -117,6 +129,17 @@ def _handle(cache, command: dict):
         if eventually(lambda: cache.get(command["key"]) == command["value"], command.get("limit", 5), interval=0.0005):
             return time.perf_counter() - start
         return None
+    if op == "timed_set":  # [start, end] of each set, on CLOCK_MONOTONIC (shared by every process)
+        times = []
+        for key in command["keys"]:
+            start = time.monotonic()
+            cache.set(key, command["value"], 300)
+            times.append([start, time.monotonic()])
+        return times
+    if op == "poll":  # read the keys for ``seconds``: [key, start, end, value] of each read
+        return _poll(cache, command["keys"], command["seconds"])
+    if op == "subscribed":  # the node URL this process's listener subscribes through
+        return cache._state.listener.endpoints.node
     if op == "stats":
         stats = cache.stats()
         return {"l1": stats["l1"], "coherence": stats["l2"]["coherence"], "breaker": stats["l2"]["breaker"]["state"]}

@@ -13,6 +13,7 @@ def test_histories_quick_run_reports_every_scenario(tmp_path):
     rows = section(data, "Stale reads per scenario")["rows"]
     assert [row["scenario"] for row in rows] == [
         "none", "none, no proxy", "none, readers spinning", "kill", "stop", "silent-socket", "flush", "restore",
+        "cluster: none", "cluster: node-stop", "cluster: node-kill",
     ]
     for row in rows:
         assert row["reads"] > 0 and row["operations"] >= row["reads"]

@@ -367,9 +367,9 @@ class AsyncTieredMixin:
         if self._l2 is None:
             return self.clear()
         try:
-            await self._al2_call("clear", self.key_prefix, self._state.clear_message())
+            await self._al2_call("clear", self.key_prefix, self._state.clear_message(self.key_prefix))
         except L2Unavailable:
-            self._state.pending.add_clear(self.key_prefix)
+            self._state.hold_back_clear(self.key_prefix)
         self._state.forget_all_local()
 
     async def aclose(self, **kwargs: Any) -> None:

@@ -301,9 +301,8 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
         return True
 
     def _write_failed(self, fulls: list[str]) -> None:
-        """Redis did not take a write: drop local copies, replay as deletes later."""
-        self._state.forget_local(fulls)
-        self._state.pending.add(fulls, self.key_prefix)
+        """Redis did not take a write: drop local copies, replay as deletes later (``ProcessState.hold_back``)."""
+        self._state.hold_back(fulls, self.key_prefix)
 
     # -- L1 payloads ------------------------------------------------------------
     # An L1 payload is ``(reader, stored)``: the value is ``stored`` itself when
@@ -829,9 +828,9 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
     def clear(self) -> None:
         if self._l2 is not None:
             try:
-                self._l2_call(self._l2.clear, self.key_prefix, self._state.clear_message())
+                self._l2_call(self._l2.clear, self.key_prefix, self._state.clear_message(self.key_prefix))
             except L2Unavailable:
-                self._state.pending.add_clear(self.key_prefix)
+                self._state.hold_back_clear(self.key_prefix)
         self._state.forget_all_local()
 
     # -- read-through -----------------------------------------------------------

@@ -379,7 +379,7 @@ class RedisApiMixin:
                     deleted += self._delete_full(batch)
                     batch = []
         except L2Unavailable:
-            self._state.pending.add_clear(self.key_prefix if prefix is None else prefix)
+            self._state.hold_back_clear(self.key_prefix if prefix is None else prefix)
             self._state.forget_all_local()
             return 0
         return deleted + (self._delete_full(batch) if batch else 0)

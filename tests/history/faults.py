@@ -28,11 +28,13 @@ the server went down (a resurrection). Every fault: 0 errors raised.
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.redis_cluster import ClusterNode, LocalCluster
 from tests.redis_server import RedisServer
 from tests.tcp_proxy import TcpProxy, subscribers
 
@@ -54,12 +56,19 @@ class Bound:
 
 @dataclass
 class Target:
-    """What a fault acts on: the cache's redis-server, its data directory, and the proxy in front."""
+    """What a fault acts on: the cache's redis-server, its data directory, and the proxy in front.
 
-    server: RedisServer
-    proxy: TcpProxy
+    On a cluster (``cluster`` set; no server, no proxy): ``victim`` is the
+    primary the faults hit, one the workers' listeners do not subscribe
+    through, so their PONGs keep coming while its keys cannot be written.
+    """
+
+    server: RedisServer | None
+    proxy: TcpProxy | None
     workdir: Path
     marks: dict[str, float] = field(default_factory=dict)  # extra instants a fault records (snapshot, stop)
+    cluster: LocalCluster | None = None
+    victim: ClusterNode | None = None
 
 
 class Fault:
@@ -70,6 +79,7 @@ class Fault:
     keys: int | None = None  # how many keys its histories use; None: the run's default (a few)
     mix: dict[str, int] | None = None  # operation weights; None: the worker's DEFAULT_MIX
     quiet: float = 0.0  # seconds before the injection in which no worker writes (reads instead)
+    on_cluster = False  # True: its histories run on a three-primary Redis Cluster (``run_history``)
 
     def inject(self, target: Target, hold: float) -> None:
         """Start the fault; the run waits ``hold`` seconds (a fault may use them) before ``recover``."""
@@ -171,7 +181,60 @@ class Restore(Fault):
         return target.workdir / "dump.rdb"
 
 
-FAULTS: dict[str, Fault] = {fault.name: fault for fault in (Fault(), Kill(), Stop(), SilentSocket(), Flush(), Restore())}
+class NodeStop(Fault):
+    """On a cluster: SIGSTOP a primary the listeners do not subscribe through, then SIGCONT.
+
+    The workers' confirmations (PONGs on the subscribed node) keep coming, so
+    they alone cannot tell a reader that another process's writes to the
+    stopped node's keys are held back; the same read-heavy, delete-free mix
+    and quiet lead as ``Stop``, so readers hold every key in L1 when it stops.
+    """
+
+    name = "node-stop"
+    bound = Bound(FAULT_BOUND)
+    mix = Stop.mix
+    quiet = Stop.quiet
+    keys = 6
+    on_cluster = True
+
+    def inject(self, target: Target, hold: float) -> None:
+        assert target.victim is not None and target.victim.process is not None
+        target.victim.process.send_signal(signal.SIGSTOP)
+
+    def recover(self, target: Target) -> None:
+        assert target.victim is not None and target.victim.process is not None
+        target.victim.process.send_signal(signal.SIGCONT)
+
+
+class NodeKill(NodeStop):
+    """On a cluster: SIGKILL a primary the listeners do not subscribe through; start it again, empty, on its port."""
+
+    name = "node-kill"
+    mix = None
+    quiet = 0.0
+
+    def inject(self, target: Target, hold: float) -> None:
+        assert target.victim is not None
+        target.victim.kill()
+
+    def recover(self, target: Target) -> None:
+        assert target.victim is not None and target.cluster is not None
+        target.victim.start()
+        target.cluster.wait_ok()
+
+
+class ClusterNone(Fault):
+    """No fault, on a cluster: the baseline of the cluster's histories."""
+
+    name = "cluster-none"
+    keys = 6
+    on_cluster = True
+
+
+FAULTS: dict[str, Fault] = {
+    fault.name: fault
+    for fault in (Fault(), Kill(), Stop(), SilentSocket(), Flush(), Restore(), ClusterNone(), NodeStop(), NodeKill())
+}
 
 
 def resurrections(verdict: Any, target_marks: dict[str, float], recovered: float) -> list[Any]:

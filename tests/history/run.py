@@ -12,12 +12,19 @@ instant (``start_at``, sent to all of them: a start line, not a sleep race),
 runs ``lead`` seconds of normal traffic, the fault is injected and held
 ``hold`` seconds, recovered, and ``tail`` seconds of traffic follow, so a
 history shows the fault's onset, its duration and the recovery.
+
+The cluster faults (``Fault.on_cluster``) run on a three-primary Redis
+Cluster of their own instead (no proxy: the cluster's redirections name the
+nodes themselves). The keys are chosen so every primary owns some, and the
+fault hits a primary the listeners do not subscribe through (they subscribe
+through the first startup node).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import signal
 import tempfile
 import time
 from contextlib import ExitStack
@@ -28,6 +35,7 @@ from typing import Any
 from tests.history.checker import Stale, Verdict, check
 from tests.history.faults import FAULTS, Target, resurrections
 from tests.history.worker import DEFAULT_MIX
+from tests.redis_cluster import LocalCluster
 from tests.redis_server import RedisServer
 from tests.support import WorkerProcess
 from tests.tcp_proxy import TcpProxy
@@ -129,16 +137,31 @@ def start_workers(url: str, control_url: str, count: int) -> list[WorkerProcess]
     return workers
 
 
+def warm(workers: list[WorkerProcess]) -> None:
+    """One call in each before the clock starts.
+
+    A first call builds the cache's clients (a cluster's slot map) and waits
+    for its listener's subscription: up to seconds on a loaded machine, which
+    must not eat the history's lead (a history of misses judges nothing).
+    """
+    for worker in workers:
+        worker.call(op="warm")
+
+
 def run_history(plan: Plan, workdir: Path | None = None) -> Outcome:
     """Run ``plan`` against servers of its own and return the checker's verdict."""
     with ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="velro-history-")))
         (workdir / "control").mkdir(parents=True, exist_ok=True)
-        server, control = RedisServer(workdir), RedisServer(workdir / "control")
-        for redis_server in (server, control):
-            redis_server.start()
-            stack.callback(redis_server.stop)
+        control = RedisServer(workdir / "control")
+        control.start()
+        stack.callback(control.stop)
+        if FAULTS[plan.fault].on_cluster:
+            return _run_on_cluster(plan, workdir, control, stack)
+        server = RedisServer(workdir)
+        server.start()
+        stack.callback(server.stop)
         stack.callback(server.resume)  # a failing stop fault must not leave it frozen
         proxy = TcpProxy(server.port)
         stack.callback(proxy.stop)
@@ -146,15 +169,55 @@ def run_history(plan: Plan, workdir: Path | None = None) -> Outcome:
         workers = start_workers(proxy.url(0) if plan.proxied else server.url(0), control.url(0), plan.workers)
         for worker in workers:
             stack.callback(worker.stop)
-        return _drive(plan, Target(server, proxy, workdir), workers)
+        warm(workers)
+        return _drive(plan, Target(server, proxy, workdir), workers, [f"k{n}" for n in range(plan.keys)])
 
 
-def _drive(plan: Plan, target: Target, workers: list[WorkerProcess]) -> Outcome:
+def _run_on_cluster(plan: Plan, workdir: Path, control: RedisServer, stack: ExitStack) -> Outcome:
+    """The cluster half of ``run_history``: its own three primaries, keys on each, a victim not subscribed through."""
+    (workdir / "cluster").mkdir(parents=True, exist_ok=True)
+    cluster = LocalCluster(workdir / "cluster", full_coverage=False).start()
+    stack.callback(cluster.stop)
+    for node in cluster.nodes:  # a failing stop fault must not leave a node frozen (kill needs it running)
+        stack.callback(lambda node=node: node.process and node.process.send_signal(signal.SIGCONT))
+    keys, owners = names_on_every_primary(cluster, plan.keys)
+    victim = max(cluster.nodes[1:], key=lambda node: owners.count(node.port))  # nodes[0]: where listeners subscribe
+    workers = start_workers(",".join(cluster.urls), control.url(0), plan.workers)
+    for worker in workers:
+        stack.callback(worker.stop)
+    warm(workers)
+    return _drive(plan, Target(None, None, workdir, cluster=cluster, victim=victim), workers, keys)
+
+
+def names_on_every_primary(cluster: LocalCluster, count: int) -> tuple[list[str], list[int]]:
+    """``count`` key names spread over the primaries (round robin), and the port of each one's owner.
+
+    Hashed as the worker's cache names them (``PREFIX:1:name``, Django's key
+    format), so the fault's node certainly owns keys the workers use.
+    """
+    client = cluster.client()
+    try:
+        ports = [node.port for node in cluster.nodes]
+        chosen: list[str] = []
+        owners: list[int] = []
+        number = 0
+        while len(chosen) < count:
+            name = f"k{number}"
+            number += 1
+            owner = client.get_node_from_key(f"{PREFIX}:1:{name}").port
+            if owner == ports[len(chosen) % len(ports)]:
+                chosen.append(name)
+                owners.append(owner)
+        return chosen, owners
+    finally:
+        client.close()
+
+
+def _drive(plan: Plan, target: Target, workers: list[WorkerProcess], keys: list[str]) -> Outcome:
     fault = FAULTS[plan.fault]
     start_at = time.monotonic() + START_SLACK
     until = start_at + plan.lead + plan.hold + plan.tail
     outs = [target.workdir / f"worker-{number}.json" for number in range(len(workers))]
-    keys = [f"k{n}" for n in range(plan.keys)]
     inject_at = start_at + plan.lead
     quiet = [inject_at - fault.quiet, inject_at] if fault.quiet else None
     for number, (worker, out) in enumerate(zip(workers, outs, strict=True)):

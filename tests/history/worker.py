@@ -180,6 +180,9 @@ def _handle(cache: Any, control: Any, worker: int, command: dict[str, Any]) -> A
     op = command["op"]
     if op == "run":
         return _run(cache, control, worker, command)
+    if op == "warm":  # build the cache's clients (a cluster's slot map) before the clock starts
+        cache.set("warm-up", 0, TIMEOUT)
+        return cache.get("warm-up")
     if op == "stats":
         stats = cache.stats()
         return {"coherence": stats["l2"]["coherence"], "breaker": stats["l2"]["breaker"]["state"]}

@@ -10,9 +10,25 @@ What changes from one Redis, and why:
   Redis the PUBLISH rides in the write's own pipeline, executed after the
   write; across nodes nothing orders a PUBLISH on one node after a SET on
   another, and a process hearing it early could re-read the old value and
-  keep it in L1. So a write costs a second round trip here, sent to the node
-  that took the write (it just answered). PUBLISH on any node reaches the
-  subscribers of every node.
+  keep it in L1. So a write costs a second round trip here. PUBLISH on any
+  node reaches the subscribers of every node.
+* Every coherence message goes out through the node this process's listener
+  subscribes through (every process with the same LOCATION subscribes through
+  the same first node), not the node that took the write: a PUBLISH on one
+  node reaches another node's subscribers over the cluster bus, later and
+  unordered with the PINGs they send there, so a reader confirming its L1
+  (read-your-writes, the staleness bound) could get its PONG before the
+  message. On the subscribed node the message is ahead of every PING sent
+  after the write returned. The scripts that publish on the key's own node
+  (``add``, ``replace_if_equal``, ``store_if_leased``) are echoed there.
+* A write that could not reach its primary (a stopped or killed node, or any
+  write while the breaker is open: one breaker guards the whole cluster) is
+  announced as *held* (``HeldKeys``), before the writer's call returns.
+  Other processes' listeners are confirmed by the subscribed node, which
+  still answers, so nothing else would tell them: they drop their L1 copies
+  and treat Redis's answers for those keys as misses until the writer's
+  replay (a delete, announced) or any later write of the key releases them;
+  the node that comes back still holds the value the held write replaced.
 * ``clear`` flushes or scans every primary.
 * The client is built on first use: RedisCluster's constructor asks the nodes
   for the slot map and raises when none answers, and a cache must be
@@ -37,6 +53,8 @@ from redis.retry import Retry
 from ..options import TieredOptions
 from .incarnation import ClusterIncarnationConnection
 from .redis import RedisTier, lease_key, pool_kwargs, pool_settings, ttl_ms
+
+HELD_LIMIT = 100_000  # held keys per process; past it every key counts as held until the next clear
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -143,18 +161,118 @@ def shared_cluster_client(urls: Sequence[str], options: TieredOptions) -> Cluste
         return client
 
 
-class ClusterRedisTier(RedisTier):
-    """``RedisTier`` on a Redis Cluster; single-key calls are inherited unchanged."""
+class HeldKeys:
+    """Keys (and key prefixes) whose latest write another process holds back: Redis may hold what it replaced.
 
-    def __init__(self, urls: Sequence[str], options: TieredOptions, channel: str) -> None:
+    Filled by the ``HOLD`` messages other processes' writes announce when
+    they cannot reach their primary; emptied by any later announced write
+    of the key (the writer's replay is one), and for prefixes by a clear of
+    that prefix. A process started after a hold was announced does not know
+    of it (docs/consistency.md).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.keys: set[str] = set()
+        self.prefixes: set[str] = set()
+
+    def hold(self, keys: Sequence[str], prefixes: Sequence[str] = ()) -> None:
+        with self._lock:
+            self.keys.update(keys)
+            self.prefixes.update(prefixes)
+            if len(self.keys) > HELD_LIMIT:
+                self.keys.clear()
+                self.prefixes.add("")
+
+    def release(self, keys: Sequence[str]) -> None:
+        if self.keys:  # nearly always empty: a write pays one truth test
+            with self._lock:
+                self.keys.difference_update(keys)
+
+    def release_prefix(self, prefix: str) -> None:
+        """A clear of ``prefix`` reached every primary: nothing under it is left to be stale."""
+        with self._lock:
+            self.keys = {key for key in self.keys if not key.startswith(prefix)}
+            self.prefixes = {held for held in self.prefixes if not held.startswith(prefix)}
+
+    def covers(self, key: str) -> bool:
+        return key in self.keys or any(key.startswith(prefix) for prefix in self.prefixes)
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.prefixes)
+
+
+class ClusterRedisTier(RedisTier):
+    """``RedisTier`` on a Redis Cluster; single-key calls are inherited, reads filtered through ``held``.
+
+    ``announce_node``: the URL of the node this process's listener is
+    subscribed through now (None between sessions), where messages go.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        options: TieredOptions,
+        channel: str,
+        held: HeldKeys | None = None,
+        announce_node: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.url = ",".join(urls)
         self.channel = channel
         self.client = shared_cluster_client(urls, options)
+        self.held = HeldKeys() if held is None else held  # not `or`: an empty one is falsy
+        self._announce_node = announce_node
         # Scripts as bytes need no encoder, so registering them builds no client.
         self._register_scripts(lambda text: Script(self.client, text.encode()))
 
+    # -- reads: a held key is a miss (no round trip) ----------------------------------------
+    def get(self, key: str) -> bytes | None:
+        return None if self.held and self.held.covers(key) else self.client.get(key)
+
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return self.client.mget_nonatomic(keys) if keys else []
+        if not keys:
+            return []
+        datas = self.client.mget_nonatomic(keys)
+        if self.held:
+            datas = [None if self.held.covers(key) else data for key, data in zip(keys, datas)]
+        return datas
+
+    def has_key(self, key: str) -> bool:
+        return not (self.held and self.held.covers(key)) and super().has_key(key)
+
+    def get_with_ttl(self, key: str) -> tuple[bytes | None, int]:
+        data, pttl = super().get_with_ttl(key)
+        return (None, -2) if data is not None and self.held and self.held.covers(key) else (data, pttl)
+
+    def peek_fill(self, key: str) -> tuple[bytes | None, bool]:
+        data, leased = super().peek_fill(key)
+        return (None, leased) if data is not None and self.held and self.held.covers(key) else (data, leased)
+
+    # -- single-key scripts: they publish on the key's node; echoed on the subscribed one ------
+    def add(self, key: str, data: bytes | int, seconds: float | None, message: bytes) -> tuple[bool, bytes | None]:
+        added, in_the_way = super().add(key, data, seconds, message)
+        if added:
+            self._wrote([key], message)
+        return added, in_the_way
+
+    def replace_if_equal(self, key: str, old: bytes, new: bytes | int, ttl: int, message: bytes) -> bool:
+        replaced = super().replace_if_equal(key, old, new, ttl, message)
+        if replaced:
+            self._wrote([key], message)
+        return replaced
+
+    def store_if_leased(self, key: str, token: str, data: bytes | int, seconds: float | None, message: bytes) -> bool:
+        stored = super().store_if_leased(key, token, data, seconds, message)
+        if stored:
+            self._wrote([key], message)
+        return stored
+
+    def _wrote(self, keys: Sequence[str], message: bytes) -> None:
+        """A script took the write and published on the key's node: release our holds, echo it where readers listen."""
+        self.held.release(keys)
+        node = self._subscribed_node()
+        if node is not None and node is not self.client.get_node_from_key(keys[-1]):
+            self.client.publish(self.channel, message, target_nodes=node)
 
     def set_many(self, items: Iterable[tuple[str, bytes | int]], seconds: float | None, message: bytes) -> None:
         # Deliberately RedisTier.set_many's loop again rather than a shared one: a
@@ -179,43 +297,52 @@ class ClusterRedisTier(RedisTier):
     def clear(self, key_prefix: str, message: bytes) -> None:
         """``RedisTier.clear`` as it is: on a cluster its FLUSHDB and SCAN reach every primary.
 
-        Its PUBLISH comes after the deletions, so only the failure path needs adding.
+        Its PUBLISH comes after the deletions; the echo on the subscribed node
+        is added. A failed clear is announced as held by the backend.
+        """
+        super().clear(key_prefix, message)
+        self.held.release_prefix(key_prefix)
+        self._announce_anywhere(message)  # its PUBLISH went to the client's default node: again where readers listen
+
+    def announce_held(self, message: bytes) -> bool:
+        """Tell the other processes about writes this one holds back (``HeldKeys``); whether a node took it.
+
+        Quietly: the write failed already, and its replay is announced anyway.
         """
         try:
-            super().clear(key_prefix, message)
-        except Exception:
-            self._announce_quietly(message)
-            raise
+            self._announce_anywhere(message)
+        except Exception:  # noqa: BLE001 - nothing answered
+            return False
+        return True
 
     # -- announcing -----------------------------------------------------------------------
     def _write_then_announce(self, write: Callable[[], Any], keys: Sequence[str], message: bytes) -> Any:
-        """Run a write, then publish its message; on failure still tell the other processes.
+        """Run a write, then publish its message where the readers listen.
 
-        A failed write leaves the backend to replay it as an invalidation once
-        the cluster answers; the other nodes may answer now, and hearing the
-        message lets the other processes drop their copies meanwhile.
+        Nothing is published when the write fails: the backend announces it
+        held (``ProcessState.hold_back``), and a drop published now would
+        release the other processes' holds of these keys while a node still
+        holds the old values (a replay that reached only some nodes).
         """
-        try:
-            result = write()
-        except Exception:
-            self._announce_quietly(message)
-            raise
-        if keys:
-            self.client.publish(self.channel, message, target_nodes=self.client.get_node_from_key(keys[-1]))
-        else:
-            self._announce_anywhere(message)
+        result = write()
+        self.held.release(keys)
+        self._announce_anywhere(message)
         return result
 
-    def _announce_quietly(self, message: bytes) -> None:
-        try:
-            self._announce_anywhere(message)
-        except Exception:  # nothing answers: the backend's replay will announce it
-            pass
+    def _subscribed_node(self) -> Any:
+        """The cluster client's node for where our listener subscribes; None between sessions or if it is not known."""
+        url = self._announce_node()
+        if url is None:
+            return None
+        host, port = host_port(url)
+        return self.client.get_node(host=host, port=port)
 
     def _announce_anywhere(self, message: bytes) -> None:
-        """PUBLISH through the first primary that answers (plain PUBLISH routes to one fixed node)."""
+        """PUBLISH through the subscribed node, else the first primary that answers (plain PUBLISH routes to one fixed node)."""
         error: Exception | None = None
-        for node in self.client.get_primaries():
+        first = self._subscribed_node()
+        others = [node for node in self.client.get_primaries() if node is not first]
+        for node in [first, *others] if first is not None else others:
             try:
                 self.client.publish(self.channel, message, target_nodes=node)
                 return

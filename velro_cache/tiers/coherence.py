@@ -20,6 +20,10 @@ On a Redis Cluster a PUBLISH on any node reaches the subscribers of every
 node, so the listener subscribes through one node (the first startup node that
 answers) and moves to the next when that one fails; the epoch key lives in one
 slot, read through a cluster client, so every process reads the same one.
+Writers publish through the node they subscribe through (``tiers.cluster``),
+so messages and PONGs are ordered there, and announce the writes they could
+not deliver as held (``HOLD``, ``HOLD_PREFIX``): the PONGs of a live node say
+nothing about a stopped one.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ from .sentinel import master_pool
 logger = logging.getLogger("velro_cache.coherence")
 
 DROP, CLEAR = "d", "c"
+# Another process holds these writes back (its cluster node did not take them):
+# keys, or for HOLD_PREFIX the key prefix of a clear. A CLEAR carries its prefix.
+HOLD, HOLD_PREFIX = "h", "hp"
 # Heartbeats without a PONG before the channel counts as lost. Generous on
 # purpose: under CPU load this thread can wait long for the GIL while the
 # messages still queue, in order, on its socket - nothing is lost, and turning
@@ -192,8 +199,14 @@ def drop_message(origin: str, keys: Sequence[str]) -> bytes:
     return msgpack.packb([origin, DROP, list(keys)])
 
 
-def clear_message(origin: str) -> bytes:
-    return msgpack.packb([origin, CLEAR, []])
+def clear_message(origin: str, key_prefix: str = "") -> bytes:
+    """A clear of ``key_prefix`` (listeners before holds existed ignore the prefix: they drop all of L1)."""
+    return msgpack.packb([origin, CLEAR, [key_prefix]])
+
+
+def hold_message(origin: str, keys: Sequence[str], *, prefix: bool = False) -> bytes:
+    """Writes of ``keys`` (key prefixes with ``prefix``) held back; an older listener takes it as a drop."""
+    return msgpack.packb([origin, HOLD_PREFIX if prefix else HOLD, list(keys)])
 
 
 class CoherenceListener:
@@ -208,6 +221,7 @@ class CoherenceListener:
         on_lost: Callable[[str], None],
         on_ready: Callable[[bool], None],  # True: a new session after a lost one (see _become_ready)
         on_confirm: Callable[[float, float], None] = lambda sent, overdue: None,
+        on_held: Callable[[str, list[str]], None] | None = None,  # HOLD, HOLD_PREFIX, CLEAR and their keys
         hurry: Callable[[], bool] = lambda: False,
         heartbeat: float = 0.5,
         ping_every: float = 0.025,
@@ -222,6 +236,7 @@ class CoherenceListener:
         self._on_lost = on_lost
         self._on_ready = on_ready
         self._on_confirm = on_confirm
+        self._on_held = on_held or self._hold_as_drop
         self._hurry = hurry
         self.ping_every = ping_every
         # Pings go out from this thread and from request threads (``sync``);
@@ -398,7 +413,20 @@ class CoherenceListener:
         if origin == self.origin:
             return
         self.messages_applied += 1
-        self._on_drop(None if op == CLEAR else keys)
+        if op in (HOLD, HOLD_PREFIX, CLEAR):
+            self._on_held(op, keys)  # drops the L1 copies of what is held
+        if op not in (HOLD, HOLD_PREFIX):
+            self._on_drop(None if op == CLEAR else keys)
+
+    def _hold_as_drop(self, op: str, keys: list[str]) -> None:
+        """Without a handler a hold is just a drop (of all of L1 for a held clear); a clear drops after it anyway."""
+        if op != CLEAR:
+            self._on_drop(None if op == HOLD_PREFIX else keys)
+
+    @property
+    def subscribed_node(self) -> str | None:
+        """Where the live session subscribes (a URL), None between sessions."""
+        return self.endpoints.node if self.connected else None
 
     def _lose(self, reason: str) -> None:
         """Report a loss once per outage; retries while it lasts stay quiet."""

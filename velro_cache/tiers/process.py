@@ -12,7 +12,8 @@ listener, and two small ledgers:
 * ``PendingInvalidations`` remembers writes that could not reach Redis; when
   Redis answers again they are replayed as deletes (and announced), so nothing
   stale survives an outage in L2 or any L1. Past its limit it asks for a clear
-  of the cache's keys instead.
+  of the cache's keys instead. On a cluster they are announced as held when
+  they fail, and what others announce is kept in ``held`` (``tiers.cluster``).
 
 L1 is on only while L2 is coherent: the listener is subscribed and the breaker
 is closed. In L1-only mode it is always on.
@@ -35,8 +36,18 @@ from ..options import TieredOptions
 from ..stats import CacheStats, _read
 from . import incarnation
 from .breaker import CLOSED, OPEN, CircuitBreaker
-from .cluster import ClusterRedisTier
-from .coherence import CoherenceListener, channel_for, clear_message, drop_message, endpoints_for, new_origin
+from .cluster import ClusterRedisTier, HeldKeys
+from .coherence import (
+    CLEAR,
+    HOLD,
+    CoherenceListener,
+    channel_for,
+    clear_message,
+    drop_message,
+    endpoints_for,
+    hold_message,
+    new_origin,
+)
 from .errors import describe
 from .memory import MemoryStore
 from .redis import RedisTier
@@ -169,6 +180,8 @@ class ProcessState:
         self.loaded: dict[str, tuple[float, float | None]] = {}  # key -> (load seconds, epoch expiry)
         self.l2: RedisTier | None = None
         self.listener: CoherenceListener | None = None
+        self.held = HeldKeys()  # on a cluster: what other processes announced they hold back
+        self._announce_failed_at = -1.0  # monotonic time of the last failed hold announcement
         self.breaker = CircuitBreaker()
         self.l1_enabled = not options.redis_urls
         self._trust_lock = threading.Lock()
@@ -186,7 +199,10 @@ class ProcessState:
         self.store.trusted_until = 0.0  # until the listener's first PONG
         url = options.redis_urls[0]
         if options.cluster:  # chosen once here, so the single-Redis path carries no cluster checks
-            self.l2 = ClusterRedisTier(options.redis_urls, options, channel_for(url))
+            self.l2 = ClusterRedisTier(
+                options.redis_urls, options, channel_for(url), self.held,
+                announce_node=lambda: None if self.listener is None else self.listener.subscribed_node,
+            )
         else:
             self.l2 = RedisTier(url, options, channel_for(url))
         self.breaker.add_listener(self._on_breaker)
@@ -197,6 +213,7 @@ class ProcessState:
             on_lost=self._on_channel_lost,
             on_ready=self._on_channel_ready,
             on_confirm=self._on_confirm,
+            on_held=self._on_held,
             hurry=lambda: bool(self.pending),
             ping_every=options.staleness_bound / 4,
             endpoints=endpoints_for(options),
@@ -223,8 +240,47 @@ class ProcessState:
     def drop_message(self, keys: Sequence[str]) -> bytes:
         return drop_message(self.origin, keys)
 
-    def clear_message(self) -> bytes:
-        return clear_message(self.origin)
+    def clear_message(self, key_prefix: str = "") -> bytes:
+        return clear_message(self.origin, key_prefix)
+
+    # -- writes Redis did not take ----------------------------------------------------------
+    def hold_back(self, keys: Sequence[str], key_prefix: str) -> None:
+        """A write of ``keys`` did not reach Redis: drop local copies, replay it as deletes later, announce it held."""
+        self.forget_local(keys)
+        self.pending.add(keys, key_prefix)
+        self._announce_held(hold_message(self.origin, keys))
+
+    def hold_back_clear(self, key_prefix: str) -> None:
+        """A clear of ``key_prefix`` did not reach Redis: replay it later, announce it held."""
+        self.pending.add_clear(key_prefix)
+        self._announce_held(hold_message(self.origin, [key_prefix], prefix=True))
+
+    def _announce_held(self, message: bytes) -> None:
+        """On a cluster, through the subscribed node (``tiers.cluster``); on one Redis there is nothing to do.
+
+        On one Redis a write that cannot reach it means the others'
+        confirmations stop too. After an announcement failed, none is tried
+        until a PING sent after the failure is answered: the node is not
+        answering, the processes subscribed through it stop trusting their
+        L1 by themselves, and trying would add a socket timeout to every
+        write of the outage.
+        """
+        if not isinstance(self.l2, ClusterRedisTier) or self.heard <= self._announce_failed_at:
+            return
+        if not self.l2.announce_held(message):
+            self._announce_failed_at = time.monotonic()
+
+    def _on_held(self, op: str, keys: list[str]) -> None:
+        """Another process holds writes back (HOLD, HOLD_PREFIX) or cleared a prefix (CLEAR releases it)."""
+        if op == CLEAR:  # the listener drops L1 after this
+            for prefix in keys:
+                self.held.release_prefix(prefix)
+        elif op == HOLD:
+            self.held.hold(keys)  # first: a read from now on misses, and the note below voids one in flight
+            self.forget_local(keys)
+        else:
+            self.held.hold([], keys)
+            self.forget_all_local()  # a held clear names no key
 
     # -- L1 changes (all under the store lock, so fills can check atomically) ---------
     def forget_local(self, keys: Sequence[str]) -> None:
@@ -295,6 +351,7 @@ class ProcessState:
         if keys is None:
             self.forget_all_local()
         else:
+            self.held.release(keys)  # a write another process delivered: Redis holds it (see _on_held for holds)
             self.forget_local(keys)
 
     def remember_load(self, key: str, delta: float, expires_at: float | None) -> None:
@@ -472,7 +529,7 @@ class ProcessState:
             return not self.pending
         try:
             for prefix in prefixes:
-                self.l2.clear(prefix, self.clear_message())
+                self.l2.clear(prefix, self.clear_message(prefix))
             if keys:
                 self.l2.delete_many(sorted(keys), self.drop_message(sorted(keys)))
         except Exception as exc:
