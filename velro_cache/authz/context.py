@@ -31,6 +31,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from .. import switches
+from ..conf import settings
 from ..exceptions import L2Unavailable
 from ..invalidation.retirement import resolve_cache
 from . import decisions, facts, roles, versions

@@ -526,6 +526,11 @@ class LruEviction:
         self.order[entry.key] = entry
         self.weighted_size += entry.weight
 
+    def on_add_many(self, entries: list[Entry]) -> None:
+        """A batch promoted from L2, in order: :meth:`on_add` for each."""
+        for entry in entries:
+            self.on_add(entry)
+
     def on_access(self, entry: Entry) -> None:
         self.order.move_to_end(entry.key)
 
