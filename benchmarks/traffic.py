@@ -436,7 +436,7 @@ def run(args: argparse.Namespace) -> Report:
     if not common.redis_answers():
         raise SystemExit(f"benchmarks.traffic needs Redis at {REDIS_URL}")
     database = _database_name(args.quick)
-    warming._ensure_database(database)
+    common.ensure_database(database)
     _configure(database)
     from studio.demo.plan import World
     from studio.models import Generation
