@@ -49,7 +49,6 @@ DATABASE = "velro_bench_invalidation"
 NO_CACHE = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
 
 
-
 def __getattr__(name: str) -> Any:
     """The benchmark is its own URLconf (the example's API under /api/), built once apps are ready."""
     if name == "urlpatterns":
@@ -160,15 +159,6 @@ class Pass:
         return common.ratio(self.queries[endpoint], self.requests[endpoint])
 
 
-class QueryCounter:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        self.count += 1
-        return execute(sql, params, many, context)
-
-
 def _send(client: Any, item: Any) -> Any:
     headers = {"Authorization": f"Bearer {item.token}"} if item.token else {}
     if item.method == "PATCH":
@@ -194,7 +184,7 @@ def run_pass(label: str, plan: list[Any], check: bool = False) -> Pass:
 
     result = Pass(label)
     client = Client(SERVER_NAME="localhost", raise_request_exception=False)
-    counter = QueryCounter()
+    counter = common.QueryCounter()
     started = time.perf_counter()
     for item in plan:
         before = counter.count

@@ -10,19 +10,11 @@ Both are cheap counters, the same in every arm.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 
-
-class _Counter:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
-        self.count += 1
-        return execute(sql, params, many, context)
+from . import common
 
 
 class CountingMiddleware:
@@ -34,7 +26,7 @@ class CountingMiddleware:
 
         reads = read_stats.thread_counter()
         hits, misses = reads["hits"], reads["misses"]
-        counter = _Counter()
+        counter = common.QueryCounter()
         with connection.execute_wrapper(counter):
             response = self.get_response(request)
         response["X-Queries"] = str(counter.count)

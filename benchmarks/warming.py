@@ -34,7 +34,6 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,6 @@ FULL = {"users": 3_000, "teams": 150, "generations": 30_000, "history": 30_000, 
 QUICK = {"users": 150, "teams": 10, "generations": 1_500, "history": 1_500, "requests": 300, "window": 50}
 MARKS = (100, 1_000, 10_000)  # the issue's "first 1,000 and 10,000 requests", and the very first ones
 WORLD_SEED, HISTORY_SEED, TODAY_SEED = 7, 1, 2
-
 
 
 # -- setup -------------------------------------------------------------------------------
@@ -144,15 +142,6 @@ def _refresh_views() -> None:
 # -- the replay ------------------------------------------------------------------------------
 
 
-class _Counter:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
-        self.count += 1
-        return execute(sql, params, many, context)
-
-
 def _data_counts(cache: Any) -> tuple[int, int]:
     """(hits, misses) of data reads so far: every data type but the namespace tokens'."""
     from velro_cache.namespaces import TOKEN_KEY_TYPE
@@ -177,7 +166,7 @@ def _replay(plan: list[Any]) -> list[dict[str, int]]:
 
     client = Client(raise_request_exception=False)
     created = Created(missing=(Generation.objects.order_by("-pk").values_list("pk", flat=True).first() or 0) + 10_000_000)
-    counter = _Counter()
+    counter = common.QueryCounter()
     reads = read_stats.thread_counter()
     samples = []
     with connection.execute_wrapper(counter):

@@ -152,6 +152,19 @@ def test_eviction_policy_off_evicts_in_plain_lru_order(make_cache):
     assert list(held._eviction.order)[-2:] == ["b", "a"]  # a read makes a key the most recently used
 
 
+def test_eviction_policy_off_takes_a_get_many_batch_from_redis(make_cache):
+    """A get_many promotes its whole batch into L1 in one pass; the LRU takes it as W-TinyLFU does."""
+    writer = make_cache()
+    values = {f"record:{number}": {"id": number} for number in range(20)}
+    writer.set_many(values)
+    switches.set(switches.EVICTION_POLICY, "off")
+    reader = make_cache(like=writer)  # another "process": its L1 built under the switch
+    assert reader._l1.eviction_stats()["policy"] == "lru"
+    assert reader.get_many(list(values)) == values
+    assert reader._l1.eviction_stats()["entries"] == len(values)  # promoted into the LRU, one batch
+    assert reader.get_many(list(values)) == values
+
+
 def test_turning_eviction_policy_off_switches_a_live_l1_in_place(make_cache):
     cache = make_cache(l2=False, max_bytes=256 * 1024)
     cache.set("kept", "value")

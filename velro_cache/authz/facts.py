@@ -31,7 +31,7 @@ from django.db.models import F
 
 from ..keys import build_key
 from ..ttl import ttl_for
-from .policy import ObjectPolicy
+from .policy import ObjectPolicy, pk_as_found
 
 Facts = list[Any]  # [pk as the database has it, owner id (None without an owner field), via values...]
 
@@ -59,7 +59,7 @@ def from_database(policy: ObjectPolicy, pks: Sequence[Any]) -> dict[Any, Facts]:
     found = {row[0]: _facts(policy, row) for row in rows}
     asked: dict[Any, Facts] = {}
     for pk in pks:
-        facts = found.get(pk) or found.get(_as_found(pk, found))
+        facts = found.get(pk_as_found(pk, found))
         if facts is not None:
             asked[pk] = facts
     return asked
@@ -70,17 +70,6 @@ def _facts(policy: ObjectPolicy, row: tuple[Any, ...]) -> Facts:
     if not policy.owner:
         values = [None, *values]
     return [pk, *values]
-
-
-def _as_found(pk: Any, found: dict[Any, Any]) -> Any:
-    """A pk as the database returns it (``"5"`` from a URL finds the row ``5``)."""
-    if not found:
-        return pk
-    sample = next(iter(found))
-    try:
-        return type(sample)(pk)
-    except (TypeError, ValueError):
-        return pk
 
 
 def valid(policy: ObjectPolicy, value: Any) -> bool:

@@ -193,7 +193,7 @@ class ObjectPolicy:
             return {}
         rows = self._query(user_id, pks, using)
         found = {row[0]: self._role_from_row(user_id, row[1:]) for row in rows}
-        return {pk: found.get(_same_type(pk, found)) for pk in pks}
+        return {pk: found.get(pk_as_found(pk, found)) for pk in pks}
 
     def _query(self, user_id: Any, pks: list[Any], using: str | None) -> Any:
         user_model = get_user_model()
@@ -224,8 +224,8 @@ class ObjectPolicy:
         return self.roles[best - 1] if best else None
 
 
-def _same_type(pk: Any, found: dict[Any, Any]) -> Any:
-    """A pk as the database returns it (``"5"`` from a URL finds the row ``5``)."""
+def pk_as_found(pk: Any, found: dict[Any, Any]) -> Any:
+    """A pk as the database returns it (``"5"`` from a URL finds the row ``5``); the policy's lookups and ``facts`` share it."""
     if pk in found or not found:
         return pk
     sample = next(iter(found))
