@@ -39,13 +39,14 @@ import io
 import multiprocessing
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from tests.support import stop_process
 
 from . import common
 from .common import ROOT, Case, Report
@@ -357,15 +358,6 @@ def _serve(database: dict[str, Any], port: int, caching: bool) -> subprocess.Pop
     raise RuntimeError("gunicorn did not start")
 
 
-def _stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def run_load(database: dict[str, Any], plan: dict[str, Any], caching: bool) -> dict[str, Any]:
     from tests.redis_server import free_port
 
@@ -381,7 +373,7 @@ def run_load(database: dict[str, Any], plan: dict[str, Any], caching: bool) -> d
         client.join()
         elapsed = time.perf_counter() - started
     finally:
-        _stop(process)
+        stop_process(process)
     statuses = [r[0] for r in results]
     latencies = sorted(r[1] * 1000 for r in results)
     cached = sorted(r[1] * 1000 for r in results if r[2] == 0)

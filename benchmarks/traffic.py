@@ -51,6 +51,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from tests.support import stop_process
+
 from . import common, warming
 from .common import REDIS_URL, ROOT, Report
 
@@ -138,15 +140,6 @@ def _start_server(database: str, arm: str, workers: int, port: int) -> subproces
     raise SystemExit(f"gunicorn ({arm}) did not answer on port {port}")
 
 
-def _stop_server(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-
-
 def _telemetry(workers: int, need_warming: bool = False, timeout: float = 60.0) -> dict[str, Any]:
     """Every worker's counters per data type, summed, once each worker has published (and warmed, if asked)."""
     from velro_cache.telemetry.combine import combine
@@ -187,7 +180,7 @@ def _arm(arm: str, plan: list[Any], sizes: dict[str, int], database: str, max_id
                 if velro:
                     stats.append(_telemetry(sizes["workers"]))
     finally:
-        _stop_server(server)
+        stop_process(server, timeout=30)
     return {"samples": samples, "elapsed": elapsed, "stats": stats, "initial": initial}
 
 

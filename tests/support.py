@@ -16,7 +16,8 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -234,6 +235,43 @@ def exercise_every_operation(cache: Any, keys: list[str]) -> dict[str, Any]:
     }
 
 
+# -- a site's caches, for the code that finds them by alias --------------------------------------
+
+
+@contextmanager
+def caches_in_force(config: dict[str, dict[str, Any]], flush: str | None = None, **more_settings: Any) -> Iterator[Any]:
+    """``CACHES = config`` (and ``more_settings``) for the block, with every per-process reader of them starting over.
+
+    The telemetry store's Redis clients and the switches' last read are kept
+    per process; without a reset they would still talk to the previous
+    ``CACHES``. ``flush`` (a Redis URL) is emptied before and after, and the
+    default cache's L1 dropped, so one test never reads another's tokens; the
+    client for it is what the block gets.
+    """
+    import redis
+    from django.core.cache import caches
+    from django.test import override_settings
+
+    from velro_cache import switches
+    from velro_cache.telemetry import store
+
+    client = redis.Redis.from_url(flush) if flush else None
+    if client is not None:
+        client.flushdb()
+    store.reset_clients()
+    switches.reset()
+    try:
+        with override_settings(CACHES=config, **more_settings):
+            if client is not None:
+                caches["default"].clear()
+            yield client
+    finally:
+        store.reset_clients()
+        switches.reset()
+        if client is not None:
+            client.flushdb()
+
+
 # -- processes ---------------------------------------------------------------------------------
 
 
@@ -358,6 +396,15 @@ def example_env(redis_url: str) -> dict[str, str]:
         "DJANGO_DEBUG": "0",
         "PYTHONPATH": str(ROOT),
     }
+
+
+def start_gunicorn(*args: str, port: int, env: dict[str, str], stderr: Path, cwd: Path = ROOT) -> subprocess.Popen:
+    """This venv's gunicorn with ``args`` (the app, options) on 127.0.0.1:``port``, its stderr kept in ``stderr`` for a failure message."""
+    with open(stderr, "w") as err:
+        return subprocess.Popen(
+            [str(Path(sys.executable).with_name("gunicorn")), *args, "--bind", f"127.0.0.1:{port}"],
+            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
 
 
 def example_cache_prefix() -> str:

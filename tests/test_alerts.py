@@ -11,16 +11,15 @@ from __future__ import annotations
 import logging
 
 import pytest
-import redis
 from django.core.cache import caches
-from django.test import override_settings
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.settings import redis_url
+from tests.support import caches_in_force
 from velro_cache import alerts
 from velro_cache.conf import DEFAULT_ALERTS
 from velro_cache.stats import LATENCY_BUCKETS
-from velro_cache.telemetry import combine, deployment, minute_series, store
+from velro_cache.telemetry import combine, deployment, minute_series
 from velro_cache.telemetry.prometheus import DeploymentCollector
 
 REDIS_DB = 3
@@ -100,27 +99,21 @@ def test_a_view_never_refreshed_or_older_than_the_threshold_fires():
 
 def test_an_open_breaker_on_a_dead_redis_fires():
     dead = {"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": "redis://127.0.0.1:1/0", "KEY_PREFIX": "alerts-dead"}}
-    store.reset_clients()
-    with override_settings(CACHES=dead):
+    with caches_in_force(dead):
         cache = caches["default"]
         for index in range(20):
             cache.get(f"gen:{index}")  # each failed call counts toward opening the breaker
         found = deployment()
-    store.reset_clients()
     assert not found.complete
     assert "breaker_open" in names(alerts.evaluate(found.view, [], {}, LIMITS))
 
 
 @pytest.fixture
 def alert_redis():
-    client = redis.Redis.from_url(redis_url(REDIS_DB))
-    client.flushdb()
-    store.reset_clients()
     config = {"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": redis_url(REDIS_DB), "KEY_PREFIX": "alerts"}}
-    with override_settings(CACHES=config, VELRO_CACHE={"ALERTS": {"HIT_RATE_BELOW": None, "VIEW_STALENESS_ABOVE": 1}}):
+    limits = {"ALERTS": {"HIT_RATE_BELOW": None, "VIEW_STALENESS_ABOVE": 1}}
+    with caches_in_force(config, flush=redis_url(REDIS_DB), VELRO_CACHE=limits) as client:
         yield client
-    store.reset_clients()
-    client.flushdb()
     alerts._local.clear()
 
 

@@ -18,8 +18,6 @@ import http.client
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +29,7 @@ from studio.models import ApiToken, Generation, Role, Team, TeamMembership
 
 from tests.redis_server import free_port
 from tests.settings import redis_url
-from tests.support import eventually, example_cache_prefix, example_env, stop_process, wait_for
+from tests.support import eventually, example_cache_prefix, example_env, start_gunicorn, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 3
@@ -52,14 +50,10 @@ def server(settings, tmp_path):
     }
     port = free_port()
     log = tmp_path / "access.log"
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("gunicorn")), "example_project.wsgi:application",
-            "--chdir", str(ROOT / "example_project"), "--workers", str(WORKERS), "--worker-class", "sync",
-            "--bind", f"127.0.0.1:{port}", "--access-logfile", str(log), "--access-logformat", "%(p)s %(m)s %(U)s %(s)s",
-            "--timeout", "60",
-        ],
-        env=example_env(redis_url(REDIS_DB)), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gunicorn.err", "w"),  # noqa: SIM115
+    process = start_gunicorn(
+        "example_project.wsgi:application", "--chdir", str(ROOT / "example_project"), "--workers", str(WORKERS),
+        "--worker-class", "sync", "--access-logfile", str(log), "--access-logformat", "%(p)s %(m)s %(U)s %(s)s", "--timeout", "60",
+        port=port, env=example_env(redis_url(REDIS_DB)), stderr=tmp_path / "gunicorn.err",
     )
     try:
         wait_for(lambda: request(port, "GET", "/api/me/", None)[0] == 401, "gunicorn did not start", 30, until_dead=process)

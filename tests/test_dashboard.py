@@ -10,14 +10,13 @@ nothing changed) and Redis down (this worker's figures under a banner).
 from __future__ import annotations
 
 import pytest
-import redis
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from django.core.cache import caches
 from django.test import Client, override_settings
 
 from tests.settings import redis_url
-from tests.support import eventually
+from tests.support import caches_in_force, eventually
 from velro_cache.models import ViewRefresh
 from velro_cache.reads import cached_read
 from velro_cache.telemetry import store
@@ -32,19 +31,8 @@ CACHES = {"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION":
 
 @pytest.fixture(autouse=True)
 def dashboard_redis():
-    client = redis.Redis.from_url(redis_url(REDIS_DB))
-    client.flushdb()
-    store.reset_clients()
-    with override_settings(CACHES=CACHES):
-        # The flush took the namespace tokens too, but this process's L1 may
-        # still hold the last test's until its listener's epoch check (up to
-        # 0.5 s): a token read from L1 now and from Redis (new, after the
-        # check) later names two keys, and a value cached in between reads as
-        # retired. clear() drops the L1 at once.
-        caches["default"].clear()
+    with caches_in_force(CACHES, flush=redis_url(REDIS_DB)) as client:
         yield client
-    store.reset_clients()
-    client.flushdb()
 
 
 def user(name: str, *, staff: bool = True, perms: tuple[str, ...] = ()) -> Client:

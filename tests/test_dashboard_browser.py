@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +28,7 @@ from studio.models import ApiToken
 
 from tests.redis_server import free_port
 from tests.settings import redis_url
-from tests.support import example_env, stop_process, wait_for
+from tests.support import example_env, start_gunicorn, stop_process, wait_for
 from velro_cache.models import ViewRefresh
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,14 +58,10 @@ def server(transactional_db, tmp_path):
     redis.Redis.from_url(redis_url(REDIS_DB)).flushdb()
     port = free_port()
     env = example_env(redis_url(REDIS_DB))
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("gunicorn")), "example_project.wsgi:application",
-            "--chdir", str(ROOT / "example_project"), "--workers", "2", "--worker-class", "sync",
-            "--bind", f"127.0.0.1:{port}", "--timeout", "60",
-        ],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gunicorn.err", "w"),  # noqa: SIM115
-    )  # fmt: skip
+    process = start_gunicorn(
+        "example_project.wsgi:application", "--chdir", str(ROOT / "example_project"), "--workers", "2",
+        "--worker-class", "sync", "--timeout", "60", port=port, env=env, stderr=tmp_path / "gunicorn.err",
+    )
     try:
         wait_for(lambda: get(port, "/") == 200, "gunicorn did not start", 30, until_dead=process)
         yield port

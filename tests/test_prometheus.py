@@ -15,21 +15,18 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import redis
 from django.core.cache import caches
-from django.test import override_settings
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.redis_server import free_port
 from tests.settings import redis_url
-from tests.support import eventually, stop_process, wait_for
-from velro_cache.telemetry import store
+from tests.support import caches_in_force, eventually, start_gunicorn, stop_process, wait_for
 from velro_cache.telemetry.prometheus import DeploymentCollector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,13 +59,10 @@ def gunicorn(tmp_path):
         "VELRO_METRICS_INTERVAL": "0.2",
         "PYTHONPATH": str(ROOT),
     }
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("gunicorn")), "django.core.wsgi:get_wsgi_application()",
-            "--chdir", str(ROOT), "--workers", str(WORKERS), "--worker-class", "sync", "--bind", f"127.0.0.1:{port}",
-        ],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gunicorn.err", "w"),  # noqa: SIM115
-    )  # fmt: skip
+    process = start_gunicorn(
+        "django.core.wsgi:get_wsgi_application()", "--chdir", str(ROOT), "--workers", str(WORKERS), "--worker-class", "sync",
+        port=port, env=env, stderr=tmp_path / "gunicorn.err",
+    )
     try:
         wait_for(lambda: get(port, "/metrics")[0] == 200, "gunicorn did not start", 30, until_dead=process)
         yield port
@@ -148,11 +142,9 @@ def collected_names() -> set[str]:
     """The sample names a real collection exports (with _total, _bucket, ...), from this process's own cache."""
     registry = CollectorRegistry()
     registry.register(DeploymentCollector())
-    store.reset_clients()
-    with override_settings(CACHES={"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": redis_url(REDIS_DB)}}):
+    with caches_in_force({"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": redis_url(REDIS_DB)}}):
         caches["default"].get("gen:1")
         text = generate_latest(registry).decode()
-    store.reset_clients()
     return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
@@ -172,15 +164,13 @@ def test_a_warm_up_is_exported_per_step():
     plan = warming.Plan([warming.Step("three", lambda: 3, tiers={warming.L1}), warming.Step("broken", broken, tiers={warming.L1})])
     registry = CollectorRegistry()
     registry.register(DeploymentCollector())
-    store.reset_clients()
     warming.reset_results()
     try:
-        with override_settings(CACHES={"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": redis_url(REDIS_DB)}}):
+        with caches_in_force({"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": redis_url(REDIS_DB)}}):
             warming.warm(plan)
             text = generate_latest(registry).decode()
     finally:
         warming.reset_results()
-        store.reset_clients()
     samples = {(s.name, s.labels.get("step")): s.value for family in text_string_to_metric_families(text) for s in family.samples}
     assert samples[("velro_cache_warming_entries", "three")] == 3 and samples[("velro_cache_warming_errors", "three")] == 0
     assert samples[("velro_cache_warming_errors", "broken")] == 1

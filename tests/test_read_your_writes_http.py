@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from studio.models import ApiToken, Generation, Team
 
 from tests.redis_server import free_port
 from tests.settings import redis_url
-from tests.support import example_cache_prefix, example_env, stop_process, wait_for
+from tests.support import example_cache_prefix, example_env, start_gunicorn, stop_process, wait_for
 from tests.test_authz_processes import request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,12 +39,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
 def gunicorn(port: int, tmp_path: Path, *extra: str) -> subprocess.Popen:
     env = example_env(redis_url(REDIS_DB))
-    return subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("gunicorn")), "example_project.wsgi:application",
-            "--chdir", str(ROOT / "example_project"), "--bind", f"127.0.0.1:{port}", "--timeout", "60", *extra,
-        ],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"gunicorn-{port}.err", "w"),  # noqa: SIM115
+    return start_gunicorn(
+        "example_project.wsgi:application", "--chdir", str(ROOT / "example_project"), "--timeout", "60", *extra,
+        port=port, env=env, stderr=tmp_path / f"gunicorn-{port}.err",
     )
 
 

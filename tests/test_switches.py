@@ -24,7 +24,7 @@ from django.test import override_settings
 from model_bakery import baker
 from studio.models import Generation, Role, Team, TeamMembership
 
-from tests.support import ROOT, behind, eventually
+from tests.support import ROOT, behind, caches_in_force, eventually
 from velro_cache import authz, switches
 from velro_cache.conf import parse_settings
 from velro_cache.db.reads import read_view
@@ -362,15 +362,11 @@ def test_clearing_a_runtime_value_brings_back_the_setting(settings):
 
 
 def test_redis_down_keeps_the_last_good_values(own_redis):
-    with override_settings(CACHES={"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": own_redis.url()}}):
-        store.reset_clients()
-        try:
-            switches.set(switches.WARMING, "off")
-            own_redis.stop()
-            assert not switches.refresh()
-            assert switches.percent(switches.WARMING) == 0.0
-        finally:
-            store.reset_clients()
+    with caches_in_force({"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": own_redis.url()}}):
+        switches.set(switches.WARMING, "off")
+        own_redis.stop()
+        assert not switches.refresh()
+        assert switches.percent(switches.WARMING) == 0.0
 
 
 # -- settings ---------------------------------------------------------------------------------------

@@ -12,14 +12,13 @@ from __future__ import annotations
 import html
 
 import pytest
-import redis
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from django.test import Client, override_settings
 
 from tests.settings import redis_url
+from tests.support import caches_in_force
 from velro_cache import switches
-from velro_cache.telemetry import store
 
 pytestmark = pytest.mark.django_db
 
@@ -31,15 +30,8 @@ CACHES = {"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION":
 
 @pytest.fixture(autouse=True)
 def switch_redis():
-    client = redis.Redis.from_url(redis_url(REDIS_DB))
-    client.flushdb()
-    store.reset_clients()
-    switches.reset()
-    with override_settings(CACHES=CACHES):
+    with caches_in_force(CACHES, flush=redis_url(REDIS_DB)) as client:
         yield client
-    store.reset_clients()
-    switches.reset()
-    client.flushdb()
 
 
 def user(name: str, perms: tuple[str, ...]) -> Client:

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 from django.core.cache import caches
 from django.test import override_settings
 
 from tests.settings import redis_url
+from tests.support import caches_in_force
 from velro_cache.telemetry import combine, deployment, history, minute_series, process_snapshot, store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,13 +35,8 @@ TELEMETRY_CACHES = {
 @pytest.fixture
 def telemetry_redis():
     """This suite's Redis database, empty, and the test process's caches pointed at it."""
-    client = redis.Redis.from_url(redis_url(REDIS_DB))
-    client.flushdb()
-    store.reset_clients()
-    with override_settings(CACHES=TELEMETRY_CACHES):
+    with caches_in_force(TELEMETRY_CACHES, flush=redis_url(REDIS_DB)) as client:
         yield client
-    store.reset_clients()
-    client.flushdb()
 
 
 def run_worker(reads: int, *, interval: str = "0", publish: bool = True) -> str:

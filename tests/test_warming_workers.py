@@ -15,7 +15,6 @@ import http.client
 import io
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from django.db import connection
 
 from tests.redis_server import free_port
 from tests.settings import redis_url
-from tests.support import eventually, example_cache_prefix, example_env, stop_process, wait_for
+from tests.support import eventually, example_cache_prefix, example_env, start_gunicorn, stop_process, wait_for
 from velro_cache import warming
 from velro_cache.db.refresh import refresh_views
 
@@ -58,12 +57,11 @@ def summaries(log: Path) -> dict[int, dict[str, str]]:
     return found
 
 
-def start_gunicorn(port: int, log: Path) -> subprocess.Popen:
+def start_warming_gunicorn(port: int, log: Path) -> subprocess.Popen:
     """The example project's gunicorn (its gunicorn.conf.py: warming in each worker) with WORKERS workers, stderr to ``log``."""
-    return subprocess.Popen(
-        [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(WORKERS)],
-        cwd=ROOT / "example_project", env=example_env(redis_url(REDIS_DB)), stdout=subprocess.DEVNULL, stderr=open(log, "w"),  # noqa: SIM115
+    return start_gunicorn(
+        "-c", "gunicorn.conf.py", "--workers", str(WORKERS),
+        port=port, env=example_env(redis_url(REDIS_DB)), stderr=log, cwd=ROOT / "example_project",
     )
 
 
@@ -78,7 +76,7 @@ def test_three_gunicorn_workers_warm_l1_each_and_l2_once(seeded, tmp_path):
 
     redis.Redis.from_url(redis_url(REDIS_DB)).flushdb()
     port, log = free_port(), tmp_path / "gunicorn.err"
-    process = start_gunicorn(port, log)
+    process = start_warming_gunicorn(port, log)
     try:
         wait_for(lambda: status_of(port, "/api/me/") == 401, "gunicorn did not start", 30, until_dead=process)
         wait_for(lambda: len(summaries(log)) == WORKERS, "not every worker logged its warm-up", 60, until_dead=process)
@@ -109,7 +107,7 @@ def test_a_trigger_on_redis_makes_every_worker_warm_again(seeded, tmp_path, sett
     settings.CACHES = {**settings.CACHES, "default": {"BACKEND": "velro_cache.backends.TieredCache",
                                                       "LOCATION": redis_url(REDIS_DB), "KEY_PREFIX": example_cache_prefix()}}
     port, log = free_port(), tmp_path / "gunicorn.err"
-    process = start_gunicorn(port, log)
+    process = start_warming_gunicorn(port, log)
     try:
         wait_for(lambda: len(summaries(log)) == WORKERS, "not every worker logged its warm-up", 60, until_dead=process)
         received = []
