@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 import velro_cache
+from tests.support import AsyncArrivals
 from velro_cache.reads import acached_read, cached_read
 
 pytestmark = pytest.mark.django_db(databases=[])
@@ -15,13 +16,18 @@ pytestmark = pytest.mark.django_db(databases=[])
 async def test_32_coroutines_load_once_and_share_entries_with_the_sync_read(make_cache):
     cache = make_cache()
     runs = []
+    arrivals = AsyncArrivals(32)
 
     async def load():
         runs.append(1)
-        await asyncio.sleep(0.02)
+        await arrivals.wait()  # the flight stays open until every coroutine has made its call
         return {"id": 7, "title": "dusk"}
 
-    results = await asyncio.gather(*(acached_read(("generation", 7, "meta"), load, cache=cache) for _ in range(32)))
+    async def read():
+        arrivals.arrive()
+        return await acached_read(("generation", 7, "meta"), load, cache=cache)
+
+    results = await asyncio.gather(*(read() for _ in range(32)))
     assert results == [{"id": 7, "title": "dusk"}] * 32
     assert len(runs) == 1
     # The same physical key as the sync read: no second load either way.
