@@ -48,6 +48,9 @@ SCAN_EVERY = 50_000  # Zipf requests between two scans
 SCAN_LENGTH = 10_000  # never-repeated keys per scan
 PHASE_REQUESTS = 300_000  # per phase
 SYNTHETIC_CAPACITIES = (1_000, 5_000)  # 1 % and 5 % of the keys
+DRIFT_REQUESTS = 300_000
+DRIFT_WIDTH = 2_000  # scale of the half-normal offset of a request ahead of the sliding base
+DRIFT_SPEED = 0.05  # keys the base advances per request: new keys keep arriving, old ones fade
 
 SKEWED, SCAN, RECENCY, LOOP, OTHER = "skewed", "scan-polluted", "recency", "loop", "other"
 
@@ -83,6 +86,7 @@ TRACES: tuple[TraceSpec, ...] = (
     TraceSpec("zipf-0.9+scan", SCAN, SYNTHETIC_CAPACITIES, (1000,), note=SCAN_NOTE),
     TraceSpec("zipf-1.1+scan", SCAN, SYNTHETIC_CAPACITIES, note=SCAN_NOTE),
     TraceSpec("phase-shift", SKEWED, SYNTHETIC_CAPACITIES, note="Zipf 0.9, then Zipf 0.8 on disjoint keys"),
+    TraceSpec("drift", RECENCY, (1_000, 2_000, 5_000), (2_000,), note="a hot set sliding over the keys, where LRU does well"),
 )
 
 QUICK_LIMIT = 30_000  # requests per trace in --quick mode
@@ -124,6 +128,20 @@ def zipf(n_keys: int, alpha: float, n_requests: int, rng: random.Random, offset:
     return [keys[bisect_left(cumulative, draw() * total)] for _ in range(n_requests)]
 
 
+def drift(n_requests: int, width: int, speed: float, rng: random.Random) -> list[int]:
+    """A hot set sliding over the key space: request i reads ``i * speed`` plus a half-normal offset.
+
+    Recency-heavy by construction (the keys read most are the ones that just
+    appeared, and yesterday's hot keys never come back), the shape of a
+    timeline or a feed of new items: LRU does well here, and a frequency
+    filter that holds on to what used to be popular loses. It stands in for
+    the held-back recency trace the spec's "never more than 1 below LRU" is
+    judged on.
+    """
+    gauss = rng.gauss
+    return [int(i * speed) + int(abs(gauss(0, width))) for i in range(n_requests)]
+
+
 def with_scans(requests: list[int], every: int, length: int, first_scan_key: int) -> list[int]:
     """Interleave sequential scans of never-repeated keys: LRU's classic poison."""
     out: list[int] = []
@@ -151,6 +169,8 @@ def load_trace(name: str, traces_dir: str, limit: int | None) -> list[int]:
         if name.endswith("+scan"):
             every, length = (SCAN_EVERY, SCAN_LENGTH) if limit is None else (limit // 5, limit // 25)
             trace = with_scans(trace, every, length, first_scan_key=10 * ZIPF_KEYS)
+    elif name == "drift":
+        trace = drift(DRIFT_REQUESTS if limit is None else limit, DRIFT_WIDTH, DRIFT_SPEED, rng)
     elif name == "phase-shift":
         n = PHASE_REQUESTS if limit is None else limit // 2
         trace = zipf(ZIPF_KEYS, 0.9, n, rng) + zipf(ZIPF_KEYS, 0.8, n, rng, offset=ZIPF_KEYS)

@@ -346,6 +346,27 @@ def test_the_window_grows_for_recency_and_shrinks_for_frequency() -> None:
     assert stats["tuner_decisions"] > 0
 
 
+def test_on_a_moving_hot_set_the_window_takes_the_whole_budget_and_keeps_up_with_lru() -> None:
+    """A timeline-like trace (new keys keep arriving, old ones never return): LRU's ground, never more than 1 point below it."""
+    rng = random.Random(4)
+    capacity = 5000
+    trace = [int(i * 0.05) + int(abs(rng.gauss(0, 2000))) for i in range(300_000)]
+    store = MemoryStore(capacity)
+    hits = sum(read_through(store, key) for key in trace)
+    lru: OrderedDict[int, None] = OrderedDict()
+    lru_hits = 0
+    for key in trace:
+        if key in lru:
+            lru.move_to_end(key)
+            lru_hits += 1
+        else:
+            lru[key] = None
+            if len(lru) > capacity:
+                lru.popitem(last=False)
+    assert store.eviction_stats()["window_max"] == capacity  # Caffeine's climb stops near 80 %
+    assert 100 * (hits - lru_hits) / len(trace) > -1.0
+
+
 # -- concurrency --------------------------------------------------------------------
 
 
