@@ -176,3 +176,38 @@ def test_non_staff_gets_the_login_page_again(server, browser):
     assert "/admin/login/" in page.url
     assert page.locator("#id_username").count() == 1
     assert page.locator("figure.velro-chart").count() == 0
+
+
+def test_an_operator_turns_a_switch_off_in_the_browser_and_every_worker_applies_it(server, browser):
+    """The Switches table and the switch action, end to end: confirmation, admin log, the value in Redis, the workers' pages."""
+    operator = account("operator", staff=True, perms=("view_dashboard", "run_dashboard_actions"))
+    page = log_in(browser, server, "operator")
+    row = "tr.velro-switch[data-switch=warming]"
+    assert page.inner_text(f"{row} .velro-switch-percent") == "on"
+
+    page.fill("#velro-target-switch", "warming=off")
+    page.click("form[data-action=switch] button")
+    page.wait_for_selector("#velro-confirm")
+    assert "warming=off" in page.inner_text(".velro-confirm-target")
+    hash_in_redis = redis.Redis.from_url(redis_url(REDIS_DB), decode_responses=True)
+    assert hash_in_redis.hget("velro:{switches}", "warming") is None  # nothing before the confirmation
+    page.click("#velro-confirm")
+    page.wait_for_selector(".messagelist")
+    assert hash_in_redis.hget("velro:{switches}", "warming") == "off"
+    assert LogEntry.objects.filter(user=operator, change_message__contains="warming").exists()
+
+    def every_worker_shows_it_off() -> bool:
+        # Two workers, each page rendered by whichever takes it: several loads in a row all say off.
+        for _ in range(4):
+            page.goto(f"http://127.0.0.1:{server}{DASHBOARD}")
+            if page.inner_text(f"{row} .velro-switch-percent") != "off" or page.inner_text(f"{row} .velro-switch-runtime") != "0 %":
+                return False
+        return True
+
+    wait_for(every_worker_shows_it_off, "the workers did not apply the switch within their refresh", 10)
+
+    page.fill("#velro-target-switch", "warming=sometimes")
+    page.click("form[data-action=switch] button")
+    page.wait_for_selector(".messagelist")
+    assert "Nothing was changed" in page.inner_text(".messagelist")
+    assert hash_in_redis.hget("velro:{switches}", "warming") == "off"
