@@ -97,6 +97,20 @@ def test_the_live_fragment_carries_the_figures_without_the_page_around_them():
     assert "<svg" in fragment and "velro-workers" in fragment and "<html" not in fragment
 
 
+def test_the_page_shows_what_adaptive_ttl_made_of_each_data_types_ttl():
+    from velro_cache import ttl
+
+    ttl.reset_effect()
+    try:
+        with override_settings(VELRO_CACHE={"TTL_JITTER": 0}):
+            ttl.ttl_for("generation:1:meta")
+        html = viewer().get(URL).content.decode()
+    finally:
+        ttl.reset_effect()
+    row = html[html.index('class="velro-ttl-row" data-type="generation"') :].split("</tr>")[0]
+    assert "300 s" in row and "&times;1.00" in row
+
+
 def test_a_viewer_cannot_run_actions():
     client = viewer()
     response = csrf_post(client, {"action": "invalidate_data_type", "target": "generation", "confirmed": "yes"})

@@ -157,3 +157,14 @@ def test_quantiles_come_from_summed_buckets_not_averaged_percentiles():
     assert view["caches"]["default"]["latency"]["l1"]["p99"] == LATENCY_BUCKETS[3]
     assert view["caches"]["default"]["latency"]["l1"]["count"] == 100
     assert minute_series({}) == []
+
+
+def test_the_ttls_workers_gave_add_up_per_data_type_and_a_bad_row_is_skipped():
+    """The dashboard's and velro_stats's adaptive-TTL table: every worker's sums (``ttl.effect_sums``) added, then averaged."""
+    one = {"ttl": {"generation": {"ttls": 3, "seconds": 2700.0, "factors": 9.0, "shortened": 0, "lengthened": 3}}}
+    two = {"ttl": {"generation": {"ttls": 1, "seconds": 150.0, "factors": 0.5, "shortened": 1, "lengthened": 0}, "junk": "not a row"}}
+    [row] = combine([one, two, {}])["ttl"]
+    assert row == {
+        "data_type": "generation", "base_seconds": 300, "ttls": 4, "mean_factor": 9.5 / 4, "mean_seconds": 2850 / 4,
+        "shortened": 1, "lengthened": 3,
+    }  # fmt: skip

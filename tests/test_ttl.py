@@ -13,8 +13,11 @@ from velro_cache.ttl import (
     SKETCH_SLOTS,
     AccessSketch,
     base_ttl,
+    effect_rows,
+    effect_sums,
     record_change,
     record_read,
+    reset_effect,
     sketch,
     subject_of,
     ttl_data_type,
@@ -28,8 +31,10 @@ _ids = itertools.count(1)
 @pytest.fixture(autouse=True)
 def fresh_sketch():
     sketch.clear()
+    reset_effect()
     yield
     sketch.clear()
+    reset_effect()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -128,6 +133,37 @@ def test_configured_bounds_hold():
     with ttl_settings(TTL_MIN_FACTOR=0.8, TTL_MAX_FACTOR=1.5, TTL_JITTER=0.1):
         assert all(100 * 1.5 * 0.9 <= ttl_for(f"{hot}:x") <= 100 * 1.5 * 1.1 for _ in range(200))
         assert all(100 * 0.8 * 0.9 <= ttl_for(f"{cold}:x") <= 100 * 0.8 * 1.1 for _ in range(200))
+
+
+def test_what_adaptation_did_is_reported_per_data_type():
+    """The effect per data type an operator sees (velro_stats, the dashboard): mean factor, mean TTL, how many kept longer or shorter."""
+    hot, changed = subject(), subject()
+    for _ in range(1000):
+        record_read(f"{hot}:meta")
+    record_change(changed)
+    with ttl_settings(TTL_JITTER=0):
+        for _ in range(3):
+            ttl_for(f"{hot}:meta")  # x4
+        ttl_for(f"{changed}:meta")  # x0.5
+        ttl_for("generation:1:meta")  # no history: x1
+        ttl_for("unknown:1")  # no data type TTL: not a data type's figure
+        rows = {row["data_type"]: row for row in effect_rows(effect_sums())}
+    assert set(rows) == {"adapt", "generation"}
+    assert rows["adapt"] == {
+        "data_type": "adapt", "base_seconds": 100, "ttls": 4, "mean_factor": (3 * 4 + 0.5) / 4,
+        "mean_seconds": (3 * 400 + 50) / 4, "shortened": 1, "lengthened": 3,
+    }  # fmt: skip
+    assert rows["generation"]["mean_factor"] == 1.0 and rows["generation"]["shortened"] == rows["generation"]["lengthened"] == 0
+
+
+def test_with_the_adaptive_ttl_switch_off_the_report_shows_the_table_as_given():
+    hot = subject()
+    for _ in range(1000):
+        record_read(f"{hot}:meta")
+    with ttl_settings(TTL_JITTER=0, SWITCHES={"adaptive_ttl": False}):
+        assert ttl_for(f"{hot}:meta") == 100
+        [row] = effect_rows(effect_sums())
+    assert row["mean_factor"] == 1.0 and row["mean_seconds"] == 100 and row["lengthened"] == 0
 
 
 @pytest.mark.django_db(transaction=True)  # the invalidation is applied on a real commit

@@ -11,12 +11,12 @@ import json
 from io import StringIO
 
 import pytest
-import redis
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
 from tests.settings import redis_url
+from tests.support import caches_in_force
 from tests.test_telemetry import run_worker
 from velro_cache.telemetry import store
 
@@ -26,13 +26,8 @@ CACHES = {"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION":
 
 @pytest.fixture
 def published():
-    client = redis.Redis.from_url(redis_url(REDIS_DB))
-    client.flushdb()
-    store.reset_clients()
-    with override_settings(CACHES=CACHES):
+    with caches_in_force(CACHES, flush=redis_url(REDIS_DB)):
         yield run_worker(40)
-    store.reset_clients()
-    client.flushdb()
 
 
 def command(*args: str) -> str:
@@ -56,9 +51,28 @@ def test_the_table_shows_hit_rate_per_data_type_and_a_row_per_worker(published):
     assert "Redis does not answer" not in text
 
 
+def test_the_table_shows_what_adaptive_ttl_made_of_each_data_types_ttl(published):
+    from velro_cache import ttl
+
+    ttl.reset_effect()
+    try:
+        with override_settings(VELRO_CACHE={"TTL_JITTER": 0}):
+            ttl.ttl_for("generation:1:meta")  # no history: the table's 300 s, x1
+        text = command("velro_stats")
+        report = json.loads(command("velro_stats", "--json"))
+    finally:
+        ttl.reset_effect()
+    assert "adaptive TTL, per data type:" in text
+    [line] = [line for line in text.splitlines() if line.strip().startswith("generation")]
+    assert line.split() == ["generation", "300", "1", "x1.00", "300", "0", "0"]
+    assert report["ttl"] == [
+        {"data_type": "generation", "base_seconds": 300, "ttls": 1, "mean_factor": 1.0, "mean_seconds": 300.0, "shortened": 0, "lengthened": 0}
+    ]
+
+
 def test_watch_redraws_until_told_to_stop(published):
     text = command("velro_stats", "--watch", "0.05", "--count", "3")
-    assert text.count("data type") == 3
+    assert text.count("no alerts firing") == 3  # the last line of each report
 
 
 def test_history_prints_a_row_per_minute(published):

@@ -189,11 +189,70 @@ def ttl_for(key: str) -> float:
     Never None: None means "never expire" in every timeout argument.
     """
     current = ttl_rules()
-    seconds: float | None = base_ttl(key)
-    if seconds is None:
+    name = ttl_data_type(key)
+    if name is None:
         return float(current.default_ttl)
+    seconds = float(current.ttl[name])
+    factor = 1.0
     if switches.on(switches.ADAPTIVE_TTL, key):
-        seconds *= adaptive_factor(*sketch.counts(subject_of(key)), current)
+        factor = adaptive_factor(*sketch.counts(subject_of(key)), current)
+        seconds *= factor
     if current.jitter:
         seconds *= 1 + current.jitter * (2 * random.random() - 1)
+    _record_effect(name, factor, seconds)
     return seconds
+
+
+# -- what adaptation did, per data type ---------------------------------------------------------
+
+# Per data type: [TTLs given, their seconds summed, their factors summed, how many
+# were shortened (factor < 1), how many lengthened (> 1)]. Sums, so the workers'
+# figures add up in the deployment view; a lost increment under a thread race
+# only blurs a statistic, as in the sketch.
+EFFECT_FIELDS = ("ttls", "seconds", "factors", "shortened", "lengthened")
+_effect: dict[str, list[float]] = {}
+
+
+def _record_effect(name: str, factor: float, seconds: float) -> None:
+    sums = _effect.get(name)
+    if sums is None:
+        sums = _effect.setdefault(name, [0, 0.0, 0.0, 0, 0])
+    sums[0] += 1
+    sums[1] += seconds
+    sums[2] += factor
+    if factor < 1.0:
+        sums[3] += 1
+    elif factor > 1.0:
+        sums[4] += 1
+
+
+def effect_sums() -> dict[str, dict[str, float]]:
+    """This process's TTL sums per data type since it started (or ``reset_effect``): what telemetry publishes."""
+    return {name: dict(zip(EFFECT_FIELDS, sums)) for name, sums in sorted(_effect.items())}
+
+
+def effect_rows(sums: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
+    """Sums (of one process or the deployment's) -> one row per data type: its base TTL and what adaptation made of it.
+
+    ``mean_factor`` above 1: its keys were kept longer than the table says
+    (read often, changed rarely); below 1: shorter (changed soon after
+    caching). ``mean_seconds`` is the TTL actually given, jitter included.
+    """
+    table = ttl_rules().ttl
+    rows = []
+    for name, row in sorted(sums.items()):
+        count = row.get("ttls", 0) or 0
+        rows.append({
+            "data_type": name,
+            "base_seconds": table.get(name),
+            "ttls": int(count),
+            "mean_factor": row.get("factors", 0) / count if count else None,
+            "mean_seconds": row.get("seconds", 0) / count if count else None,
+            "shortened": int(row.get("shortened", 0)),
+            "lengthened": int(row.get("lengthened", 0)),
+        })  # fmt: skip
+    return rows
+
+
+def reset_effect() -> None:
+    _effect.clear()

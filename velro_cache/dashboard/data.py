@@ -115,6 +115,7 @@ def dashboard_context() -> dict[str, Any]:
         "views": views,
         "views_error": views_error,
         "switches": _switches(),
+        "ttl": found.view.get("ttl", []),
     }
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..stats import LATENCY_BUCKETS, TIERS, bucket_quantile
+from ..ttl import EFFECT_FIELDS, effect_rows
 
 COUNT_FIELDS = ("l1_hits", "l2_hits", "misses", "corrupt", "requests")
 CACHE_COUNTERS = ("l2_errors", "l2_distrusted", "sets", "deletes")
@@ -122,13 +123,27 @@ def combine(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Worker snapshots (``snapshot.process_snapshot``) -> the deployment: sums per cache, plus one row per worker."""
     rows = list(snapshots)
     sums: dict[str, dict[str, Any]] = {}
+    ttl_sums: dict[str, dict[str, float]] = {}
     for snapshot in rows:
         for alias, figures in snapshot.get("caches", {}).items():
             _add_cache(sums.setdefault(alias, _empty_cache()), figures)
+        _add_ttl(ttl_sums, snapshot.get("ttl") or {})
     return {
         "caches": {alias: _finish_cache(cache_sums) for alias, cache_sums in sums.items()},
         "workers": sorted((worker_row(snapshot) for snapshot in rows), key=lambda row: str(row["worker"])),
+        "ttl": effect_rows(ttl_sums),
     }
+
+
+def _add_ttl(into: dict[str, dict[str, float]], figures: Mapping[str, Mapping[str, Any]]) -> None:
+    """Add one worker's TTL sums per data type (``ttl.effect_sums``); a malformed row is skipped, not fatal."""
+    for data_type, row in figures.items():
+        if not isinstance(row, Mapping):
+            continue
+        summed = into.setdefault(str(data_type), dict.fromkeys(EFFECT_FIELDS, 0.0))
+        for name in EFFECT_FIELDS:
+            value = row.get(name, 0)
+            summed[name] += float(value) if isinstance(value, int | float) else 0.0
 
 
 # -- the time series ----------------------------------------------------------------------------

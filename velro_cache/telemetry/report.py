@@ -80,6 +80,22 @@ def worker_lines(workers: list[dict[str, Any]]) -> list[str]:
     return table(("worker", "cache", "reads", "hit rate", "L1 bytes", "entries", "breaker", "coherence"), rows)
 
 
+def ttl_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """TTL per data type: the table's seconds and what adaptation made of them (``ttl.effect_rows``)."""
+    if not rows:
+        return ["no TTL given by data type yet"]
+
+    def factor(value: float | None) -> str:
+        return "-" if value is None else f"x{value:.2f}"
+
+    body = [
+        (row["data_type"], "-" if row["base_seconds"] is None else row["base_seconds"], row["ttls"], factor(row["mean_factor"]),
+         "-" if row["mean_seconds"] is None else f"{row['mean_seconds']:.0f}", row["lengthened"], row["shortened"])
+        for row in rows
+    ]  # fmt: skip
+    return table(("data type", "table s", "TTLs given", "mean factor", "mean s", "lengthened", "shortened"), body)
+
+
 def render(view: dict[str, Any], *, complete: bool, error: str = "", alerts: Sequence[Any] = ()) -> str:
     """The whole report."""
     lines = []
@@ -90,6 +106,7 @@ def render(view: dict[str, Any], *, complete: bool, error: str = "", alerts: Seq
     if not view["caches"]:
         lines += ["No TieredCache is configured.", ""]
     lines += worker_lines(view["workers"]) + [""]
+    lines += ["adaptive TTL, per data type:"] + ["  " + line for line in ttl_lines(view.get("ttl", []))] + [""]
     if alerts:
         lines += ["alerts firing:"] + [
             f"  {alert.name}: {alert.message}" + (f"\n    -> {alert.recommendation}" if alert.recommendation else "") for alert in alerts

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from ..options import tiered_caches
+from ..ttl import effect_sums as ttl_effect_sums
 
 _identity: tuple[int, str, float] | None = None  # (pid, worker id, started at)
 
@@ -52,6 +53,7 @@ def process_snapshot() -> dict[str, Any]:
         "taken_at": time.time(),
         "caches": {alias: _cache_figures(alias) for alias in tiered_aliases()},
         "warming": _warming_figures(),
+        "ttl": ttl_effect_sums(),
     }
 
 
