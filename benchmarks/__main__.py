@@ -16,9 +16,10 @@ import time
 from .common import EXIT_BUDGET_MISSED, ROOT
 
 # Fast and most-watched first; hit_rate replays long traces for minutes.
-MODULES = ("latency", "telemetry", "l2", "miss_path", "async_paths", "redis_api", "compression", "resilience", "staleness", "invalidation", "write_capture", "views", "authz", "warming", "histories", "hit_rate")
-MODULES = ("latency", "telemetry", "switches", "l2", "async_paths", "redis_api", "compression", "resilience", "staleness", "invalidation", "write_capture", "views", "authz", "warming", "histories", "hit_rate")
-MODULES = ("latency", "telemetry", "l2", "async_paths", "redis_api", "compression", "resilience", "staleness", "invalidation", "write_capture", "views", "authz", "warming", "traffic", "histories", "hit_rate")
+MODULES = (
+    "latency", "telemetry", "switches", "l2", "miss_path", "async_paths", "redis_api", "compression", "resilience", "staleness",
+    "invalidation", "write_capture", "views", "authz", "warming", "traffic", "histories", "hit_rate",
+)  # fmt: skip
 
 
 def _outcome(code: int) -> str:

@@ -152,3 +152,14 @@ def test_runner_runs_a_subset_and_reports(tmp_path: Path) -> None:
     done = run_quick("benchmarks", "compression", out=tmp_path)
     assert "compression" in done.stdout.split("=== summary ===")[1]
     assert (tmp_path / "compression.json").exists()
+
+
+def test_make_bench_runs_every_benchmark_module() -> None:
+    """``python -m benchmarks`` (make bench) knows every module with a ``main``, except the workers other benchmarks start."""
+    import benchmarks.__main__ as runner
+
+    source = (ROOT / "benchmarks" / "__main__.py").read_text()
+    assert source.count("\nMODULES = ") == 1  # a merge once left three assignments, and only the last one ran
+    workers = {"l2_writer", "resilience_worker"}  # started by l2 and resilience, not benchmarks of their own
+    with_main = {path.stem for path in (ROOT / "benchmarks").glob("*.py") if "\ndef main(" in path.read_text()} - {"__main__"}
+    assert with_main - workers == set(runner.MODULES)
