@@ -45,7 +45,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from .invalidation.retirement import resolve_cache
 from .invalidation.transactions import dirty_namespaces
 from .keys import SEPARATOR, KeyLike, as_key, data_type_segment
-from .namespaces import TOKEN_KEY_TYPE, current_tokens, levels, new_token, stamp, token_key, track
+from .namespaces import TOKEN_KEY_TYPE, current_tokens, levels, member_sets, new_token, stamp, token_key, track
 from .ttl import base_ttl, record_read, ttl_for
 
 T = TypeVar("T", bound=Hashable)
@@ -77,10 +77,16 @@ def cached_read(
     tokens = current_tokens(target, names)
     physical = stamp(logical, tokens)
     record_read(logical)
+    # A callable timeout is computed only when a value is stored: a hit costs no ``ttl_for``.
+    lazy = (lambda: ttl_for(logical)) if timeout is DEFAULT_TIMEOUT else timeout
+    get_or_load_tracked = getattr(target, "get_or_load_tracked", None)
+    if get_or_load_tracked is not None:
+        # The key joins its namespaces' member sets in the store's round trip, only when it is stored.
+        return get_or_load_tracked(
+            physical, loader, lazy, lambda: member_sets(target, names, tokens, [physical], _tracked_seconds(logical, timeout))
+        )
     get_or_load = getattr(target, "get_or_load", None)
     if get_or_load is not None:
-        # A callable timeout is computed only when a value is stored: a hit costs no ``ttl_for``.
-        lazy = (lambda: ttl_for(logical)) if timeout is DEFAULT_TIMEOUT else timeout
 
         def load_and_track() -> Any:
             value = loader()
