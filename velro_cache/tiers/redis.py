@@ -378,9 +378,9 @@ class RedisTier:
     def value_or_lease(self, key: str, token: str, seconds: float) -> tuple[bytes | None, bool]:
         """(the value, False) when Redis holds it, else (None, whether ``token`` now holds the lease): one round trip."""
         reply = self._value_or_lease(keys=[key, lease_key(key)], args=[token, ttl_ms(seconds)])
-        if reply[0] is not None:
+        if isinstance(reply[0], bytes):
             return reply[0], False
-        return None, bool(reply[1])
+        return None, bool(reply[1])  # Lua's false arrives as a null (RESP2) or a false (RESP3)
 
     def store_if_leased(
         self, key: str, token: str, data: bytes | int, seconds: float | None, message: bytes, members: MemberSets = ()
