@@ -14,7 +14,9 @@ Per read it:
    stamps them into the physical key, so a value loaded from data that an
    invalidation then replaced is stored under a retired token and never served;
 4. loads through ``cache.get_or_load`` (single flight, leases, early refresh
-   on TieredCache: ``velro_cache.fill``; plain get/set on other backends).
+   on TieredCache: ``velro_cache.fill``, where a miss costs two round trips
+   and the stored key joins its namespaces' member sets in the second; plain
+   get/set on other backends).
 
 ``timeout`` means what it means in Django's cache API, everywhere here:
 
