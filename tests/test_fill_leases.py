@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from tests.support import Background, behind, eventually, spread_keys
+from velro_cache.tiers.memory import MISSING
 from velro_cache.tiers.redis import lease_key
 
 pytestmark = pytest.mark.django_db(databases=[])
@@ -63,17 +64,45 @@ def test_a_fill_that_lost_its_lease_to_another_processs_write_is_not_stored(l2_c
 
 
 def test_a_fill_finished_between_our_miss_and_our_lease_is_used_not_loaded_again(l2_cache, make_cache):
-    """The exact interleaving: B misses, A fills and gives up its lease, then B gets the lease."""
+    """The exact interleaving: B misses in L1, A fills and gives up its lease, then B reads L2 and would take the lease.
+
+    B's look at L2 and its lease are one atomic step in Redis (``value_or_lease``),
+    so A's value is what B finds, and B's loader never runs.
+    """
     first, second = l2_cache, make_cache(like=l2_cache)  # two "processes": own L1, one L2
     key = f"fill-{uuid.uuid4().hex[:8]}"
     calls = []
+    value_or_lease = second.value_or_lease
+
+    def look_after_the_other_fill(*args):
+        # ``second`` has missed in its L1; ``first`` fills and releases its lease now.
+        assert first.get_or_load(key, lambda: calls.append("first") or "first's value", 60) == "first's value"
+        return value_or_lease(*args)
+
+    second.value_or_lease = look_after_the_other_fill
+    assert second.get_or_load(key, lambda: calls.append("second") or "second's value", 60) == "first's value"
+    assert calls == ["first"]
+    assert raw_lease_is_gone(second, key)
+
+
+def test_a_fill_finished_between_our_wait_and_our_lease_is_used_not_loaded_again(l2_cache, make_cache):
+    """After waiting out another holder's lease, a fill can still land before ours: it is looked for, not loaded again."""
+    first, second = l2_cache, make_cache(like=l2_cache)
+    key = f"fill-{uuid.uuid4().hex[:8]}"
+    calls = []
     take_lease = second.take_fill_lease
+    value_or_lease = second.value_or_lease
+
+    def held_elsewhere(full, counters, ticket):
+        value_or_lease(full, counters, ticket)  # takes the lease ...
+        behind(second).delete(lease_key(full))  # ... which its "holder" gives up without storing: B waits, finds no lease
+        return MISSING, None
 
     def take_after_the_other_fill(full):
-        # ``second`` has missed already; ``first`` fills and releases its lease now.
         assert first.get_or_load(key, lambda: calls.append("first") or "first's value", 60) == "first's value"
         return take_lease(full)
 
+    second.value_or_lease = held_elsewhere
     second.take_fill_lease = take_after_the_other_fill
     assert second.get_or_load(key, lambda: calls.append("second") or "second's value", 60) == "first's value"
     assert calls == ["first"]

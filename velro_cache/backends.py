@@ -842,6 +842,10 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
         """
         return fill.get_or_load(self, key, loader, timeout, version)
 
+    def get_or_load_tracked(self, key: Any, loader: Callable[[], Any], timeout: Any, tracking: fill.Tracking) -> Any:
+        """``get_or_load`` whose stored value joins ``tracking()``'s member sets in the store's round trip (``reads.cached_read``)."""
+        return fill.get_or_load(self, key, loader, timeout, None, tracking)
+
     def get_or_set(self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> Any:
         """Django's get_or_set, with single flight and race-free fills."""
         loader = default if callable(default) else (lambda: default)
@@ -866,6 +870,38 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
 
     def seconds_for(self, timeout: Any) -> float | None:
         return self._ttl(timeout)
+
+    def local_value(self, full: str, counters: DataTypeCounters) -> Any:
+        payload = self._l1.get(full)
+        if payload is MISSING:
+            return MISSING
+        next(counters.l1_hits)
+        reader, stored = payload
+        return stored if reader is None else reader(stored)
+
+    def value_or_lease(self, full: str, counters: DataTypeCounters, ticket: int) -> tuple[Any, str | None]:
+        """L2's value (decoded, promoted, counted like ``get``'s), else MISSING and our lease when we took it."""
+        if self._l2 is None:
+            next(counters.misses)
+            return MISSING, None
+        token = uuid.uuid4().hex
+        start = time.perf_counter()
+        try:
+            data, taken = self._l2_call(self._l2.value_or_lease, full, token, self.options.lease_timeout)
+        except L2Unavailable:
+            next(counters.misses)
+            return MISSING, None
+        self._stats.latency["l2"].observe(time.perf_counter() - start)
+        if data is not None and self._l2_answer_distrusted():
+            next(counters.misses)
+            return MISSING, None  # not served; no lease either, so the caller waits for or takes one as after any miss
+        if data is None:
+            next(counters.misses)
+            return MISSING, token if taken else None
+        found, value = self._accept_from_l2(full, data, counters, ticket)
+        if found:
+            return value, None
+        return MISSING, self.take_fill_lease(full)  # bytes we cannot read: a miss we may fill
 
     def take_fill_lease(self, full: str) -> str | None:
         token = uuid.uuid4().hex
@@ -892,7 +928,9 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
         found, value = self._accept_from_l2(full, data, counters, ticket)
         return found, value, leased
 
-    def store_fill(self, full: str, value: Any, seconds: float | None, delta: float, token: str | None, ticket: int) -> None:
+    def store_fill(
+        self, full: str, value: Any, seconds: float | None, delta: float, token: str | None, ticket: int, members: fill.Members = ()
+    ) -> None:
         expires_at = None if seconds is None else time.time() + seconds
         if self._l2 is None:
             if self._store_l1(full, value, seconds, ticket=ticket):
@@ -900,7 +938,7 @@ class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
             return
         data, encoded = self._wire(full, value, seconds, delta)
         try:
-            stored = self._l2_call(self._l2.store_if_leased, full, token, data, seconds, self._state.drop_message([full]))
+            stored = self._l2_call(self._l2.store_if_leased, full, token, data, seconds, self._state.drop_message([full]), members)
         except L2Unavailable:
             return
         if stored:

@@ -40,9 +40,13 @@ from .exceptions import L2Unavailable
 from .options import TieredOptions
 from .stats import DataTypeCounters
 from .tiers.memory import MISSING
+from .tiers.redis import MemberSets
 
 # Waiting for another process's fill: a short first look, then every 20 ms.
 POLL_START, POLL_MAX = 0.005, 0.02
+
+Members = MemberSets  # (made set key, member, TTL seconds or None)
+Tracking = Callable[[], Members]  # called only when a loaded value is stored
 
 
 class Fillable(Protocol):
@@ -67,6 +71,12 @@ class Fillable(Protocol):
     def seconds_for(self, timeout: Any) -> float | None:
         """Django's timeout as seconds to live (None: forever)."""
 
+    def local_value(self, full: str, counters: DataTypeCounters) -> Any:
+        """The value this process's L1 holds (an L1 hit counted), else MISSING; no round trip."""
+
+    def value_or_lease(self, full: str, counters: DataTypeCounters, ticket: int) -> tuple[Any, str | None]:
+        """One L2 round trip: (the value, None) when L2 holds it, else (MISSING, our lease token or None when held elsewhere or L2 down)."""
+
     def take_fill_lease(self, full: str) -> str | None:
         """A lease token when this caller may fill ``full`` in L2, else None (held elsewhere, or L2 down)."""
 
@@ -78,48 +88,70 @@ class Fillable(Protocol):
     def peek_fill(self, full: str, counters: DataTypeCounters, ticket: int) -> tuple[bool, Any, bool]:
         """(found, value, still leased) from L2; raises L2Unavailable."""
 
-    def store_fill(self, full: str, value: Any, seconds: float | None, delta: float, token: str | None, ticket: int) -> None:
-        """Store a loaded value: in L2 only under ``token``, in L1 only if unchanged since ``ticket``."""
+    def store_fill(
+        self, full: str, value: Any, seconds: float | None, delta: float, token: str | None, ticket: int, members: Members = ()
+    ) -> None:
+        """Store a loaded value: in L2 only under ``token``, in L1 only if unchanged since ``ticket``.
+
+        ``members``: ``(set key, member, TTL)`` of the sets the stored key joins
+        (``namespaces.track``), written in the store's round trip, best effort.
+        """
 
     def load_record(self, full: str) -> tuple[float, float | None] | None:
         """(loader seconds, expiry as time.time()) of this process's last fill of ``full``."""
 
 
-def get_or_load(cache: Fillable, key: Any, loader: Callable[[], Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> Any:
+def get_or_load(
+    cache: Fillable,
+    key: Any,
+    loader: Callable[[], Any],
+    timeout: Any = DEFAULT_TIMEOUT,
+    version: int | None = None,
+    tracking: Tracking | None = None,
+) -> Any:
     """The cached value, or ``loader()``'s result, stored and returned.
 
     Unlike Django's ``get_or_set``, a result of ``None`` is cached as well.
     ``timeout`` may be a callable, called only when a value is stored, so a
-    computed TTL costs nothing on a hit.
+    computed TTL costs nothing on a hit. ``tracking`` (``velro_cache.reads``)
+    names the member sets a stored value joins, written with the store.
+
+    Round trips: none on an L1 hit; one on an L2 hit; on a miss, one that both
+    reads L2 and takes the lease (``value_or_lease``: atomic in Redis, so no
+    fill can land between our miss and our lease), then the store.
     """
-    value = cache.get(key, MISSING, version=version)
     full, counters = cache.fill_key(key, version)
-    if value is not MISSING:
-        if _due_for_early_refresh(cache, full):
-            return _refresh_early(cache, full, loader, timeout, value)
-        return value
-    with cache.key_lock(full):
-        value = cache.get(key, MISSING, version=version)  # filled by the thread ahead of us?
-        if value is not MISSING:
-            return value
-        return _load(cache, full, counters, loader, timeout)
+    value = cache.local_value(full, counters)
+    if value is MISSING:
+        with cache.key_lock(full):
+            value = cache.local_value(full, counters)  # filled by the thread ahead of us?
+            if value is MISSING:
+                value, loaded = _miss(cache, full, counters, loader, timeout, tracking)
+                if loaded:
+                    return value
+    if _due_for_early_refresh(cache, full):
+        return _refresh_early(cache, full, loader, timeout, value, tracking)
+    return value
 
 
-def _load(cache: Fillable, full: str, counters: DataTypeCounters, loader: Callable[[], Any], timeout: Any) -> Any:
+def _miss(
+    cache: Fillable, full: str, counters: DataTypeCounters, loader: Callable[[], Any], timeout: Any, tracking: Tracking | None
+) -> tuple[Any, bool]:
+    """Not in L1: (L2's value, False), else (the value loaded under our lease or the holder's, whether we loaded it)."""
     ticket = cache.write_ticket()
-    token = None
-    if cache.has_l2:
+    value, token = cache.value_or_lease(full, counters, ticket)
+    if value is not MISSING:
+        return value, False
+    if token is None and cache.has_l2 and cache.l2_trusted():
+        found, ticket = _wait_for_filler(cache, full, counters)
+        if found is not MISSING:
+            return found, True
         token = cache.take_fill_lease(full)
-        if token is None and cache.l2_trusted():
-            found, ticket = _wait_for_filler(cache, full, counters)
-            if found is not MISSING:
-                return found
-            token = cache.take_fill_lease(full)
         if token is not None:
             found, ticket = _filled_before_our_lease(cache, full, counters, token)
             if found is not MISSING:
-                return found
-    return _run_and_store(cache, full, loader, timeout, token, ticket)
+                return found, True
+    return _run_and_store(cache, full, loader, timeout, token, ticket, tracking), True
 
 
 def _filled_before_our_lease(cache: Fillable, full: str, counters: DataTypeCounters, token: str) -> tuple[Any, int]:
@@ -143,7 +175,9 @@ def _filled_before_our_lease(cache: Fillable, full: str, counters: DataTypeCount
     return value, ticket
 
 
-def _run_and_store(cache: Fillable, full: str, loader: Callable[[], Any], timeout: Any, token: str | None, ticket: int) -> Any:
+def _run_and_store(
+    cache: Fillable, full: str, loader: Callable[[], Any], timeout: Any, token: str | None, ticket: int, tracking: Tracking | None = None
+) -> Any:
     """Run the loader and store its result; the lease is given back on every way out.
 
     Whatever fails (the loader, a timeout callable, a value that cannot be
@@ -161,7 +195,7 @@ def _run_and_store(cache: Fillable, full: str, loader: Callable[[], Any], timeou
             if token is not None:
                 cache.release_fill_lease(full, token)
         elif token is not None or not cache.has_l2:  # without the lease, the lease holder's value is the one to keep
-            cache.store_fill(full, value, seconds, delta, token, ticket)
+            cache.store_fill(full, value, seconds, delta, token, ticket, tracking() if tracking is not None else ())
     except BaseException:
         if token is not None:
             cache.release_fill_lease(full, token)
@@ -201,15 +235,15 @@ def _due_for_early_refresh(cache: Fillable, full: str) -> bool:
     return time.time() - delta * beta * math.log(1.0 - random.random()) >= expires_at
 
 
-def _refresh_early(cache: Fillable, full: str, loader: Callable[[], Any], timeout: Any, current: Any) -> Any:
+def _refresh_early(cache: Fillable, full: str, loader: Callable[[], Any], timeout: Any, current: Any, tracking: Tracking | None) -> Any:
     """One caller recomputes; the others keep the current value meanwhile."""
     ticket = cache.write_ticket()
     if not cache.has_l2:
-        return _run_and_store(cache, full, loader, timeout, None, ticket)
+        return _run_and_store(cache, full, loader, timeout, None, ticket, tracking)
     token = cache.take_fill_lease(full)
     if token is None:
         return current
-    return _run_and_store(cache, full, loader, timeout, token, ticket)
+    return _run_and_store(cache, full, loader, timeout, token, ticket, tracking)
 
 
 __all__ = ["Fillable", "get_or_load"]

@@ -22,8 +22,8 @@ Why the pieces are what they are:
   costs one cache lookup per level, typically two.
 - Retired keys are reclaimed, not left to their TTL (a generation PATCHed
   2,000 times held 2,001 copies in Redis): a fill records its physical key in
-  a Redis set per namespace and token (``track``, one pipelined round trip on
-  the miss path only), and ``retire`` deletes the members of the retired
+  a Redis set per namespace and token (``member_sets``, in the store's own
+  round trip, on the miss path only; ``track`` for batches), and ``retire`` deletes the members of the retired
   token's set in bounded batches (``reclaim``). No key is scanned; what a
   bounded retire leaves, or a set lost with Redis, ages out by its TTL as before.
 """
@@ -40,6 +40,7 @@ from typing import Any
 import redis
 
 from .keys import SEPARATOR, STAMP_MARK, data_type_segment, digest, parse_key
+from .tiers.redis import add_members
 
 TOKEN_KEY_TYPE = "ns"  # reserved first part: the tokens' own keys
 TOKEN_BYTES = 6  # 48 random bits, 8 characters
@@ -68,15 +69,17 @@ def new_token() -> str:
 
 
 def current_tokens(cache: Any, namespaces: Sequence[str]) -> list[str]:
-    """The namespaces' tokens, creating missing ones (``add`` so concurrent creators agree)."""
-    tokens = []
-    for namespace in namespaces:
-        key = token_key(namespace)
-        token = cache.get(key)
-        if token is None:
-            token = _create_token(cache, key)
-        tokens.append(token)
-    return tokens
+    """The namespaces' tokens, creating missing ones (``add`` so concurrent creators agree).
+
+    One ``get_many``: the tokens L1 lacks (a worker's first read of a data
+    type and of one row, say) cost one round trip together, not one each.
+    """
+    keys = [token_key(namespace) for namespace in namespaces]
+    if len(keys) == 1:
+        token = cache.get(keys[0])
+        return [token if token is not None else _create_token(cache, keys[0])]
+    found = cache.get_many(keys)
+    return [found[key] if found.get(key) is not None else _create_token(cache, key) for key in keys]
 
 
 def _create_token(cache: Any, key: str) -> str:
@@ -115,24 +118,29 @@ def track(cache: Any, names: Sequence[str], tokens: Sequence[str], stamped: Sequ
 
     Best effort by design: a key not recorded (Redis refused, the breaker
     open) is only left to age out by its TTL, as every key was before.
+    A single read-through fill does not come here: its ``member_sets`` ride
+    in the store's own round trip (``reads.cached_read``).
     """
-    if not stamped or (seconds is not None and seconds <= 0):
-        return  # nothing will be stored
     client = _members_client(cache)
-    if client is None:
+    sets = [] if client is None else member_sets(cache, names, tokens, stamped, seconds)
+    if not sets:
         return
-    ttl = None if seconds is None else math.ceil(seconds * MEMBERS_TTL_FACTOR) + 60
     try:
         pipe = client.pipeline(transaction=False)
-        for name, token in zip(names, tokens):
-            key = cache.make_key(members_key(name, token))
-            pipe.sadd(key, *stamped)
-            if ttl is not None:
-                pipe.expire(key, ttl, nx=True)  # a new set gets the TTL ...
-                pipe.expire(key, ttl, gt=True)  # ... an older one keeps the longest
+        add_members(pipe, sets)
         pipe.execute()
     except redis.RedisError as exc:
         logger.debug("velro_cache: keys of %s not tracked for reclaiming: %s", names, type(exc).__name__)
+
+
+def member_sets(
+    cache: Any, names: Sequence[str], tokens: Sequence[str], stamped: Sequence[str], seconds: float | None
+) -> list[tuple[str, str, int | None]]:
+    """``(set key, member, TTL)`` for each stamped key under each namespace's token; none when nothing will be stored or tracked."""
+    if not stamped or (seconds is not None and seconds <= 0) or _members_client(cache) is None:
+        return []
+    ttl = None if seconds is None else math.ceil(seconds * MEMBERS_TTL_FACTOR) + 60
+    return [(cache.make_key(members_key(name, token)), key, ttl) for name, token in zip(names, tokens) for key in stamped]
 
 
 def reclaim(cache: Any, retired: Mapping[str, str]) -> int:

@@ -14,7 +14,9 @@ Per read it:
    stamps them into the physical key, so a value loaded from data that an
    invalidation then replaced is stored under a retired token and never served;
 4. loads through ``cache.get_or_load`` (single flight, leases, early refresh
-   on TieredCache: ``velro_cache.fill``; plain get/set on other backends).
+   on TieredCache: ``velro_cache.fill``, where a miss costs two round trips
+   and the stored key joins its namespaces' member sets in the second; plain
+   get/set on other backends).
 
 ``timeout`` means what it means in Django's cache API, everywhere here:
 
@@ -45,7 +47,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from .invalidation.retirement import resolve_cache
 from .invalidation.transactions import dirty_namespaces
 from .keys import SEPARATOR, KeyLike, as_key, data_type_segment
-from .namespaces import TOKEN_KEY_TYPE, current_tokens, levels, new_token, stamp, token_key, track
+from .namespaces import TOKEN_KEY_TYPE, current_tokens, levels, member_sets, new_token, stamp, token_key, track
 from .ttl import base_ttl, record_read, ttl_for
 
 T = TypeVar("T", bound=Hashable)
@@ -77,10 +79,16 @@ def cached_read(
     tokens = current_tokens(target, names)
     physical = stamp(logical, tokens)
     record_read(logical)
+    # A callable timeout is computed only when a value is stored: a hit costs no ``ttl_for``.
+    lazy = (lambda: ttl_for(logical)) if timeout is DEFAULT_TIMEOUT else timeout
+    get_or_load_tracked = getattr(target, "get_or_load_tracked", None)
+    if get_or_load_tracked is not None:
+        # The key joins its namespaces' member sets in the store's round trip, only when it is stored.
+        return get_or_load_tracked(
+            physical, loader, lazy, lambda: member_sets(target, names, tokens, [physical], _tracked_seconds(logical, timeout))
+        )
     get_or_load = getattr(target, "get_or_load", None)
     if get_or_load is not None:
-        # A callable timeout is computed only when a value is stored: a hit costs no ``ttl_for``.
-        lazy = (lambda: ttl_for(logical)) if timeout is DEFAULT_TIMEOUT else timeout
 
         def load_and_track() -> Any:
             value = loader()

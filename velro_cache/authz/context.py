@@ -34,6 +34,7 @@ from .. import switches
 from ..conf import settings
 from ..exceptions import L2Unavailable
 from ..invalidation.retirement import resolve_cache
+from ..ttl import ttl_for
 from . import decisions, facts, roles, versions
 from .policy import ObjectPolicy, registry
 
@@ -111,10 +112,32 @@ class AuthorizationContext:
         prefix = self._key_prefix()
         if prefix is _UNVALIDATED:
             return decisions.computed(policy, self.user_id, pks, action)
+        if policy in self._object_tokens and policy not in self._roles:
+            return self._first_check(policy, prefix, pks, action)
         context = self._role_context(policy, prefix)
         if context is not None:
             return self._from_context(policy, context, pks, action)
         return decisions.from_cache_or_database(self.cache, prefix, policy, self.user_id, pks, action)
+
+    def _first_check(self, policy: ObjectPolicy, prefix: str, pks: list[Any], action: str) -> dict[Any, bool]:
+        """The request's first check on ``policy``: its role context and the objects' facts in one read, one store.
+
+        The facts are read along on the bet that the context is small enough
+        to decide with them (a context too large leaves them unused and the
+        check goes through per-object decisions, as it would have).
+        """
+        keys = [roles.context_key(prefix, policy)]
+        keys += [facts.facts_key(policy, self._global_token, self._object_tokens[policy], pk) for pk in pks]
+        found = self.cache.get_many(keys)
+        stores: dict[str, Any] = {}
+        context = self._roles[policy] = roles.cached_or_loaded(self.cache, prefix, policy, self.user_id, found, stores)
+        if context is None:
+            result = decisions.from_cache_or_database(self.cache, prefix, policy, self.user_id, pks, action)
+        else:
+            result = self._from_context(policy, context, pks, action, found, stores)
+        if stores:
+            self.cache.set_many(stores, timeout=ttl_for(next(iter(stores))))
+        return result
 
     def _role_context(self, policy: ObjectPolicy, prefix: str) -> roles.RoleContext | None:
         """The user's role context for this policy (once per request), None when off or too large."""
@@ -124,12 +147,20 @@ class AuthorizationContext:
             self._roles[policy] = roles.cached_or_loaded(self.cache, prefix, policy, self.user_id)
         return self._roles[policy]
 
-    def _from_context(self, policy: ObjectPolicy, context: roles.RoleContext, pks: list[Any], action: str) -> dict[Any, bool]:
+    def _from_context(
+        self,
+        policy: ObjectPolicy,
+        context: roles.RoleContext,
+        pks: list[Any],
+        action: str,
+        found: Any = None,
+        stores: dict[str, Any] | None = None,
+    ) -> dict[Any, bool]:
         """Decisions from the role context and the objects' facts; a missing object is denied."""
         if not context.active:
             return dict.fromkeys(pks, False)
         required = policy.required_rank(action)
-        known = facts.cached_or_loaded(self.cache, policy, self._global_token, self._object_tokens[policy], pks)
+        known = facts.cached_or_loaded(self.cache, policy, self._global_token, self._object_tokens[policy], pks, found, stores)
         return {pk: pk in known and context.rank_on(policy, self.user_id, known[pk]) >= required for pk in pks}
 
     def _key_prefix(self) -> Any:

@@ -24,7 +24,7 @@ cached for it (a primary key created later is never denied from the cache).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.db.models import F
@@ -77,21 +77,38 @@ def valid(policy: ObjectPolicy, value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 + len(via_attnames(policy))
 
 
-def cached_or_loaded(cache: Any, policy: ObjectPolicy, global_token: str, object_token: str, pks: Sequence[Any]) -> dict[Any, Facts]:
-    """Facts from the cache, the rest from one query and then cached; objects that do not exist are left out."""
+def cached_or_loaded(
+    cache: Any,
+    policy: ObjectPolicy,
+    global_token: str,
+    object_token: str,
+    pks: Sequence[Any],
+    found: Mapping[str, Any] | None = None,
+    stores: dict[str, Any] | None = None,
+) -> dict[Any, Facts]:
+    """Facts from the cache, the rest from one query and then cached; objects that do not exist are left out.
+
+    ``found`` / ``stores``: as in ``roles.cached_or_loaded`` (read with the
+    role context, stored with it).
+    """
     keys = {pk: facts_key(policy, global_token, object_token, pk) for pk in pks}
-    if len(keys) == 1:
-        ((pk, key),) = keys.items()
-        value = cache.get(key)
-        found = {key: value} if value is not None else {}
-    else:
-        found = cache.get_many(list(keys.values()))
+    if found is None:
+        found = _read(cache, list(keys.values()))
     result = {pk: found[key] for pk, key in keys.items() if valid(policy, found.get(key))}
     missing = [pk for pk in keys if pk not in result]
     if missing:
         loaded = from_database(policy, missing)
-        if loaded:
-            entries = {keys[pk]: facts for pk, facts in loaded.items()}
+        entries = {keys[pk]: facts for pk, facts in loaded.items()}
+        if stores is not None:
+            stores.update(entries)
+        elif entries:
             cache.set_many(entries, timeout=ttl_for(next(iter(entries))))
         result.update(loaded)
     return result
+
+
+def _read(cache: Any, keys: list[str]) -> Mapping[str, Any]:
+    if len(keys) == 1:
+        value = cache.get(keys[0])
+        return {keys[0]: value} if value is not None else {}
+    return cache.get_many(keys)

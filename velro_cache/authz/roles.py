@@ -26,7 +26,7 @@ rows plus one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -121,15 +121,32 @@ def _flags(user_id: Any) -> tuple[bool, bool]:
     return active, superuser
 
 
-def cached_or_loaded(cache: Any, prefix: str, policy: ObjectPolicy, user_id: Any) -> RoleContext | None:
-    """The user's context from the cache, else from the database and then cached; None when too large."""
+def cached_or_loaded(
+    cache: Any,
+    prefix: str,
+    policy: ObjectPolicy,
+    user_id: Any,
+    found: Mapping[str, Any] | None = None,
+    stores: dict[str, Any] | None = None,
+) -> RoleContext | None:
+    """The user's context from the cache, else from the database and then cached; None when too large.
+
+    ``found``: what a ``get_many`` already read (``AuthorizationContext`` reads
+    the context and the objects' facts in one round trip); ``stores``: where
+    to put a loaded context for the caller to store with the facts, in one
+    round trip too. Either way it is keyed by the tokens read before the load.
+    """
     key = context_key(prefix, policy)
-    value = cache.get(key)
+    value = cache.get(key) if found is None else found.get(key)
     if isinstance(value, dict) and TOO_LARGE in value:
         return None
     context = RoleContext.decode(value, policy) if value is not None else None
     if context is not None:
         return context
     context = from_database(policy, user_id, settings.AUTHZ_CONTEXT_MAX_ROWS)
-    cache.set(key, context.encode() if context is not None else {TOO_LARGE: True}, timeout=ttl_for(key))
+    entry = context.encode() if context is not None else {TOO_LARGE: True}
+    if stores is None:
+        cache.set(key, entry, timeout=ttl_for(key))
+    else:
+        stores[key] = entry
     return context

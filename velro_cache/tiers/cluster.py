@@ -52,7 +52,7 @@ from redis.retry import Retry
 
 from ..options import TieredOptions
 from .incarnation import ClusterIncarnationConnection
-from .redis import RedisTier, lease_key, pool_kwargs, pool_settings, ttl_ms
+from .redis import MemberSets, RedisTier, add_members, lease_key, pool_kwargs, pool_settings, ttl_ms
 
 HELD_LIMIT = 100_000  # held keys per process; past it every key counts as held until the next clear
 
@@ -261,10 +261,25 @@ class ClusterRedisTier(RedisTier):
             self._wrote([key], message)
         return replaced
 
-    def store_if_leased(self, key: str, token: str, data: bytes | int, seconds: float | None, message: bytes) -> bool:
+    def value_or_lease(self, key: str, token: str, seconds: float) -> tuple[bytes | None, bool]:
+        if self.held and self.held.covers(key):
+            return None, self.acquire_lease(key, token, seconds)  # a held key is a miss; the lease still decides who fills
+        return super().value_or_lease(key, token, seconds)
+
+    def store_if_leased(
+        self, key: str, token: str, data: bytes | int, seconds: float | None, message: bytes, members: MemberSets = ()
+    ) -> bool:
+        # The member sets live in other slots: their own pipeline after the store (the cluster client splits it by node).
         stored = super().store_if_leased(key, token, data, seconds, message)
         if stored:
             self._wrote([key], message)
+        if members:
+            pipe = self.client.pipeline(transaction=False)
+            add_members(pipe, members)
+            try:
+                pipe.execute(raise_on_error=False)
+            except redis.RedisError:
+                pass  # best effort, like namespaces.track: an untracked key ages out by its TTL
         return stored
 
     def _wrote(self, keys: Sequence[str], message: bytes) -> None:

@@ -34,6 +34,7 @@ from .incarnation import checked
 from .sentinel import master_pool
 
 LEASE_PREFIX = "velro_lease:"
+MemberSets = Sequence[tuple[str, str, "int | None"]]  # (made set key, member, TTL seconds or None): namespaces.track's writes
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -121,6 +122,17 @@ redis.call('PUBLISH', ARGV[n + 2], ARGV[n + 3])
 return n
 """
 
+# A read-through miss in one round trip: the value if Redis holds it, else
+# our fill lease if nobody holds one. Atomic, so no fill can land between the
+# miss and the lease (which a GET followed by SET NX has to look again for).
+# KEYS: value, lease; ARGV: token, lease ms. Returns {value} or {false, taken}.
+_VALUE_OR_LEASE = """
+local value = redis.call('GET', KEYS[1])
+if value then return {value} end
+if redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2], 'NX') then return {false, 1} end
+return {false, 0}
+"""
+
 _RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -186,6 +198,21 @@ def ttl_ms(seconds: float | None) -> int | None:
     return max(1, int(seconds * 1000))
 
 
+def add_members(pipe: Any, members: MemberSets) -> None:
+    """Queue ``namespaces.track``'s writes: one SADD per set, its TTL set when new, else only lengthened."""
+    by_set: dict[str, tuple[list[str], int | None]] = {}
+    for set_key, member, ttl in members:
+        held, longest = by_set.setdefault(set_key, ([], ttl))
+        held.append(member)
+        if ttl is None or (longest is not None and ttl > longest):
+            by_set[set_key] = (held, ttl)
+    for set_key, (held, ttl) in by_set.items():
+        pipe.sadd(set_key, *held)
+        if ttl is not None:
+            pipe.expire(set_key, ttl, nx=True)  # a new set gets the TTL ...
+            pipe.expire(set_key, ttl, gt=True)  # ... an older one keeps the longest
+
+
 def lease_key(full: str) -> str:
     """The fill lease of a key, always in the key's own cluster hash slot.
 
@@ -245,6 +272,7 @@ class RedisTier:
         self._store_if_leased = register(_STORE_IF_LEASED)
         self._release_lease = register(_RELEASE_LEASE)
         self._set_many = register(_SET_MANY)
+        self._value_or_lease = register(_VALUE_OR_LEASE)
 
     # -- reads --------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
@@ -347,10 +375,31 @@ class RedisTier:
     def acquire_lease(self, key: str, token: str, seconds: float) -> bool:
         return bool(self.client.set(lease_key(key), token, px=ttl_ms(seconds), nx=True))
 
-    def store_if_leased(self, key: str, token: str, data: bytes | int, seconds: float | None, message: bytes) -> bool:
+    def value_or_lease(self, key: str, token: str, seconds: float) -> tuple[bytes | None, bool]:
+        """(the value, False) when Redis holds it, else (None, whether ``token`` now holds the lease): one round trip."""
+        reply = self._value_or_lease(keys=[key, lease_key(key)], args=[token, ttl_ms(seconds)])
+        if isinstance(reply[0], bytes):
+            return reply[0], False
+        return None, bool(reply[1])  # Lua's false arrives as a null (RESP2) or a false (RESP3)
+
+    def store_if_leased(
+        self, key: str, token: str, data: bytes | int, seconds: float | None, message: bytes, members: MemberSets = ()
+    ) -> bool:
+        """Store under the lease; with ``members``, their sets are added to in the same round trip (a pipeline)."""
         px = ttl_ms(seconds)
-        args = [token, data, -1 if px is None else px, self.channel, message]
-        return bool(self._store_if_leased(keys=[key, lease_key(key)], args=args))
+        keys, args = [key, lease_key(key)], [token, data, -1 if px is None else px, self.channel, message]
+        if not members:
+            return bool(self._store_if_leased(keys=keys, args=args))
+        pipe = self.client.pipeline(transaction=False)
+        # EVALSHA by hand: a pipeline running a Script object first asks SCRIPT EXISTS, a round trip more.
+        pipe.execute_command("EVALSHA", self._store_if_leased.sha, len(keys), *keys, *args)
+        add_members(pipe, members)
+        stored = pipe.execute(raise_on_error=False)[0]
+        if isinstance(stored, redis.exceptions.NoScriptError):
+            return bool(self._store_if_leased(keys=keys, args=args))  # a restarted Redis: loads the script, the sets are written
+        if isinstance(stored, Exception):
+            raise stored
+        return bool(stored)
 
     def peek_fill(self, key: str) -> tuple[bytes | None, bool]:
         """The value if a filler stored it, and whether a lease is still held."""
