@@ -108,14 +108,17 @@ def test_a_store_over_a_cached_value_retires_it_from_every_processs_l1(l2_cache,
 
 
 def test_redis_refuses_a_helper_on_a_key_holding_a_cached_value(l2_cache):
-    """WRONGTYPE, raised as django-redis raises it: the cached value (and its L1 copy) stay right."""
+    """WRONGTYPE, raised as django-redis raises it, not as an outage: the cached value (and its L1 copy) stay right."""
     l2_cache.set("k", "plain")
     assert l2_cache.get("k") == "plain"
+    errors = l2_cache.stats()["l2_errors"]
     for call in (lambda: l2_cache.sadd("k", "m"), lambda: l2_cache.hset("k", "f", "v"), lambda: l2_cache.zadd("k", {"m": 1})):
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
             call()
+    with pytest.raises(redis.DataError):
+        l2_cache.hset("h")  # no field, no mapping: redis-py refuses before sending
     assert l2_cache.get("k") == "plain"
-    assert l2_cache.get("missing") is None and l2_cache.set("k2", 1) is None  # the breaker did not open
+    assert l2_cache.stats()["l2_errors"] == errors  # no outage counted: the breaker saw Redis answer
 
 
 # -- a cluster -----------------------------------------------------------------------------------------

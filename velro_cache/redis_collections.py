@@ -26,7 +26,8 @@ type (below). What this module adds to a plain pass-through:
   a set's contents cannot be made up, and django-redis's empty answers would
   be indistinguishable from an empty set. Redis's own refusals (``WRONGTYPE``
   on a key holding a cached value, a score that is not a float) are raised as
-  redis-py's ``ResponseError``, as django-redis raises them.
+  redis-py's ``ResponseError``, and arguments redis-py refuses as its
+  ``DataError``, as django-redis raises them; neither counts as an outage.
 * L1 coherence: ``SADD``, ``HSET``, ``ZADD``... on a key holding a cached value
   are refused by Redis (``WRONGTYPE``), and an L1 copy exists only while Redis
   holds its value (promotions take the time left in Redis, deletes and
@@ -147,7 +148,7 @@ class CollectionsMixin:
         return full, counters
 
     def _redis(self, command: str, *args: Any, **kwargs: Any) -> Any:
-        """One redis-py command behind the breaker: an outage raises ``L2Unavailable``, a refusal ``ResponseError``.
+        """One redis-py command behind the breaker: an outage raises ``L2Unavailable``, a refusal redis-py's error.
 
         The refusal is carried out of the guard as a value: the guard would
         turn it into ``L2Unavailable``, but Redis answered (``WRONGTYPE``...),
@@ -155,10 +156,10 @@ class CollectionsMixin:
         """
         method = getattr(self._client(command), command)
 
-        def run() -> tuple[Any, redis.ResponseError | None]:
+        def run() -> tuple[Any, redis.RedisError | None]:
             try:
                 return method(*args, **kwargs), None
-            except redis.ResponseError as exc:
+            except (redis.ResponseError, redis.DataError) as exc:  # DataError: redis-py refused the arguments
                 if isinstance(exc, redis.exceptions.ClusterError):
                     raise  # CLUSTERDOWN and the like: an outage
                 return None, exc
@@ -206,16 +207,18 @@ class CollectionsMixin:
 
     def _algebra_store(self, op: str, dest: str, fulls: list[str]) -> int:
         """SDIFFSTORE/SINTERSTORE/SUNIONSTORE: the size of the stored set; the destination leaves every L1."""
-        if not self._spans_slots([dest, *fulls]):
-            stored = int(self._redis(op + "store", dest, fulls))
-        else:
+        spans = self._spans_slots([dest, *fulls])  # L2Required without Redis, before anything is retired
+        try:
+            if not spans:
+                return int(self._redis(op + "store", dest, fulls))
             members = self._algebra(op, fulls)
             self._redis("delete", dest)  # as the *STORE commands: an empty result leaves no key
             if members:
                 self._redis("sadd", dest, *members)
-            stored = len(members)
-        self._retire([dest])
-        return stored
+            return len(members)
+        finally:
+            # Also when the call failed: Redis may have overwritten dest and lost only the answer.
+            self._retire([dest])
 
     # -- sets ----------------------------------------------------------------------------
     def sadd(self, key: Any, *values: Any, version: int | None = None) -> int:
