@@ -162,3 +162,15 @@ def test_l1_only_refuses_every_helper(make_cache):
     for call in (lambda: cache.sadd("s", 1), lambda: cache.hlen("h"), lambda: cache.zcard("z"), lambda: cache.sdiff("a", "b")):
         with pytest.raises(L2Required):
             call()
+
+
+# -- a known gap, outside this module ------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="TieredCache.touch/pttl read the key with GET: on a set WRONGTYPE is an L2 failure, so expire() "
+    "holds back a delete that is replayed at once and ttl() says 0. Fix in backends.touch / redis_api.pttl.",
+)
+def test_expire_and_ttl_on_a_collection_keep_it(l2_cache):
+    l2_cache.sadd("s", 1, 2)
+    assert l2_cache.expire("s", 60) is True
+    assert l2_cache.smembers("s") == {1, 2} and 0 < l2_cache.ttl("s") <= 60
