@@ -53,6 +53,7 @@ from .aio import AsyncTieredMixin
 from .exceptions import CorruptEntry, L2Unavailable, NotPlannable, UnserializableValue, UnverifiedEntry
 from .options import TieredOptions, parse_options
 from .redis_api import RedisApiMixin
+from .redis_collections import CollectionsMixin
 from .serializers import OBJECT, Serializer, derive_signing_key
 from .stats import L1_SAMPLE, DataTypeCounters
 from .tiers.breaker import CLOSED
@@ -146,7 +147,7 @@ class MisconfiguredCache(BaseCache):
         """Called by Django after every request; nothing to close."""
 
 
-class TieredCache(RedisApiMixin, AsyncTieredMixin, BaseCache):
+class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
     """A Django cache backend with an in-process L1 and an optional Redis L2 (extras: ``redis_api``; native async: ``aio``)."""
 
     def __new__(cls, location: Any = None, params: dict[str, Any] | None = None) -> Any:

@@ -147,6 +147,14 @@ class L2Client:
     def make_key(self, key: Any, version: int | None = None) -> str:
         return self._cache.make_key(key, version=version)
 
+    def _has_compression_enabled(self) -> bool:
+        """Asked by code that avoids ``sscan(match=...)`` under django-redis's compression: never in the way here.
+
+        TieredCache applies ``match`` to decoded members (``redis_collections``),
+        so compression (which members never get) cannot defeat it.
+        """
+        return False
+
     def get_client(self, write: bool = True) -> Any:
         """The raw client; ``write`` is accepted for django-redis's signature (one Redis serves both)."""
         tier = self._cache._l2
