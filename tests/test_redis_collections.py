@@ -12,6 +12,7 @@ the test's own, stopped) raises ``L2Unavailable``; L1 only raises ``L2Required``
 from __future__ import annotations
 
 import pickle
+import time
 
 import pytest
 import redis
@@ -164,13 +165,13 @@ def test_l1_only_refuses_every_helper(make_cache):
             call()
 
 
-# -- a known gap, outside this module ------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="TieredCache.touch/pttl read the key with GET: on a set WRONGTYPE is an L2 failure, so expire() "
-    "holds back a delete that is replayed at once and ttl() says 0. Fix in backends.touch / redis_api.pttl.",
-)
+# -- expiry of a collection ------------------------------------------------------------------------
 def test_expire_and_ttl_on_a_collection_keep_it(l2_cache):
     l2_cache.sadd("s", 1, 2)
     assert l2_cache.expire("s", 60) is True
     assert l2_cache.smembers("s") == {1, 2} and 0 < l2_cache.ttl("s") <= 60
+    assert l2_cache.persist("s") is True and l2_cache.ttl("s") is None
+    l2_cache.hset("h", "f", 1)
+    assert l2_cache.expire_at("h", time.time() + 30) is True and 0 < l2_cache.pttl("h") <= 30_000
+    assert l2_cache.expire("h", 0) is True and l2_cache.hlen("h") == 0  # zero or less deletes, as for any key
+    assert l2_cache.expire("no-such-set", 60) is False and l2_cache.ttl("no-such-set") == 0

@@ -727,7 +727,9 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
         re-sign, then replace only if unchanged. A write in between wins and
         the touch still counts (it took effect just before that write).
         """
-        data = self._l2_call(self._l2.get, full)
+        data, _ = self._l2_call(self._l2.value_and_pttl, full)
+        if type(data) is int:  # a set, hash or sorted set (redis_collections): no frame to re-sign
+            return self._l2_call(self._l2.retime, full, seconds)
         if data is None:
             return False
         try:

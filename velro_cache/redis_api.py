@@ -226,9 +226,11 @@ class RedisApiMixin:
         if self._l2 is None:
             return self._l1_pttl(full)
         try:
-            data, pttl = self._l2_read(self._l2.get_with_ttl, full)
+            data, pttl = self._l2_read(self._l2.value_and_pttl, full)
         except L2Unavailable:
             return 0  # what get says then: no such key
+        if type(data) is int:  # a set, hash or sorted set (redis_collections): its TTL is the key's
+            return None if pttl == -1 else max(0, pttl)
         if data is None or not self._verifies(full, data) or pttl == -2:
             return 0
         return None if pttl == -1 else pttl

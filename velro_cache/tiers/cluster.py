@@ -240,6 +240,10 @@ class ClusterRedisTier(RedisTier):
     def has_key(self, key: str) -> bool:
         return not (self.held and self.held.covers(key)) and super().has_key(key)
 
+    def value_and_pttl(self, key: str) -> tuple[bytes | int | None, int]:
+        data, pttl = super().value_and_pttl(key)
+        return (None, -2) if isinstance(data, bytes) and self.held and self.held.covers(key) else (data, pttl)
+
     def get_with_ttl(self, key: str) -> tuple[bytes | None, int]:
         data, pttl = super().get_with_ttl(key)
         return (None, -2) if data is not None and self.held and self.held.covers(key) else (data, pttl)

@@ -133,6 +133,18 @@ if redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2], 'NX') then return {false, 
 return {false, 0}
 """
 
+# What touch and pttl read: a cache value and its PTTL, or, for a key holding a
+# set, hash or sorted set (the collection helpers', which GET refuses with
+# WRONGTYPE), 1 and its PTTL. KEYS: the key. Returns {value|1|false, pttl}.
+_VALUE_AND_PTTL = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then return {false, -2} end
+local pttl = redis.call('PTTL', KEYS[1])
+if kind == 'string' then return {redis.call('GET', KEYS[1]), pttl} end
+return {1, pttl}
+"""
+COLLECTION = 1  # what value_and_pttl answers in place of the value for a set, hash or sorted set
+
 _RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -273,6 +285,7 @@ class RedisTier:
         self._release_lease = register(_RELEASE_LEASE)
         self._set_many = register(_SET_MANY)
         self._value_or_lease = register(_VALUE_OR_LEASE)
+        self._value_and_pttl = register(_VALUE_AND_PTTL)
 
     # -- reads --------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
@@ -321,6 +334,19 @@ class RedisTier:
         """
         args = [old, new, ttl, self.channel, message]
         return bool(self._replace_if_equal(keys=[key, lease_key(key)], args=args))
+
+    def value_and_pttl(self, key: str) -> tuple[bytes | int | None, int]:
+        """(value, PTTL ms) in one round trip; ``COLLECTION`` for the value of a set, hash or sorted set."""
+        data, pttl = self._value_and_pttl(keys=[key])
+        return data, int(pttl)
+
+    def retime(self, key: str, seconds: float | None) -> bool:
+        """A new TTL (None: none) for a key whose value is not a frame (a collection); whether it exists."""
+        px = ttl_ms(seconds)
+        if px is None:
+            self.client.persist(key)
+            return bool(self.client.exists(key))
+        return bool(self.client.pexpire(key, px))
 
     def get_with_ttl(self, key: str) -> tuple[bytes | None, int]:
         """The value and its PTTL in ms (negative: none), in one round trip."""
