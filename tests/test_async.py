@@ -16,15 +16,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 
+from tests.conftest import L1_CLUSTER, L1_ONLY, L1_REDIS
 from tests.support import Arrivals, AsyncArrivals, Background, WorkerProcess, eventually
 
-L1_ONLY, L1_REDIS = "l1", "l1+redis"
 
-
-@pytest.fixture(params=[L1_ONLY, L1_REDIS])
+@pytest.fixture(params=[L1_ONLY, L1_REDIS, L1_CLUSTER])
 def acache(request, make_cache):
-    return make_cache(l2=request.param == L1_REDIS)
+    return make_cache(mode=request.param)
+
+
+@pytest.fixture(params=[L1_REDIS, L1_CLUSTER])
+def l2_mode(request) -> str:
+    """The L2s the async tiers serve: one Redis (``tiers.aredis``), a Redis Cluster (``tiers.acluster``)."""
+    return request.param
 
 
 class RefusingExecutor(ThreadPoolExecutor):
@@ -92,16 +98,38 @@ async def exercise_every_method(cache) -> None:
     await cache.aclose()
 
 
-async def test_every_method_runs_on_the_loop_without_a_thread(make_cache):
-    cache = make_cache()
+async def test_every_method_runs_on_the_loop_without_a_thread(make_cache, l2_mode):
+    cache = make_cache(mode=l2_mode)
     await cache.aget("warm-up")  # the loop's client is made here
     asyncio.get_running_loop().set_default_executor(RefusingExecutor())
     await exercise_every_method(cache)
 
 
+async def test_l2_calls_on_a_cluster_complete_while_every_worker_thread_is_blocked(make_cache):
+    """With the pool of worker threads exhausted (slow sync views, say), a cluster's aget/aset/aget_many still answer."""
+    cache = make_cache(mode=L1_CLUSTER)
+    other = make_cache(like=cache)  # its L1 is empty: its reads go to the cluster
+    await cache.aset_many({"a": 1, "b": 2, "c": 3}, 60)
+    release = threading.Event()
+    workers = ThreadPoolExecutor(max_workers=2)
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(workers)
+    blocked = [loop.run_in_executor(None, release.wait, 30) for _ in range(2)]
+    try:
+        async def calls():
+            await cache.aset("k", "v", 60)
+            return await other.aget("k"), await other.aget_many(["a", "b", "c"])
+
+        assert await asyncio.wait_for(calls(), 10) == ("v", {"a": 1, "b": 2, "c": 3})
+    finally:
+        release.set()
+        await asyncio.gather(*blocked)
+        workers.shutdown()
+
+
 async def test_every_method_on_a_redis_cluster(make_cache):
-    """A cluster's L2 calls run in worker threads for now (tiers.aredis.ThreadedTier): same answers."""
-    cache = make_cache(mode="l1+cluster")
+    """The cluster's async tier (tiers.acluster) gives the answers, and the coherence, of the sync one."""
+    cache = make_cache(mode=L1_CLUSTER)
     await exercise_every_method(cache)
     other = make_cache(like=cache)
     await cache.aset("seen", "old", 60)
@@ -110,8 +138,8 @@ async def test_every_method_on_a_redis_cluster(make_cache):
     assert await asyncio.to_thread(eventually, lambda: other.get("seen") == "new", 5)
 
 
-async def test_an_async_write_reaches_another_processes_l1(make_cache):
-    writer = make_cache()
+async def test_an_async_write_reaches_another_processes_l1(make_cache, l2_mode):
+    writer = make_cache(mode=l2_mode)
     reader = make_cache(like=writer)  # its own L1 and listener: another "process"
     await writer.aset("shared", "old", 60)
     assert await reader.aget("shared") == "old"  # now held in the reader's L1
@@ -121,9 +149,9 @@ async def test_an_async_write_reaches_another_processes_l1(make_cache):
     assert eventually(lambda: reader.get("shared") is None, 2)
 
 
-async def test_a_sync_thread_and_coroutines_share_one_loader(make_cache):
+async def test_a_sync_thread_and_coroutines_share_one_loader(make_cache, l2_mode):
     """The sync fill takes the Redis lease; coroutines wait for its value instead of loading."""
-    cache = make_cache()
+    cache = make_cache(mode=l2_mode)
     runs = []
     started = threading.Event()
     asked = Arrivals(8)
@@ -146,9 +174,9 @@ async def test_a_sync_thread_and_coroutines_share_one_loader(make_cache):
     assert runs == ["thread"]
 
 
-def test_coroutines_wait_for_another_processes_fill(make_cache, tmp_path):
+def test_coroutines_wait_for_another_processes_fill(make_cache, l2_mode, tmp_path):
     """Across OS processes the flight is the Redis lease: the worker loads, our coroutines wait for it."""
-    cache = make_cache()
+    cache = make_cache(mode=l2_mode)
     log = tmp_path / "loads.log"
     worker = WorkerProcess("tests.cache_worker", cache._l2.url, cache.key_prefix)
     try:
@@ -170,8 +198,8 @@ def _child_reads(cache, queue) -> None:
     queue.put(asyncio.run(cache.aget("before-fork")))
 
 
-def test_one_cache_serves_several_loops_and_a_forked_child(make_cache):
-    cache = make_cache()
+def test_one_cache_serves_several_loops_and_a_forked_child(make_cache, l2_mode):
+    cache = make_cache(mode=l2_mode)
     asyncio.run(cache.aset("before-fork", "parent", 60))
     assert asyncio.run(cache.aget("before-fork")) == "parent"  # a second loop: its own client
     cache.delete("before-fork")
@@ -205,6 +233,46 @@ async def test_an_outage_never_raises_and_its_writes_are_replayed(own_redis, tie
     assert await asyncio.to_thread(eventually, lambda: own_redis.client().get("aio:1:held") is None, 10)
 
 
+async def test_a_stopped_cluster_node_gives_misses_and_held_keys_never_an_error(own_cluster, tiered_on):
+    """A primary of the cluster dies: every a* call still answers, the failed write is announced held, all heals after."""
+    from tests.support import keys_on_every_primary
+    from velro_cache.tiers.coherence import EPOCH_KEY
+
+    urls = own_cluster.urls
+    writer, reader = tiered_on(urls, prefix="acl-fault"), tiered_on(urls, prefix="acl-fault")
+    client = own_cluster.client()
+    keys = keys_on_every_primary(writer, client, per_node=2)
+    # A victim neither the listeners' node nor the epoch key's: the reader's channel stays up,
+    # so only the writer's hold announcement can retire the reader's copy.
+    spared = {client.get_node_from_key(EPOCH_KEY).port, redis.connection.parse_url(urls[0])["port"]}
+    victim = next(node for node in own_cluster.nodes if node.port not in spared)
+    on_victim = [key for key in keys if client.get_node_from_key(writer.make_key(key)).port == victim.port]
+    client.close()
+    await writer.aset_many({key: "before" for key in keys}, 60)
+    assert await reader.aget_many(keys) == {key: "before" for key in keys}  # now in the reader's L1
+    victim.kill()
+
+    await writer.aset(on_victim[0], "during", 60)  # refused by the dead node: held, announced
+    assert await asyncio.to_thread(eventually, lambda: reader.make_key(on_victim[0]) not in reader._l1, 0.8)
+    assert reader._state.held.covers(reader.make_key(on_victim[0]))
+    assert await reader.aget(on_victim[0], "miss") == "miss"  # the dead node may hold "before": a miss, never it
+    for cache in (writer, reader):
+        assert on_victim[0] not in await cache.aget_many(keys)
+        assert await cache.aget(on_victim[1], "miss") in ("miss", "before")
+        assert await cache.aadd(on_victim[1], "x") is False
+        assert await cache.aget_or_set(on_victim[1], lambda: "computed", 60) == "computed"
+        await cache.adelete_many(on_victim)
+        await cache.aclear()
+
+    victim.start()
+    own_cluster.wait_ok()
+    assert await asyncio.to_thread(eventually, lambda: writer.stats()["l2"]["breaker"]["state"] == "closed", 10)
+    assert await asyncio.to_thread(eventually, lambda: not writer._state.pending and not reader._state.pending, 10)  # replayed
+    await writer.aset(on_victim[0], "after", 60)
+    assert await asyncio.to_thread(eventually, lambda: reader.get(on_victim[0]) == "after", 10)
+    assert not reader._state.held.covers(reader.make_key(on_victim[0]))
+
+
 async def test_a_cancelled_probe_does_not_close_the_breaker(own_redis, tiered_on):
     """A coroutine cancelled while it probes a silent Redis (a timeout around the call) proves nothing."""
     from velro_cache.tiers.breaker import CLOSED
@@ -225,14 +293,26 @@ async def test_a_cancelled_probe_does_not_close_the_breaker(own_redis, tiered_on
     assert await asyncio.to_thread(eventually, lambda: cache.get("k") == "v", 10)
 
 
-def test_closed_loops_do_not_keep_their_connections(make_cache):
+def connected_clients(cache) -> int:
+    """Connections open to the cache's Redis, or to every primary of its cluster."""
+    from redis.cluster import RedisCluster
+
+    from velro_cache.tiers.cluster import ClusterRedisTier
+
+    if isinstance(cache._l2, ClusterRedisTier):
+        per_node = cache._l2.client.info("clients", target_nodes=RedisCluster.PRIMARIES)
+        return sum(info["connected_clients"] for info in per_node.values())
+    return cache._l2.client.info("clients")["connected_clients"]
+
+
+def test_closed_loops_do_not_keep_their_connections(make_cache, l2_mode):
     """``asyncio.run`` per call (a script, a sync view calling async code) must not pile up Redis connections."""
     import gc
 
     from velro_cache.tiers import aredis
 
-    cache = make_cache()
-    clients = lambda: cache._l2.client.info("clients")["connected_clients"]  # noqa: E731
+    cache = make_cache(mode=l2_mode)
+    clients = lambda: connected_clients(cache)  # noqa: E731
     asyncio.run(cache.aget("absent-0"))
     gc.collect()
     before = clients()
@@ -243,11 +323,11 @@ def test_closed_loops_do_not_keep_their_connections(make_cache):
     assert eventually(lambda: clients() - before <= 3, 5), clients() - before
 
 
-def test_threads_with_their_own_loops_share_one_cache(make_cache):
+def test_threads_with_their_own_loops_share_one_cache(make_cache, l2_mode):
     """Each thread's loop gets its own client; the L1, counters and coherence stay the process's."""
     from tests.support import run_threads
 
-    cache = make_cache()
+    cache = make_cache(mode=l2_mode)
 
     def on_own_loop(index: int):
         async def work():
