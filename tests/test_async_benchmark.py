@@ -24,4 +24,5 @@ def test_async_paths(tmp_path: Path) -> None:
     cluster = section(data, "On a Redis Cluster")
     assert {row["operation"] for row in cluster["rows"]} == {"aget (L2 hit)", "aset", "aget_many(10) (L2 hits)"}
     for row in cluster["rows"]:
-        assert_positive(row, [f"{path} µs" for path in ("cluster async", "cluster thread hop", "cluster sync")] + ["async × thread hop", "async × sync"])
+        paths = [f"{path} µs" for path in ("cluster async", "cluster thread hop", "cluster sync")]
+        assert_positive(row, paths + ["async × thread hop", "async × sync"])
