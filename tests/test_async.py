@@ -127,6 +127,18 @@ async def test_l2_calls_on_a_cluster_complete_while_every_worker_thread_is_block
         workers.shutdown()
 
 
+async def test_a_burst_past_pool_size_on_a_cluster_waits_for_connections_instead_of_failing(make_cache):
+    """redis.asyncio's cluster pool raises past its size; the tier queues callers as the sync pool does."""
+    cache = make_cache(mode=L1_CLUSTER, options={"POOL_SIZE": 2})
+    other = make_cache(like=cache, options={"POOL_SIZE": 2})  # reads go to the cluster: its L1 is empty
+    await asyncio.gather(*(cache.aset(f"b{i}", i, 60) for i in range(64)))
+    got = await asyncio.gather(*(other.aget(f"b{i}") for i in range(64)))
+    assert got == list(range(64))
+    for each in (cache, other):
+        assert each.stats()["l2"]["breaker"]["state"] == "closed"
+        assert each.stats()["l2_errors"] == 0
+
+
 async def test_every_method_on_a_redis_cluster(make_cache):
     """The cluster's async tier (tiers.acluster) gives the answers, and the coherence, of the sync one."""
     cache = make_cache(mode=L1_CLUSTER)

@@ -146,15 +146,19 @@ class AsyncClusterTier(AsyncRedisTier):
         included (32 concurrent first gets: AttributeError from redis-py).
         ``initialize`` returns at once once the map is known.
         """
-        try:
-            await asyncio.wait_for(self._turns.acquire(), self._turn_timeout)
-        except TimeoutError:
-            raise redis.ConnectionError("no cluster connection free within POOL_TIMEOUT") from None
+        turns = self._turns
+        if turns.locked():  # wait_for costs a task per call: only when a wait is possible
+            try:
+                await asyncio.wait_for(turns.acquire(), self._turn_timeout)
+            except TimeoutError:
+                raise redis.ConnectionError("no cluster connection free within POOL_TIMEOUT") from None
+        else:
+            await turns.acquire()
         try:
             await self.client.initialize()
             return await call()
         finally:
-            self._turns.release()
+            turns.release()
 
     # -- reads: a held key is a miss (no round trip) ----------------------------------------
     @_bounded
