@@ -245,28 +245,49 @@ async def test_an_outage_never_raises_and_its_writes_are_replayed(own_redis, tie
     assert await asyncio.to_thread(eventually, lambda: own_redis.client().get("aio:1:held") is None, 10)
 
 
-async def test_a_stopped_cluster_node_gives_misses_and_held_keys_never_an_error(own_cluster, tiered_on):
-    """A primary of the cluster dies: every a* call still answers, the failed write is announced held, all heals after."""
+@pytest.fixture
+def surviving_cluster(tmp_path):
+    """A cluster of the test's own whose survivors keep serving their slots when a node is lost (``full_coverage=False``)."""
+    from tests.redis_cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path, full_coverage=False).start()
+    yield cluster
+    cluster.stop()
+
+
+async def test_a_stopped_cluster_node_gives_misses_and_held_keys_never_an_error(surviving_cluster, tiered_on):
+    """A primary of the cluster dies: every a* call still answers, the failed write is announced held, all heals after.
+
+    On a cluster that requires full coverage the survivors refuse keyed commands a node timeout (1 s) after
+    the loss, and the reader's channel, lost then, could miss the hold: a race, not what is tested here.
+    """
     from tests.support import keys_on_every_primary
     from velro_cache.tiers.coherence import EPOCH_KEY
 
-    urls = own_cluster.urls
+    urls = surviving_cluster.urls
     writer, reader = tiered_on(urls, prefix="acl-fault"), tiered_on(urls, prefix="acl-fault")
-    client = own_cluster.client()
+    client = surviving_cluster.client()
     keys = keys_on_every_primary(writer, client, per_node=2)
     # A victim neither the listeners' node nor the epoch key's: the reader's channel stays up,
     # so only the writer's hold announcement can retire the reader's copy.
     spared = {client.get_node_from_key(EPOCH_KEY).port, redis.connection.parse_url(urls[0])["port"]}
-    victim = next(node for node in own_cluster.nodes if node.port not in spared)
+    victim = next(node for node in surviving_cluster.nodes if node.port not in spared)
     on_victim = [key for key in keys if client.get_node_from_key(writer.make_key(key)).port == victim.port]
     client.close()
+    # Both listeners subscribed first: a message published before the writer's listener has its node goes
+    # through another node, over the cluster bus, and could arrive after the hold and release it.
+    assert await asyncio.to_thread(eventually, lambda: writer._state.listener.ready and reader._state.listener.ready, 5)
     await writer.aset_many({key: "before" for key in keys}, 60)
-    assert await reader.aget_many(keys) == {key: "before" for key in keys}  # now in the reader's L1
+    assert await reader.aget_many(keys) == {key: "before" for key in keys}
+    held_full = reader.make_key(on_victim[0])
+    assert await asyncio.to_thread(eventually, lambda: reader.get(on_victim[0]) and held_full in reader._l1, 5)  # in its L1
+    losses = reader._state.listener.losses
     victim.kill()
 
     await writer.aset(on_victim[0], "during", 60)  # refused by the dead node: held, announced
-    assert await asyncio.to_thread(eventually, lambda: reader.make_key(on_victim[0]) not in reader._l1, 0.8)
-    assert reader._state.held.covers(reader.make_key(on_victim[0]))
+    # The hold was published before aset returned; the reader's listener applies it a moment later.
+    assert await asyncio.to_thread(eventually, lambda: reader._state.held.covers(held_full) and held_full not in reader._l1, 0.8)
+    assert reader._state.listener.losses == losses, "the reader dropped its L1 for a lost channel, not for the hold"
     assert await reader.aget(on_victim[0], "miss") == "miss"  # the dead node may hold "before": a miss, never it
     for cache in (writer, reader):
         assert on_victim[0] not in await cache.aget_many(keys)
@@ -277,12 +298,55 @@ async def test_a_stopped_cluster_node_gives_misses_and_held_keys_never_an_error(
         await cache.aclear()
 
     victim.start()
-    own_cluster.wait_ok()
+    surviving_cluster.wait_ok()
     assert await asyncio.to_thread(eventually, lambda: writer.stats()["l2"]["breaker"]["state"] == "closed", 10)
     assert await asyncio.to_thread(eventually, lambda: not writer._state.pending and not reader._state.pending, 10)  # replayed
     await writer.aset(on_victim[0], "after", 60)
     assert await asyncio.to_thread(eventually, lambda: reader.get(on_victim[0]) == "after", 10)
     assert not reader._state.held.covers(reader.make_key(on_victim[0]))
+
+
+async def test_a_cluster_failover_to_a_replica_heals_the_async_path_without_an_error(tmp_path, tiered_on):
+    """A primary killed, its replica promoted: a* calls never raise, and the async clients find the new primary."""
+    from tests.redis_cluster import LocalCluster
+    from tests.support import keys_on_every_primary
+
+    cluster = LocalCluster(tmp_path, size=6, replicas=1).start()
+    try:
+        a = tiered_on(cluster.urls, prefix="acl-failover")
+        b = tiered_on(cluster.urls[3:] + cluster.urls[:3], prefix="acl-failover")
+        client = cluster.client()
+        keys = keys_on_every_primary(a, client, per_node=2)
+        await a.aset_many({key: "before" for key in keys}, 60)
+        victim = next(node for node in cluster.nodes if node.port == client.get_node_from_key(a.make_key(keys[0])).port)
+        client.close()
+        victim.kill()
+
+        async def healed() -> bool:  # any exception fails the test
+            for cache in (a, b):
+                await cache.aget_many(keys)
+                await cache.aset(keys[0], "during", 60)
+            # Healed once the breaker is closed, L1 is back and what the outage held back was delivered:
+            # until then a write is held too (it must not overtake the replay of an older one).
+            stats = [c.stats() for c in (a, b)]
+            return all(
+                s["l2"]["breaker"]["state"] == "closed" and s["l1"]["enabled"] and s["l2"]["pending_invalidations"] == 0 for s in stats
+            )
+
+        deadline = time.monotonic() + 30
+        while not await healed():
+            assert time.monotonic() < deadline, "the async path did not return to L2 after the failover"
+            await asyncio.sleep(0.2)
+        # A write while the cluster still settles may be held (and replayed as a delete: never stale);
+        # one that lands reaches the other process.
+        after = {key: "after" for key in keys}
+        for _ in range(10):
+            await a.aset_many(after, 60)
+            if await asyncio.to_thread(eventually, lambda: b.get_many(keys) == after, 2):
+                break
+        assert await b.aget_many(keys) == after
+    finally:
+        cluster.stop()
 
 
 async def test_a_cancelled_probe_does_not_close_the_breaker(own_redis, tiered_on):
@@ -317,8 +381,11 @@ def connected_clients(cache) -> int:
     return cache._l2.client.info("clients")["connected_clients"]
 
 
-def test_closed_loops_do_not_keep_their_connections(make_cache, l2_mode):
-    """``asyncio.run`` per call (a script, a sync view calling async code) must not pile up Redis connections."""
+def test_closed_loops_do_not_keep_their_connections(make_cache, l2_mode, caplog):
+    """``asyncio.run`` per call (a script, a sync view calling async code) must not pile up Redis connections.
+
+    Nor log about them: redis-py's cluster client reported each one let go as unclosed (an ERROR line per node).
+    """
     import gc
 
     from velro_cache.tiers import aredis
@@ -333,6 +400,7 @@ def test_closed_loops_do_not_keep_their_connections(make_cache, l2_mode):
     gc.collect()
     assert aredis.open_loops() <= 1
     assert eventually(lambda: clients() - before <= 3, 5), clients() - before
+    assert not [record.getMessage() for record in caplog.records if record.name == "asyncio" and record.levelname == "ERROR"]
 
 
 def test_threads_with_their_own_loops_share_one_cache(make_cache, l2_mode):

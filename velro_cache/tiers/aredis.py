@@ -286,8 +286,15 @@ def tier_for(sync_tier: RedisTier, options: TieredOptions) -> Any:
 
 
 def _sweep_closed_loops() -> None:
-    """Forget the clients of loops that were closed (``asyncio.run`` ended, a thread's loop shut down)."""
+    """Forget the clients of loops that were closed (``asyncio.run`` ended, a thread's loop shut down).
+
+    A tier that must be told its loop is gone (``AsyncClusterTier.loop_closed``) is told first.
+    """
     for loop in [loop for loop in _tiers if loop.is_closed()]:
+        for tier in list(_tiers[loop].values()):
+            closed = getattr(tier, "loop_closed", None)
+            if closed is not None:
+                closed()
         del _tiers[loop]
 
 
