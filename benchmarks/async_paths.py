@@ -21,7 +21,14 @@ Two concurrency measures follow: how many times a burst of 32 coroutines
 missing one key runs its loader (``aget_or_set``: single flight or not), and
 the throughput of 64 coroutines doing L2-hit gets on one loop.
 
-Run: ``python -m benchmarks.async_paths`` (about a minute) or ``--quick``.
+Last, the same TieredCache calls on a three-primary Redis Cluster of the run's
+own (``tests.redis_cluster.LocalCluster``; skipped without redis-server and
+redis-cli): ``aget``/``aset``/``aget_many`` on the cluster's native async tier
+(``tiers.acluster``) against the thread hop they replaced (``ThreadedTier``,
+the sync cluster tier's methods in worker threads, installed for one cache
+here only) and against the sync methods.
+
+Run: ``python -m benchmarks.async_paths`` (about four minutes) or ``--quick``.
 Results: ``benchmarks/results/async.md``.
 """
 
@@ -217,6 +224,11 @@ def run(args: argparse.Namespace) -> Report:
         throughput_rows,
         ["TieredCache's L1 copy is dropped before each get on its paths, so every get is a Redis round trip."],
     )
+    cluster = _cluster_table(plan)
+    if cluster is None:
+        report.budget("a Redis Cluster to measure against", False, "redis-server or redis-cli missing")
+    else:
+        report.table(*cluster)
     for row in burst_rows:
         if row["path"] == T_ASYNC:
             report.budget("aget_or_set runs the loader once for a burst", row["loader runs"] == 1, f"{row['loader runs']} runs")
@@ -270,6 +282,110 @@ def _throughput_rows(loop: asyncio.AbstractEventLoop, tiered: Any, djredis: Any,
     for path, (get, before) in paths.items():
         measured[path] = loop.run_until_complete(_throughput(get, before, plan["concurrent"], plan["throughput"]))
     return [{"path": path, "gets/s": rate, "× thread hop": common.ratio(rate, measured[T_HOP])} for path, rate in measured.items()]
+
+
+C_ASYNC, C_HOP, C_SYNC = "cluster async", "cluster thread hop", "cluster sync"
+CLUSTER_PATHS = (C_ASYNC, C_HOP, C_SYNC)
+
+
+def _cluster_table(plan: dict) -> tuple[str, list[str], list[dict[str, Any]], list[str]] | None:
+    """The cluster rows: (title, columns, rows, notes), or None when no cluster can be started here."""
+    import shutil
+
+    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        return None
+    from tests.redis_cluster import LocalCluster
+    from velro_cache.tiers.process import discard
+
+    cluster = LocalCluster().start()
+    loop = asyncio.new_event_loop()
+    native, hopping = _cluster_caches(cluster.urls, loop)
+    try:
+        # Seeded before warnings are counted: this process's first connection to each node
+        # logs it as a new incarnation (tiers.incarnation), once, as any process's start does.
+        native.set("hit", VALUE, 300)
+        native.set_many({f"m{i}": VALUE for i in range(BATCH)}, 300)
+        with common.library_warnings() as warned:
+            rows, checks = _cluster_rows(loop, native, hopping, plan)
+    finally:
+        native.clear()
+        for cache in (native, hopping):
+            discard(cache._state)  # its listener stops before the cluster does
+        loop.close()
+        cluster.stop()
+    columns = ["operation", *(f"{path} µs" for path in CLUSTER_PATHS), "async × thread hop", "async × sync"]
+    notes = [
+        "Medians per call in µs on a three-primary Redis Cluster (loopback, no replicas) started for this run;",
+        "`cluster thread hop` is the path the cluster's a* calls took before `tiers.acluster`: `ThreadedTier`, each L2",
+        "call of the sync cluster tier run in a worker thread. The L1 copies are dropped before each timed read, so every",
+        "read is an L2 hit; checked on TieredCache's counters:",
+        *(f"- {line}" for line in checks),
+        *common.warnings_note(warned),
+    ]
+    return "On a Redis Cluster: native async vs the thread hop it replaced vs sync", columns, rows, notes
+
+
+def _cluster_caches(urls: list[str], loop: asyncio.AbstractEventLoop) -> tuple[Any, Any]:
+    """Two TieredCaches on the cluster (separate L1s, so separate sync tiers); the second's a* calls hop to threads.
+
+    The thread hop is selected for this benchmark only, by giving the
+    loop's tier map (``tiers.aredis.tier_for``) a ``ThreadedTier`` for the
+    second cache's sync tier before its first call.
+    """
+    import weakref
+
+    from velro_cache.backends import TieredCache
+    from velro_cache.tiers import aredis
+
+    prefix = common.key_prefix("async-cluster")
+    native, hopping = (
+        TieredCache(urls, {"KEY_PREFIX": prefix, "OPTIONS": {"L1": {"MAX_BYTES": budget}}}) for budget in (64 << 20, 65 << 20)
+    )
+    aredis._tiers.setdefault(loop, weakref.WeakKeyDictionary())[hopping._l2] = aredis.ThreadedTier(hopping._l2)
+    return native, hopping
+
+
+def _cluster_rows(loop: asyncio.AbstractEventLoop, native: Any, hopping: Any, plan: dict) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per operation, the three cluster paths' medians and ratios, and how many forced L2 hits were not."""
+    many = [f"m{i}" for i in range(BATCH)]
+
+    def dropping(keys: list[str]) -> Callable[[], None]:
+        fulls = [native.make_key(key) for key in keys]  # one key prefix: the same full keys in both caches
+
+        def drop() -> None:
+            for full in fulls:
+                native._l1.delete(full)
+                hopping._l1.delete(full)
+
+        return drop
+
+    def paths(name: str, args: tuple, before: Callable[[], Any] | None = None) -> dict[str, tuple]:
+        return {
+            C_ASYNC: (getattr(native, "a" + name), args, before, True),
+            C_HOP: (getattr(hopping, "a" + name), args, before, True),
+            C_SYNC: (getattr(native, name), args, before, False),
+        }
+
+    operations = {
+        "aget (L2 hit)": paths("get", ("hit",), dropping(["hit"])),
+        "aset": paths("set", ("written", VALUE, 300)),
+        f"aget_many({BATCH}) (L2 hits)": paths("get_many", (many,), dropping(many)),
+    }
+    rows, checks = [], []
+    for operation, cases in operations.items():
+        before = [cache.stats()["totals"] for cache in (native, hopping)]
+        samples = _interleaved(loop, cases, plan["calls"], plan["rounds"])
+        if "L2 hit" in operation:
+            after = [cache.stats()["totals"] for cache in (native, hopping)]
+            not_l2 = sum(a["l1_hits"] - b["l1_hits"] + a["misses"] - b["misses"] for a, b in zip(after, before))
+            asked = sum(a["requests"] - b["requests"] for a, b in zip(after, before))
+            checks.append(f"{operation}: {not_l2} of {asked} TieredCache gets were not L2 hits")
+        medians = {path: common.median_us(samples[path]) for path in CLUSTER_PATHS}
+        row: dict[str, Any] = {"operation": operation, **{f"{path} µs": medians[path] for path in CLUSTER_PATHS}}
+        row["async × thread hop"] = common.ratio(medians[C_ASYNC], medians[C_HOP])
+        row["async × sync"] = common.ratio(medians[C_ASYNC], medians[C_SYNC])
+        rows.append(row)
+    return rows, checks
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Coherence in ASGI workers: real uvicorn processes serving async views that read the cache.
 
 Two uvicorn workers (``tests/asgi_app.py``) hold values in their L1s; this
-test process is another process on the same Redis. A write made here (sync
+test process is another process on the same Redis (and, as a second mode,
+on the same Redis Cluster). A write made here (sync
 ``set`` or native ``aset``) is seen by the very next request to any worker
 (read-your-writes at the request's start, applied by the worker's listener);
 an ``aset`` made in a worker's view is seen here after its response returned;
@@ -21,6 +22,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from tests.conftest import L1_CLUSTER, L1_REDIS
 from tests.redis_server import free_port
 from tests.support import ROOT, eventually
 
@@ -32,10 +34,10 @@ def _get(port: int, view: str, **params: str) -> dict:
         return json.loads(response.read())
 
 
-@pytest.fixture
-def uvicorn_workers(make_cache, tmp_path):
-    """Two uvicorn workers on the cache's Redis and key prefix; yields (port, the test's own cache)."""
-    cache = make_cache()
+@pytest.fixture(params=[L1_REDIS, L1_CLUSTER])
+def uvicorn_workers(request, make_cache, tmp_path):
+    """Two uvicorn workers on the cache's Redis (or Redis Cluster) and key prefix; yields (port, the test's own cache)."""
+    cache = make_cache(mode=request.param)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VELRO_ASGI_REDIS_URL": cache._l2.url, "VELRO_ASGI_PREFIX": cache.key_prefix}
     env.pop("DJANGO_SETTINGS_MODULE", None)

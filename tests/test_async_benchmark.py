@@ -21,3 +21,8 @@ def test_async_paths(tmp_path: Path) -> None:
     assert burst["django-redis async"] > 1
     for row in section(data, "Throughput")["rows"]:
         assert_positive(row, ["gets/s"])
+    cluster = section(data, "On a Redis Cluster")
+    assert {row["operation"] for row in cluster["rows"]} == {"aget (L2 hit)", "aset", "aget_many(10) (L2 hits)"}
+    for row in cluster["rows"]:
+        paths = [f"{path} µs" for path in ("cluster async", "cluster thread hop", "cluster sync")]
+        assert_positive(row, paths + ["async × thread hop", "async × sync"])

@@ -2,7 +2,8 @@
 
 ``tests.async_bridge`` answers every sync call the suite makes with the
 native ``a*`` method, on an event loop of its own, over L1 + the real Redis
-(database 13). Django's ``tests_async.py`` is for DummyCache only (it asserts
+(database 13), and over L1 + the real three-primary Redis Cluster
+(``tiers.acluster``). Django's ``tests_async.py`` is for DummyCache only (it asserts
 that nothing is stored), so the async contract is pinned here instead; the
 same exclusions as ``test_django_contract.py`` apply.
 """
@@ -10,6 +11,7 @@ same exclusions as ``test_django_contract.py`` apply.
 from django.conf import settings
 from django.test import TestCase, override_settings
 
+from tests.redis_cluster import cluster_urls
 from tests.settings import redis_url
 
 if not settings.HAVE_DJANGO_SUITE:  # pragma: no cover - a setup error, not a skip
@@ -32,3 +34,12 @@ SETTINGS = caches_setting_for_tests(
 @override_settings(CACHES=SETTINGS)
 class TieredCacheAsyncDjangoSuite(BaseCacheTests, TestCase):
     """L1 + the real Redis, every call through the async API."""
+
+
+@override_settings(
+    CACHES=caches_setting_for_tests(
+        base={"KEY_PREFIX": "aio-suite-cluster"}, BACKEND=BACKEND, exclude={"cull", "zero_cull"}, LOCATION=cluster_urls()
+    )
+)
+class TieredCacheClusterAsyncDjangoSuite(BaseCacheTests, TestCase):
+    """L1 + a real Redis Cluster, every call through the async API."""

@@ -7,18 +7,19 @@ built from the same parts:
 
 * the pure steps are the sync path's own methods: key making and its memo,
   TTLs, frames and the serializer (``_wire``), L1 bookkeeping (write tickets,
-  ``begin_write``/``_settle``, ``_write_failed``), decoding and promotion
+  ``begin_write``/``_settle``, holding back a failed write), decoding and promotion
   (``_decode_from_l2``), the stats;
 * an L2 call is awaited on ``tiers.aredis`` (``redis.asyncio``, one client per
-  event loop), behind the same breaker and failure rules (``tiers.guard``),
-  and a write carries its coherence message in the same pipeline, so other
-  processes hear an ``aset`` exactly as they hear a ``set``;
+  event loop; on a Redis Cluster ``tiers.acluster``), behind the same breaker
+  and failure rules (``tiers.guard``), and a write announces itself as the sync
+  one does, so other processes hear an ``aset`` exactly as they hear a ``set``;
+  on a cluster a failed write's hold announcement is awaited there too;
 * in L1-only mode nothing waits on I/O, so the sync method itself runs.
 
 Two rare recovery steps still run in a worker thread, because they block by
 design and are shared with the sync path: delivering invalidations an outage
-held back, and re-confirming a Redis whose coherence pings lapsed. A Redis
-Cluster's and Sentinel's L2 calls go to worker threads too (``tiers.aredis.ThreadedTier``).
+held back, and re-confirming a Redis whose coherence pings lapsed. Sentinel's
+L2 calls go to worker threads too (``tiers.aredis.ThreadedTier``).
 
 ``aget_or_set`` and ``aget_or_load`` are single-flight (``velro_cache.afill``).
 
@@ -76,7 +77,6 @@ class AsyncTieredMixin:
     _ttl: Any
     _wire: Any
     _settle: Any
-    _write_failed: Any
     _decode_from_l2: Any
     _decode_many_from_l2: Any
     _readable: Any
@@ -128,6 +128,14 @@ class AsyncTieredMixin:
             if heard == 0.0 or now - heard <= state.options.staleness_bound:
                 return False
         return await sync_to_async(self._l2_answer_distrusted, thread_sensitive=False)()
+
+    async def _awrite_failed(self, fulls: list[str]) -> None:
+        """As ``_write_failed``; on a cluster the hold is announced on the loop's async tier, not by a blocking call."""
+        await self._aannounce_held(self._state.hold_back_unannounced(fulls, self.key_prefix))
+
+    async def _aannounce_held(self, message: bytes | None) -> None:
+        if message is not None:
+            self._state.held_announced(await aredis.tier_for(self._l2, self.options).announce_held(message))
 
     # -- reads --------------------------------------------------------------------------
     async def aget(self, key: Any, default: Any = None, version: int | None = None) -> Any:
@@ -245,7 +253,7 @@ class AsyncTieredMixin:
             pairs = [(full, wire[0]) for full, wire in zip(fulls, wires)]
             await self._al2_call("set_many", pairs, seconds, self._state.drop_message(fulls))
         except L2Unavailable:
-            self._write_failed(fulls)
+            await self._awrite_failed(fulls)
             return True
         for (full, value), wire in zip(items, wires):
             self._settle(full, value, seconds, wire[1], ticket)
@@ -262,7 +270,7 @@ class AsyncTieredMixin:
         try:
             added = await self._aadd_l2(full, data, seconds if keep else 0.001)
         except L2Unavailable:
-            self._write_failed([full])
+            await self._awrite_failed([full])
             return False
         if not added:
             return False
@@ -291,7 +299,7 @@ class AsyncTieredMixin:
         try:
             touched = await self._atouch_l2(full, seconds)
         except L2Unavailable:
-            self._write_failed([full])
+            await self._awrite_failed([full])
             return False
         self._state.forget_local([full])  # re-promoted with the new expiry on the next read
         return touched
@@ -326,7 +334,7 @@ class AsyncTieredMixin:
         try:
             existed = await self._al2_call("delete_many", fulls, self._state.drop_message(fulls))
         except L2Unavailable:
-            self._write_failed(fulls)
+            await self._awrite_failed(fulls)
             return 0
         self._state.forget_local(fulls)
         return existed
@@ -369,7 +377,7 @@ class AsyncTieredMixin:
         try:
             await self._al2_call("clear", self.key_prefix, self._state.clear_message(self.key_prefix))
         except L2Unavailable:
-            self._state.hold_back_clear(self.key_prefix)
+            await self._aannounce_held(self._state.hold_back_clear_unannounced(self.key_prefix))
         self._state.forget_all_local()
 
     async def aclose(self, **kwargs: Any) -> None:

@@ -8,16 +8,26 @@ cached reads): recent generations move fastest, memberships slowest.
 Bulk writes send no signals: code that bulk-writes sources calls
 ``velro_cache.db.refresh.refresh_views`` once afterwards (the seed command
 does) or ``velro_cache.db.writes.refresh_after_commit``.
+
+Each read also passes ``live=``: the same answer from the live tables, which
+``read_view`` returns instead (uncached) while the ``view_reads`` switch is
+off for its key (docs/switches.md), so turning the switch off really takes the
+views out of the read path. The live query is the view's own SELECT, the one
+spelling of it in the migration, run as a subquery.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Sequence
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db import connections, router
 
 from velro_cache.db.reads import read_view
 from velro_cache.db.registry import register_view
+from velro_cache.db.sql import select_for
 
 from .models import (
     ActiveMembership,
@@ -43,6 +53,28 @@ register_view(ActiveMembership, refresh_on=[TeamMembership, Team, User], period=
 register_view(GenerationAccessCount, refresh_on=[GenerationAccess], period=60, debounce=10.0)
 
 
+# Each view's SELECT, as its migration creates it (one spelling of the SQL).
+_MIGRATION = importlib.import_module("studio.migrations.0002_materialized_views")
+_VIEW_SQL = {
+    ActiveUser: _MIGRATION.ACTIVE_USERS_SQL,
+    RecentGeneration: _MIGRATION.RECENT_GENERATIONS_SQL,
+    ActiveMembership: _MIGRATION.ACTIVE_MEMBERSHIPS_SQL,
+    GenerationAccessCount: _MIGRATION.ACCESS_COUNTS_SQL,
+}
+
+
+def live_rows(view: type, columns: Sequence[str], order_by: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The rows ``view`` would hold were it refreshed now: its SELECT run on the live tables, ordered and cut like the view read."""
+    connection = connections[router.db_for_read(view)]
+    select = select_for(_VIEW_SQL[view], connection.vendor)
+    query = f"SELECT {', '.join(columns)} FROM ({select}) live ORDER BY {order_by}"
+    if limit is not None:
+        query += f" LIMIT {int(limit)}"
+    with connection.cursor() as cursor:
+        cursor.execute(query)  # no parameters: the SQLite spelling's strftime '%' stay as they are
+        return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+
 def top_active_users(limit: int = 100) -> list[dict[str, Any]]:
     """The most active users of the last 24 h (warming's first priority)."""
 
@@ -54,7 +86,11 @@ def top_active_users(limit: int = 100) -> list[dict[str, Any]]:
             for row in rows
         ]
 
-    return read_view(ActiveUser, ("top", limit), load)
+    def live() -> list[dict[str, Any]]:
+        columns = ("user_id", "username", "activity", "requests_24h", "generations_24h")
+        return live_rows(ActiveUser, columns, "activity DESC, user_id", limit)
+
+    return read_view(ActiveUser, ("top", limit), load, live=live)
 
 
 def recent_generation_ids(limit: int = 500) -> list[int]:
@@ -64,7 +100,10 @@ def recent_generation_ids(limit: int = 500) -> list[int]:
         rows = RecentGeneration.objects.order_by("-created_at", "-id").values_list("id", flat=True)
         return list(rows[:limit])
 
-    return read_view(RecentGeneration, ("ids", limit), load)
+    def live() -> list[int]:
+        return [row["id"] for row in live_rows(RecentGeneration, ("id",), "created_at DESC, id DESC", limit)]
+
+    return read_view(RecentGeneration, ("ids", limit), load, live=live)
 
 
 def active_memberships() -> list[dict[str, Any]]:
@@ -76,7 +115,10 @@ def active_memberships() -> list[dict[str, Any]]:
         )
         return list(rows)
 
-    return read_view(ActiveMembership, "all", load)
+    def live() -> list[dict[str, Any]]:
+        return live_rows(ActiveMembership, ("user_id", "team_id", "team_name", "team_slug", "role"), "user_id, team_name")
+
+    return read_view(ActiveMembership, "all", load, live=live)
 
 
 def most_accessed_generations(limit: int = 100) -> list[dict[str, Any]]:
@@ -84,4 +126,8 @@ def most_accessed_generations(limit: int = 100) -> list[dict[str, Any]]:
         rows = GenerationAccessCount.objects.order_by("-access_count", "generation_id")[:limit]
         return list(rows.values("generation_id", "access_count", "accesses_24h", "unique_users"))
 
-    return read_view(GenerationAccessCount, ("top", limit), load)
+    def live() -> list[dict[str, Any]]:
+        columns = ("generation_id", "access_count", "accesses_24h", "unique_users")
+        return live_rows(GenerationAccessCount, columns, "access_count DESC, generation_id", limit)
+
+    return read_view(GenerationAccessCount, ("top", limit), load, live=live)

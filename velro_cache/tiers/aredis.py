@@ -17,9 +17,10 @@ Connections run the incarnation check on connect, as the sync pool's do
 (``tiers.incarnation``): a Redis that came back older is retired before an
 async caller reads from it.
 
-A Redis Cluster has no native async tier yet: ``ThreadedTier`` runs the sync
-cluster tier's methods in worker threads, so the async API keeps one set of
-semantics on every deployment.
+A Redis Cluster has its own async tier (``tiers.acluster``), kept here per
+loop like these. Sentinel has none yet: ``ThreadedTier`` runs the sync tier's
+methods in worker threads, so the async API keeps one set of semantics on
+every deployment.
 
 What is shared with ``RedisTier`` is imported, not copied: the scripts, the
 pool limits (``pool_kwargs``), the TTL and lease-key rules. The pipeline
@@ -67,17 +68,26 @@ class AsyncIncarnationCheck:
     """The incarnation check of ``tiers.incarnation.IncarnationCheck``, for ``redis.asyncio`` connections."""
 
     _velro_replica = False
+    _velro_cluster = False
 
     def _velro_address(self) -> str:
         return f"{getattr(self, 'host', getattr(self, 'path', '?'))}:{getattr(self, 'port', '')}/{getattr(self, 'db', 0)}"
 
+    async def _velro_marker(self) -> str | None:
+        """The marker key on this server, or None when it owns nothing to check (a cluster replica)."""
+        return MARKER
+
     async def _velro_check(self) -> None:
         conn: Any = self
-        await conn.send_command("EVAL", _RETIRE_OLD_INCARNATION, 1, MARKER)
+        marker = await self._velro_marker()
+        if marker is None:
+            self._velro_replica = True
+            return
+        await conn.send_command("EVAL", _RETIRE_OLD_INCARNATION, 1, marker)
         run_id, outcome = await conn.read_response()
         self._velro_replica = outcome == -1
         if not self._velro_replica:
-            observe(self._velro_address(), run_id, outcome == 1)
+            observe(self._velro_address(), run_id, outcome == 1, self._velro_cluster)
 
     async def on_connect_check_health(self, check_health: bool = True) -> None:
         await super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
@@ -130,7 +140,10 @@ class AsyncRedisTier:
         self.url = url
         self.channel = channel
         self.client = aioredis.Redis(connection_pool=_pool(url, options))
-        # RedisTier._register_scripts' scripts but _SET_MANY (set_many below is a pipeline).
+        self._register_scripts()
+
+    def _register_scripts(self) -> None:
+        """RedisTier._register_scripts' scripts but _SET_MANY (set_many below is a pipeline), on ``self.client``."""
         register = self.client.register_script
         self._replace_if_equal = register(_REPLACE_IF_EQUAL)
         self._add = register(_ADD)
@@ -237,7 +250,7 @@ class AsyncRedisTier:
 
 
 class ThreadedTier:
-    """The sync tier's methods as coroutines run in worker threads (a Redis Cluster, for now)."""
+    """The sync tier's methods as coroutines run in worker threads (Sentinel, for now; the cluster's benchmark baseline)."""
 
     def __init__(self, tier: RedisTier) -> None:
         self._tier = tier
@@ -273,8 +286,15 @@ def tier_for(sync_tier: RedisTier, options: TieredOptions) -> Any:
 
 
 def _sweep_closed_loops() -> None:
-    """Forget the clients of loops that were closed (``asyncio.run`` ended, a thread's loop shut down)."""
+    """Forget the clients of loops that were closed (``asyncio.run`` ended, a thread's loop shut down).
+
+    A tier that must be told its loop is gone (``AsyncClusterTier.loop_closed``) is told first.
+    """
     for loop in [loop for loop in _tiers if loop.is_closed()]:
+        for tier in list(_tiers[loop].values()):
+            closed = getattr(tier, "loop_closed", None)
+            if closed is not None:
+                closed()
         del _tiers[loop]
 
 
@@ -286,10 +306,13 @@ def open_loops() -> int:
 
 
 def _new_tier(sync_tier: RedisTier, options: TieredOptions) -> Any:
+    from .acluster import AsyncClusterTier
     from .cluster import ClusterRedisTier
 
-    if isinstance(sync_tier, ClusterRedisTier) or options.sentinels:
-        return ThreadedTier(sync_tier)  # the sync tier knows the topology (slots, Sentinel's current master)
+    if isinstance(sync_tier, ClusterRedisTier):
+        return AsyncClusterTier(sync_tier, options)
+    if options.sentinels:
+        return ThreadedTier(sync_tier)  # the sync tier knows Sentinel's current master
     return AsyncRedisTier(sync_tier.url, options, sync_tier.channel)
 
 

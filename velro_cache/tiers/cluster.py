@@ -161,6 +161,20 @@ def shared_cluster_client(urls: Sequence[str], options: TieredOptions) -> Cluste
         return client
 
 
+def announce_order(subscribed: Any, primaries: Sequence[Any]) -> list[Any]:
+    """Where a coherence message is tried, in order: the node our listener subscribes through, then every other primary.
+
+    The sync and the async cluster tier both publish in this order (see the module docstring for why that node first).
+    """
+    others = [node for node in primaries if node != subscribed]
+    return others if subscribed is None else [subscribed, *others]
+
+
+def echo_needed(subscribed: Any, key_node: Any) -> bool:
+    """Whether a script that published on ``key_node`` must be echoed on the node our listener subscribes through."""
+    return subscribed is not None and subscribed != key_node
+
+
 class HeldKeys:
     """Keys (and key prefixes) whose latest write another process holds back: Redis may hold what it replaced.
 
@@ -290,7 +304,7 @@ class ClusterRedisTier(RedisTier):
         """A script took the write and published on the key's node: release our holds, echo it where readers listen."""
         self.held.release(keys)
         node = self._subscribed_node()
-        if node is not None and node is not self.client.get_node_from_key(keys[-1]):
+        if echo_needed(node, self.client.get_node_from_key(keys[-1])):
             self.client.publish(self.channel, message, target_nodes=node)
 
     def set_many(self, items: Iterable[tuple[str, bytes | int]], seconds: float | None, message: bytes) -> None:
@@ -359,9 +373,7 @@ class ClusterRedisTier(RedisTier):
     def _announce_anywhere(self, message: bytes) -> None:
         """PUBLISH through the subscribed node, else the first primary that answers (plain PUBLISH routes to one fixed node)."""
         error: Exception | None = None
-        first = self._subscribed_node()
-        others = [node for node in self.client.get_primaries() if node is not first]
-        for node in [first, *others] if first is not None else others:
+        for node in announce_order(self._subscribed_node(), self.client.get_primaries()):
             try:
                 self.client.publish(self.channel, message, target_nodes=node)
                 return

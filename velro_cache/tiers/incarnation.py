@@ -289,17 +289,25 @@ class ClusterIncarnationConnection(IncarnationConnection):
     def _velro_marker(self) -> str | None:
         conn: Any = self
         conn.send_command("CLUSTER", "NODES")
-        nodes = conn.read_response()
-        text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
-        for line in text.splitlines():
-            fields = line.split()
-            if len(fields) > 8 and "myself" in fields[2] and "master" in fields[2]:
-                first = fields[8].lstrip("[").split("-")[0]
-                if first.isdigit():
-                    from .redis import _slot_tag
+        return cluster_marker(conn.read_response())
 
-                    return MARKER + ":{" + _slot_tag(int(first)) + "}"
-        return None
+
+def cluster_marker(nodes: Any) -> str | None:
+    """The marker key for the node that answered ``CLUSTER NODES`` with ``nodes``; None for a replica or a node without slots.
+
+    The marker hashes to the node's first slot, so each primary keeps its own
+    (the sync and the async cluster connections both ask this).
+    """
+    text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 8 and "myself" in fields[2] and "master" in fields[2]:
+            first = fields[8].lstrip("[").split("-")[0]
+            if first.isdigit():
+                from .redis import _slot_tag
+
+                return MARKER + ":{" + _slot_tag(int(first)) + "}"
+    return None
 
 
 _CLASSES: dict[type, type] = {

@@ -246,17 +246,25 @@ class ProcessState:
     # -- writes Redis did not take ----------------------------------------------------------
     def hold_back(self, keys: Sequence[str], key_prefix: str) -> None:
         """A write of ``keys`` did not reach Redis: drop local copies, replay it as deletes later, announce it held."""
+        self._announce_held(self.hold_back_unannounced(keys, key_prefix))
+
+    def hold_back_unannounced(self, keys: Sequence[str], key_prefix: str) -> bytes | None:
+        """``hold_back`` but the announcement: its message when one is due, for the async API to await itself."""
         self.forget_local(keys)
         self.pending.add(keys, key_prefix)
-        self._announce_held(hold_message(self.origin, keys))
+        return self._due(hold_message(self.origin, keys))
 
     def hold_back_clear(self, key_prefix: str) -> None:
         """A clear of ``key_prefix`` did not reach Redis: replay it later, announce it held."""
-        self.pending.add_clear(key_prefix)
-        self._announce_held(hold_message(self.origin, [key_prefix], prefix=True))
+        self._announce_held(self.hold_back_clear_unannounced(key_prefix))
 
-    def _announce_held(self, message: bytes) -> None:
-        """On a cluster, through the subscribed node (``tiers.cluster``); on one Redis there is nothing to do.
+    def hold_back_clear_unannounced(self, key_prefix: str) -> bytes | None:
+        """``hold_back_clear`` but the announcement, as ``hold_back_unannounced``."""
+        self.pending.add_clear(key_prefix)
+        return self._due(hold_message(self.origin, [key_prefix], prefix=True))
+
+    def _due(self, message: bytes) -> bytes | None:
+        """``message`` if a hold announcement is to be made: on a cluster (``tiers.cluster``); on one Redis there is nothing to do.
 
         On one Redis a write that cannot reach it means the others'
         confirmations stop too. After an announcement failed, none is tried
@@ -266,8 +274,16 @@ class ProcessState:
         write of the outage.
         """
         if not isinstance(self.l2, ClusterRedisTier) or self.heard <= self._announce_failed_at:
-            return
-        if not self.l2.announce_held(message):
+            return None
+        return message
+
+    def _announce_held(self, message: bytes | None) -> None:
+        if message is not None and isinstance(self.l2, ClusterRedisTier):
+            self.held_announced(self.l2.announce_held(message))
+
+    def held_announced(self, taken: bool) -> None:
+        """Whether a hold announcement reached a node; after a failure none is tried for a while (``_due``)."""
+        if not taken:
             self._announce_failed_at = time.monotonic()
 
     def _on_held(self, op: str, keys: list[str]) -> None:
