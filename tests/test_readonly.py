@@ -115,3 +115,33 @@ def test_a_cache_pointed_at_a_replica_from_the_start_refuses_it(servers, tiered_
     assert not [m for m in messages if SECRET in m]
     assert not [m for m in messages if "circuit closed" in m]
     assert cache.get("k") is None
+
+
+def test_async_calls_on_a_replica_refuse_it_as_the_sync_ones_do(servers, tiered_on, caplog):
+    """aset/aget/aget_many through redis.asyncio on a server that answers as a replica: the same outage, never a write lost quietly."""
+    import asyncio
+
+    master, replica = servers
+    replicate(replica, master)
+    cache = tiered_on(replica.url())
+
+    async def drive_async(seconds: float) -> list:
+        seen = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await cache.aset("other", SECRET)
+            seen.append(await cache.aget("k"))
+            seen.extend((await cache.aget_many(["k", "other"])).values())
+            await asyncio.sleep(0.01)
+        return seen
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(cache.aset("k", SECRET))
+        seen = asyncio.run(drive_async(1.0))
+    assert replica.client().get(KEY) is None and master.client().get(KEY) is None
+    assert SECRET not in seen, "a value the replica refused was read back"
+    assert not cache.l2_trusted(), "the replica counts as a master"
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if SECRET in m], "a log line carried a cached value"
+    assert not [m for m in messages if "circuit closed" in m], "the breaker flapped on a replica"
+    assert [m for m in messages if "answers as a replica, not the master" in m], messages
