@@ -175,3 +175,14 @@ def test_expire_and_ttl_on_a_collection_keep_it(l2_cache):
     assert l2_cache.expire_at("h", time.time() + 30) is True and 0 < l2_cache.pttl("h") <= 30_000
     assert l2_cache.expire("h", 0) is True and l2_cache.hlen("h") == 0  # zero or less deletes, as for any key
     assert l2_cache.expire("no-such-set", 60) is False and l2_cache.ttl("no-such-set") == 0
+
+
+def test_atouch_on_a_collection_retimes_it_too(l2_cache):
+    """Django's async touch through redis.asyncio (or the cluster's async client): the set is kept and re-timed."""
+    import asyncio
+
+    l2_cache.sadd("s", 1, 2)
+    assert asyncio.run(l2_cache.atouch("s", 60)) is True
+    assert l2_cache.smembers("s") == {1, 2} and 0 < l2_cache.ttl("s") <= 60
+    assert asyncio.run(l2_cache.atouch("s", None)) is True and l2_cache.ttl("s") is None
+    assert asyncio.run(l2_cache.atouch("no-such-set", 60)) is False

@@ -306,7 +306,9 @@ class AsyncTieredMixin:
 
     async def _atouch_l2(self, full: str, seconds: float | None) -> bool:
         """As ``_touch_l2``: re-sign the frame with the new expiry, replace only if unchanged."""
-        data = await self._al2_call("get", full)
+        data, _ = await self._al2_call("value_and_pttl", full)
+        if type(data) is int:  # a set, hash or sorted set (redis_collections): no frame to re-sign
+            return await self._al2_call("retime", full, seconds)
         if data is None:
             return False
         try:

@@ -196,6 +196,15 @@ class AsyncClusterTier(AsyncRedisTier):
         return datas
 
     @_bounded
+    async def value_and_pttl(self, key: str) -> tuple[bytes | int | None, int]:
+        data, pttl = await super().value_and_pttl(key)
+        return (None, -2) if isinstance(data, bytes) and self.held and self.held.covers(key) else (data, pttl)
+
+    @_bounded
+    async def retime(self, key: str, seconds: float | None) -> bool:
+        return await super().retime(key, seconds)
+
+    @_bounded
     async def get_with_ttl(self, key: str) -> tuple[bytes | None, int]:
         data, pttl = await super().get_with_ttl(key)
         return (None, -2) if data is not None and self.held and self.held.covers(key) else (data, pttl)

@@ -53,6 +53,7 @@ from .redis import (
     _RELEASE_LEASE,
     _REPLACE_IF_EQUAL,
     _STORE_IF_LEASED,
+    _VALUE_AND_PTTL,
     INT64_MAX,
     INT64_MIN,
     LEASE_PREFIX,
@@ -151,6 +152,7 @@ class AsyncRedisTier:
         self._delete_if_equal = register(_DELETE_IF_EQUAL)
         self._store_if_leased = register(_STORE_IF_LEASED)
         self._release_lease = register(_RELEASE_LEASE)
+        self._value_and_pttl = register(_VALUE_AND_PTTL)
 
     # -- reads ------------------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
@@ -189,6 +191,19 @@ class AsyncRedisTier:
     async def replace_if_equal(self, key: str, old: bytes, new: bytes | int, ttl: int, message: bytes) -> bool:
         args = [old, new, ttl, self.channel, message]
         return bool(await self._replace_if_equal(keys=[key, lease_key(key)], args=args))
+
+    async def value_and_pttl(self, key: str) -> tuple[bytes | int | None, int]:
+        """As ``RedisTier.value_and_pttl``: ``COLLECTION`` in place of the value of a set, hash or sorted set."""
+        data, pttl = await self._value_and_pttl(keys=[key])
+        return data, int(pttl)
+
+    async def retime(self, key: str, seconds: float | None) -> bool:
+        """As ``RedisTier.retime``: a new TTL for a key that holds no frame (a collection)."""
+        px = ttl_ms(seconds)
+        if px is None:
+            await self.client.persist(key)
+            return bool(await self.client.exists(key))
+        return bool(await self.client.pexpire(key, px))
 
     async def get_with_ttl(self, key: str) -> tuple[bytes | None, int]:
         pipe = self.client.pipeline(transaction=False)
