@@ -13,6 +13,7 @@ in place served a value a returned write had replaced
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import subprocess
@@ -190,6 +191,46 @@ class History:
             thread.join(timeout=30)
 
 
+class AsyncHistory(History):
+    """History's writer and readers as coroutines on one event loop (a thread of its own): the async API, same checker."""
+
+    def __init__(self, caches) -> None:
+        super().__init__(caches)
+        self.threads = [threading.Thread(target=lambda: asyncio.run(self._run()))]
+
+    async def _run(self) -> None:
+        await asyncio.gather(self._awrite(), *(self._aread(cache) for cache in self.caches))
+
+    async def _aguarded(self, awaitable):
+        try:
+            return await awaitable
+        except BaseException as exc:  # the property under test: nothing reaches the caller
+            with self._lock:
+                self.errors.append(exc)
+            return None
+
+    async def _awrite(self) -> None:
+        version = 0
+        while not self.stop.is_set():
+            version += 1
+            key = KEYS[(version // 2) % len(KEYS)]
+            cache = self.caches[version % 2]
+            start = time.monotonic()
+            await self._aguarded(cache.aset(key, version))
+            self._record("w", key, version, start, time.monotonic(), version % 2)
+            await asyncio.sleep(0.002)
+
+    async def _aread(self, cache) -> None:
+        worker = 10 + self.caches.index(cache)
+        while not self.stop.is_set():
+            for key in KEYS:
+                start = time.monotonic()
+                await self._request_started.asend(sender=__name__)  # as Django's ASGI handler starts a request
+                value = await self._aguarded(cache.aget(key))
+                self._record("r", key, value, start, time.monotonic(), worker)
+            await asyncio.sleep(0.001)
+
+
 def assert_consistent_after(history: History, in_place_at: float) -> None:
     assert history.errors == [], f"{len(history.errors)} calls raised to their caller, first: {history.errors[0]!r}"
     verdict = check(history.events)
@@ -264,18 +305,57 @@ def test_the_listener_follows_the_master(deployment, sentinel_caches):
 
 
 def test_the_async_api_reaches_the_master_through_the_sentinels(sentinel_caches):
-    """``aset``/``aget`` on a Sentinel cache: L2 calls go through the sync tier, which knows the current master."""
-    import asyncio
+    """``aset``/``aget`` on a Sentinel cache, awaited on redis.asyncio through the sentinels: no worker thread in between."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from velro_cache.tiers import aredis
 
     first, second = sentinel_caches
 
-    async def write_then_read() -> object:
-        await first.aset("async-k", "through sentinel")
-        second._state.forget_all_local()  # read from Redis, not an L1
-        return await second.aget("async-k")
+    async def write_then_read() -> tuple[object, str]:
+        # Every thread the loop could hop to is busy for the whole call: an L2
+        # call made in a thread would wait behind them and miss the deadline.
+        loop = asyncio.get_running_loop()
+        blocker = threading.Event()
+        pool = ThreadPoolExecutor(1)
+        loop.set_default_executor(pool)
+        loop.run_in_executor(None, blocker.wait)
+        try:
+            await asyncio.wait_for(first.aset("async-k", "through sentinel"), 5)
+            second._state.forget_all_local()  # read from Redis, not an L1
+            value = await asyncio.wait_for(second.aget("async-k"), 5)
+            return value, type(aredis.tier_for(second._l2, second.options).client.connection_pool).__name__
+        finally:
+            blocker.set()
 
-    assert asyncio.run(write_then_read()) == "through sentinel"
+    assert asyncio.run(write_then_read()) == ("through sentinel", "AsyncBlockingSentinelPool")
     assert second._state.stats.snapshot()["l2_errors"] == 0
+
+
+@pytest.mark.parametrize("how", ["command", "kill"])
+def test_the_async_api_through_a_failover_raises_nothing_and_serves_nothing_stale(deployment, sentinel_caches, how, caplog):
+    """The failover test above with every write and read awaited (aset/aget on redis.asyncio's Sentinel pool)."""
+    first, second = sentinel_caches
+    first.set("warm", 1)
+    assert second.get("warm") == 1
+    caplog.set_level(logging.WARNING)
+    old = deployment.master()
+    with AsyncHistory(sentinel_caches) as history:
+        time.sleep(0.5)
+        in_place_at = fail_over(deployment, how)
+        wait_for(lambda: settled(deployment, old), "Sentinel did not reconfigure the old master", 30)
+        wait_for(lambda: first.l2_trusted() and second.l2_trusted(), "the caches did not reach the new master", 15)
+        time.sleep(1.5)
+    assert_consistent_after(history, in_place_at)
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if "of pipeline caused error" in m], "a log line quoted a command's arguments"
+
+    async def after() -> object:
+        await first.aset("after-async", "x")
+        second._state.forget_all_local()
+        return await second.aget("after-async")
+
+    assert asyncio.run(after()) == "x"
 
 
 # -- settings: django-redis's shape, and what is refused (no servers needed) -------------------------

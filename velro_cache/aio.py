@@ -18,8 +18,8 @@ built from the same parts:
 
 Two rare recovery steps still run in a worker thread, because they block by
 design and are shared with the sync path: delivering invalidations an outage
-held back, and re-confirming a Redis whose coherence pings lapsed. Sentinel's
-L2 calls go to worker threads too (``tiers.aredis.ThreadedTier``).
+held back, and re-confirming a Redis whose coherence pings lapsed. Every L2
+(one Redis, Sentinel, a Cluster) is awaited on the loop itself.
 
 ``aget_or_set`` and ``aget_or_load`` are single-flight (``velro_cache.afill``).
 

@@ -11,7 +11,7 @@ are echoed there (``echo_needed``); keys other processes announced as held are
 misses (the ``HeldKeys`` of the process, shared with the sync tier); a write
 that failed is announced as held by ``announce_held``. Only the I/O differs:
 a coroutine awaits ``redis.asyncio.cluster.RedisCluster`` instead of a worker
-thread blocking on the sync client (``ThreadedTier``, what this replaced).
+thread blocking on the sync client (what this replaced; ``benchmarks.async_paths`` keeps it as its baseline).
 
 One client per event loop and sync tier, kept by ``tiers.aredis.tier_for``
 exactly as the single-Redis async clients are (closed loops let go, none

@@ -18,9 +18,9 @@ Connections run the incarnation check on connect, as the sync pool's do
 async caller reads from it.
 
 A Redis Cluster has its own async tier (``tiers.acluster``), kept here per
-loop like these. Sentinel has none yet: ``ThreadedTier`` runs the sync tier's
-methods in worker threads, so the async API keeps one set of semantics on
-every deployment.
+loop like these. Sentinel is this tier on a pool that asks redis.asyncio's
+Sentinel for the master (``_sentinel_pool``), so no deployment hops to a
+worker thread for an L2 call.
 
 What is shared with ``RedisTier`` is imported, not copied: the scripts, the
 pool limits (``pool_kwargs``), the TTL and lease-key rules. The pipeline
@@ -41,11 +41,13 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from asgiref.sync import sync_to_async
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
+from ..exceptions import TooFewReplicas
 from ..options import TieredOptions
-from .incarnation import _RETIRE_OLD_INCARNATION, MARKER, observe
+from . import incarnation
+from .incarnation import _RETIRE_OLD_INCARNATION, MARKER, _answered_as_master, connection_address, not_the_master, observe, too_few_replicas
 from .redis import (
     _ADD,
     _DELETE_IF_EQUAL,
@@ -70,9 +72,10 @@ class AsyncIncarnationCheck:
 
     _velro_replica = False
     _velro_cluster = False
+    _velro_checking = False  # the check's own commands must not trigger it again
 
     def _velro_address(self) -> str:
-        return f"{getattr(self, 'host', getattr(self, 'path', '?'))}:{getattr(self, 'port', '')}/{getattr(self, 'db', 0)}"
+        return connection_address(self)
 
     async def _velro_marker(self) -> str | None:
         """The marker key on this server, or None when it owns nothing to check (a cluster replica)."""
@@ -87,15 +90,62 @@ class AsyncIncarnationCheck:
         await conn.send_command("EVAL", _RETIRE_OLD_INCARNATION, 1, marker)
         run_id, outcome = await conn.read_response()
         self._velro_replica = outcome == -1
+        if self._velro_replica and not self._velro_cluster:
+            # As the sync check: a replica is not where a write can go (a
+            # demoted master, or one Sentinel still names in a failover's
+            # moment), so it is an outage to the breaker, never a write lost.
+            self._velro_replica = False
+            await conn.disconnect()
+            raise not_the_master(self._velro_address())
         if not self._velro_replica:
+            _answered_as_master(self._velro_address())
             observe(self._velro_address(), run_id, outcome == 1, self._velro_cluster)
 
     async def on_connect_check_health(self, check_health: bool = True) -> None:
         await super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
         await self._velro_check()
 
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        """As the sync check: READONLY (demoted under this connection) is "not the master", NOREPLICAS "too few replicas".
+
+        Both are outages to the breaker, never a refused write a caller is told
+        nothing about while other processes read the value it replaced. Under
+        a Sentinel connection, redis.asyncio turns READONLY into a
+        ConnectionError itself, and reconnects to the new master.
+        """
+        try:
+            return await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.ReadOnlyError:
+            if self._velro_cluster:
+                raise
+            await self._velro_drop()
+            raise not_the_master(self._velro_address()) from None
+        except redis.ResponseError as exc:
+            if self._velro_cluster or not str(exc).startswith("NOREPLICAS"):
+                raise
+            await self._velro_drop()
+            raise too_few_replicas(self._velro_address()) from None
+
+    async def _velro_drop(self) -> None:
+        conn: Any = self
+        await conn.disconnect()
+
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        """A connection opened to a replica is checked again once that replica may have become a primary."""
+        """A connection opened to a replica is checked again once that replica may have become a primary.
+
+        So is one to a server another connection of this process found
+        demoted, and a master fenced off for refusing writes (NOREPLICAS) is
+        refused for that while, as ``tiers.incarnation`` does for sync ones.
+        """
+        address = self._velro_address()
+        if incarnation._refusing and incarnation._fenced(address):
+            raise TooFewReplicas(address)
+        if incarnation._demoted and not self._velro_checking and address in incarnation._demoted:
+            self._velro_checking = True
+            try:
+                await self._velro_check()
+            finally:
+                self._velro_checking = False
         if self._velro_replica:
             self._velro_replica = False
             try:
@@ -118,6 +168,20 @@ class AsyncUnixIncarnationConnection(AsyncIncarnationCheck, UnixDomainSocketConn
     """The same over a unix socket (``unix://``)."""
 
 
+class AsyncSentinelIncarnationConnection(AsyncIncarnationCheck, SentinelManagedConnection):
+    """A connection to whichever server the sentinels name the master, checked like the others.
+
+    redis.asyncio's Sentinel connection asks the sentinels for the master on
+    every connect and turns a READONLY reply into a ConnectionError (an
+    outage to the breaker) after which it reconnects to the new master; the
+    check adds the incarnation, as ``tiers.incarnation``'s sync twin does.
+    """
+
+
+class AsyncBlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's master discovery with the POOL_SIZE bound, waiting up to POOL_TIMEOUT (``tiers.sentinel``'s twin)."""
+
+
 _CLASSES: dict[type, type] = {
     Connection: AsyncIncarnationConnection,
     SSLConnection: AsyncSSLIncarnationConnection,
@@ -125,11 +189,29 @@ _CLASSES: dict[type, type] = {
 }
 
 
-def _pool(url: str, options: TieredOptions) -> aioredis.BlockingConnectionPool:
-    """A pool with the sync pool's limits and timeouts (``tiers.redis.shared_pool``), for one loop."""
+def _pool(url: str, options: TieredOptions) -> aioredis.ConnectionPool:
+    """A pool with the sync pool's limits and timeouts (``tiers.redis.shared_pool``), for one loop.
+
+    With ``SENTINELS``, ``url`` names the master's service and the pool
+    follows the master the sentinels report, through a ``Sentinel`` of this
+    loop's own (its connections to the sentinels belong to the loop too).
+    """
+    if options.sentinels:
+        return _sentinel_pool(url, options)
     pool = aioredis.BlockingConnectionPool.from_url(url, **pool_kwargs(options))
     pool.connection_class = _CLASSES.get(pool.connection_class, pool.connection_class)
     return pool
+
+
+def _sentinel_pool(url: str, options: TieredOptions) -> AsyncBlockingSentinelPool:
+    parsed = redis.connection.parse_url(url)
+    service = parsed.pop("host")
+    parsed.pop("port", None)
+    kwargs = pool_kwargs(options)
+    sentinel_kwargs = {"socket_timeout": options.socket_timeout, "socket_connect_timeout": options.socket_connect_timeout}
+    sentinel_kwargs.update(dict(options.sentinel_kwargs))
+    manager = Sentinel(list(options.sentinels), sentinel_kwargs=sentinel_kwargs)
+    return AsyncBlockingSentinelPool(service, manager, connection_class=AsyncSentinelIncarnationConnection, **kwargs, **parsed)
 
 
 class AsyncRedisTier:
@@ -264,18 +346,6 @@ class AsyncRedisTier:
         await self._release_lease(keys=[lease_key(key)], args=[token])
 
 
-class ThreadedTier:
-    """The sync tier's methods as coroutines run in worker threads (Sentinel, for now; the cluster's benchmark baseline)."""
-
-    def __init__(self, tier: RedisTier) -> None:
-        self._tier = tier
-
-    def __getattr__(self, name: str) -> Any:
-        method = sync_to_async(getattr(self._tier, name), thread_sensitive=False)
-        setattr(self, name, method)
-        return method
-
-
 # loop -> sync tier -> its async twin on that loop. The loops are held
 # strongly: a loop's connections refer to it, so a weak key would never die.
 # Closed loops are swept out whenever a new loop makes its first call, which
@@ -326,8 +396,6 @@ def _new_tier(sync_tier: RedisTier, options: TieredOptions) -> Any:
 
     if isinstance(sync_tier, ClusterRedisTier):
         return AsyncClusterTier(sync_tier, options)
-    if options.sentinels:
-        return ThreadedTier(sync_tier)  # the sync tier knows Sentinel's current master
     return AsyncRedisTier(sync_tier.url, options, sync_tier.channel)
 
 

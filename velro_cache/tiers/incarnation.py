@@ -176,6 +176,11 @@ def _answered_as_master(address: str) -> None:
         logger.warning("velro_cache: Redis at %s answers as the master again", address)
 
 
+def connection_address(conn: Any) -> str:
+    """``host:port/db`` (or the socket path) of a sync or async connection: what warnings and the fencing name."""
+    return f"{getattr(conn, 'host', getattr(conn, 'path', '?'))}:{getattr(conn, 'port', '')}/{getattr(conn, 'db', 0)}"
+
+
 class IncarnationCheck:
     """The check every velro_cache connection runs on connect (a mixin over redis-py's connections).
 
@@ -194,7 +199,7 @@ class IncarnationCheck:
         return MARKER
 
     def _velro_address(self) -> str:
-        return f"{getattr(self, 'host', getattr(self, 'path', '?'))}:{getattr(self, 'port', '')}/{getattr(self, 'db', 0)}"
+        return connection_address(self)
 
     def _velro_check(self) -> None:
         conn: Any = self
