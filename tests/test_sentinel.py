@@ -264,14 +264,16 @@ def settled(deployment: Deployment, old: RedisServer) -> bool:
         return False
 
 
+@pytest.mark.parametrize("api", [History, AsyncHistory], ids=["sync", "async"])
 @pytest.mark.parametrize("how", ["command", "kill"])
-def test_failover_raises_nothing_and_serves_nothing_stale_once_the_new_master_is_in_place(deployment, sentinel_caches, how, caplog):
+def test_failover_raises_nothing_and_serves_nothing_stale_once_the_new_master_is_in_place(deployment, sentinel_caches, how, api, caplog):
+    """Both APIs: set/get, and aset/aget awaited on redis.asyncio's Sentinel pool."""
     first, second = sentinel_caches
     first.set("warm", 1)
     assert second.get("warm") == 1
     caplog.set_level(logging.WARNING)
     old = deployment.master()
-    with History(sentinel_caches) as history:
+    with api(sentinel_caches) as history:
         time.sleep(0.5)
         in_place_at = fail_over(deployment, how)
         wait_for(lambda: settled(deployment, old), "Sentinel did not reconfigure the old master", 30)
@@ -287,6 +289,13 @@ def test_failover_raises_nothing_and_serves_nothing_stale_once_the_new_master_is
     wait_for(lambda: second.get("after") == "x", "a write after the failover did not reach the other process", 5)
     new = deployment.master()
     assert new.client().get("sentinel:1:after") is not None
+
+    async def after_async() -> object:
+        await first.aset("after-async", "y")
+        second._state.forget_all_local()
+        return await second.aget("after-async")
+
+    assert asyncio.run(after_async()) == "y"
 
 
 def test_the_listener_follows_the_master(deployment, sentinel_caches):
@@ -330,32 +339,6 @@ def test_the_async_api_reaches_the_master_through_the_sentinels(sentinel_caches)
 
     assert asyncio.run(write_then_read()) == ("through sentinel", "AsyncBlockingSentinelPool")
     assert second._state.stats.snapshot()["l2_errors"] == 0
-
-
-@pytest.mark.parametrize("how", ["command", "kill"])
-def test_the_async_api_through_a_failover_raises_nothing_and_serves_nothing_stale(deployment, sentinel_caches, how, caplog):
-    """The failover test above with every write and read awaited (aset/aget on redis.asyncio's Sentinel pool)."""
-    first, second = sentinel_caches
-    first.set("warm", 1)
-    assert second.get("warm") == 1
-    caplog.set_level(logging.WARNING)
-    old = deployment.master()
-    with AsyncHistory(sentinel_caches) as history:
-        time.sleep(0.5)
-        in_place_at = fail_over(deployment, how)
-        wait_for(lambda: settled(deployment, old), "Sentinel did not reconfigure the old master", 30)
-        wait_for(lambda: first.l2_trusted() and second.l2_trusted(), "the caches did not reach the new master", 15)
-        time.sleep(1.5)
-    assert_consistent_after(history, in_place_at)
-    messages = [record.getMessage() for record in caplog.records]
-    assert not [m for m in messages if "of pipeline caused error" in m], "a log line quoted a command's arguments"
-
-    async def after() -> object:
-        await first.aset("after-async", "x")
-        second._state.forget_all_local()
-        return await second.aget("after-async")
-
-    assert asyncio.run(after()) == "x"
 
 
 # -- settings: django-redis's shape, and what is refused (no servers needed) -------------------------
