@@ -9,6 +9,8 @@ nothing changed) and Redis down (this worker's figures under a banner).
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
@@ -103,7 +105,7 @@ def test_the_page_shows_what_adaptive_ttl_made_of_each_data_types_ttl():
     ttl.reset_effect()
     try:
         with override_settings(VELRO_CACHE={"TTL_JITTER": 0}):
-            ttl.ttl_for("generation:1:meta")
+            ttl.ttl_for(f"generation:{uuid.uuid4().hex}:meta")  # a subject with no reads or changes yet: x1
         html = viewer().get(URL).content.decode()
     finally:
         ttl.reset_effect()

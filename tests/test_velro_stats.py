@@ -8,6 +8,7 @@ to their own. With Redis down, the table says it shows one process only.
 from __future__ import annotations
 
 import json
+import uuid
 from io import StringIO
 
 import pytest
@@ -57,7 +58,7 @@ def test_the_table_shows_what_adaptive_ttl_made_of_each_data_types_ttl(published
     ttl.reset_effect()
     try:
         with override_settings(VELRO_CACHE={"TTL_JITTER": 0}):
-            ttl.ttl_for("generation:1:meta")  # no history: the table's 300 s, x1
+            ttl.ttl_for(f"generation:{uuid.uuid4().hex}:meta")  # a subject no test read or changed: the table's 300 s, x1
         text = command("velro_stats")
         report = json.loads(command("velro_stats", "--json"))
     finally:
