@@ -219,9 +219,11 @@ def test_read_your_writes_off_sends_no_ping_at_a_request_start(make_cache, priva
             request_started.send(sender=None, environ={"HTTP_COOKIE": "sessionid=abc"})
         return client.info("commandstats").get("cmdstat_ping", {}).get("calls", 0) - before
 
-    assert pings_for_requests(5) >= 5  # the control: one PING per request start
+    assert pings_for_requests(20) >= 20  # the control: one PING per request start
     switches.set(switches.READ_YOUR_WRITES, "off")
-    assert pings_for_requests(5) == 0
+    # None per request; the listener's own PING (every STALENESS_BOUND / 4, or
+    # its first after the switch's nudge) may fall inside the window once.
+    assert pings_for_requests(20) <= 1
 
 
 def test_view_reads_off_read_the_live_tables_uncached(make_cache):
