@@ -207,7 +207,18 @@ def test_coroutines_wait_for_another_processes_fill(make_cache, l2_mode, tmp_pat
 
 
 def _child_reads(cache, queue) -> None:
-    queue.put(asyncio.run(cache.aget("before-fork")))
+    """The forked child's own loop and clients read what the parent wrote.
+
+    Right after a fork the child's listener is still connecting, and a read
+    in that moment may be a miss (never a wrong value); the child reads again
+    for a few seconds before it reports what it got.
+    """
+    deadline = time.monotonic() + 5
+    value = asyncio.run(cache.aget("before-fork"))
+    while value is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = asyncio.run(cache.aget("before-fork"))
+    queue.put(value)
 
 
 def test_one_cache_serves_several_loops_and_a_forked_child(make_cache, l2_mode):
