@@ -79,9 +79,9 @@ def ttl_rules() -> TtlRules:
 # -- data types ---------------------------------------------------------------------------
 
 
-def ttl_data_type(key: Any) -> str | None:
-    """The data type whose TTL applies to a key, or None when none is configured."""
-    rules = ttl_rules()
+def ttl_data_type(key: Any, rules: TtlRules | None = None) -> str | None:
+    """The data type whose TTL applies to a key, or None when none is configured (``rules``: those in force)."""
+    rules = rules or ttl_rules()
     segment = str(key).partition(SEPARATOR)[0]
     name = rules.data_types.get(segment, segment)
     return name if name in rules.ttl else None
@@ -89,8 +89,9 @@ def ttl_data_type(key: Any) -> str | None:
 
 def base_ttl(key: Any) -> int | None:
     """The configured seconds for the key's data type (no adaptation, no jitter)."""
-    name = ttl_data_type(key)
-    return None if name is None else ttl_rules().ttl[name]
+    rules = ttl_rules()
+    name = ttl_data_type(key, rules)
+    return None if name is None else rules.ttl[name]
 
 
 # -- usage statistics -----------------------------------------------------------------------
@@ -189,7 +190,7 @@ def ttl_for(key: str) -> float:
     Never None: None means "never expire" in every timeout argument.
     """
     current = ttl_rules()
-    name = ttl_data_type(key)
+    name = ttl_data_type(key, current)
     if name is None:
         return float(current.default_ttl)
     seconds = float(current.ttl[name])
