@@ -365,6 +365,7 @@ def run_load(database: dict[str, Any], plan: dict[str, Any], caching: bool) -> d
     port = free_port()
     process = _serve(database, port, caching)
     try:
+        common.stop_background_threads()  # before the client forks from this process
         receive, send = multiprocessing.Pipe(duplex=False)
         client = multiprocessing.get_context("fork").Process(target=_load_client, args=(port, requests, plan["warmup"], plan["seconds"], send))
         started = time.perf_counter()

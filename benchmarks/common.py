@@ -118,6 +118,26 @@ def fresh_database(name: str) -> dict[str, Any]:
     return {"ENGINE": "django.db.backends.postgresql", "NAME": name, **PG}
 
 
+def stop_background_threads() -> None:
+    """Stop this process's velro threads (telemetry, switches, coherence) before it forks load clients.
+
+    A forked child restarts every velro thread its parent ran (they register
+    ``os.register_at_fork``): each client would publish telemetry of its own,
+    which the benchmark would count as a server worker's, and compete with
+    the server for the cores; and a fork taken while a thread holds a lock
+    can leave the child waiting on it for ever. The driving process reads
+    the workers' figures straight from Redis and needs none of them.
+    """
+    from velro_cache import switches
+    from velro_cache.telemetry import publisher
+    from velro_cache.tiers import process
+
+    publisher.stop()
+    switches.stop()
+    for state in process.live_states():
+        process.discard(state)
+
+
 class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)

@@ -130,6 +130,8 @@ def _start_server(database: str, arm: str, workers: int, port: int) -> subproces
     server = subprocess.Popen([sys.executable, "-m", "gunicorn", *command, "--log-level", "warning"], cwd=ROOT, env=env)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
+        if server.poll() is not None:  # it exited (a port taken since _free_port, a settings error): say so now
+            raise SystemExit(f"gunicorn ({arm}) exited with status {server.returncode} before answering on port {port}")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/me/", timeout=2)
         except urllib.error.HTTPError:
@@ -171,6 +173,7 @@ def _arm(arm: str, plan: list[Any], sizes: dict[str, int], database: str, max_id
         stats = [_telemetry(sizes["workers"], need_warming=arm == "velro_warm")] if velro else []
         missing = max_id + 10_000_000
         samples, elapsed = [], []
+        common.stop_background_threads()  # before the manager and the clients fork from this process
         with multiprocessing.Manager() as manager:
             created = manager.dict()
             for start, stop in ((0, sizes["mark"]), (sizes["mark"], len(plan))):

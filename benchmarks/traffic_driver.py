@@ -22,6 +22,7 @@ import http.client
 import json
 import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 UNRESOLVED_WAIT = 10.0
@@ -107,10 +108,10 @@ def replay(host: str, port: int, plan: list[Any], start: int, stop: int, clients
     """Send ``plan[start:stop]`` with ``clients`` processes; each request's sample in plan order, and the wall time."""
     global _COUNTER
     _COUNTER = multiprocessing.Value("q", start)
-    context = multiprocessing.get_context("fork")
     began = time.perf_counter()
-    with context.Pool(clients) as pool:
-        parts = pool.map(_client, [(host, port, plan, stop, missing, created)] * clients, chunksize=1)
+    # Not multiprocessing.Pool: a client that dies there leaves map() waiting for ever; this pool raises BrokenProcessPool.
+    with ProcessPoolExecutor(clients, mp_context=multiprocessing.get_context("fork")) as pool:
+        parts = list(pool.map(_client, [(host, port, plan, stop, missing, created)] * clients))
     elapsed = time.perf_counter() - began
     samples: list[dict[str, Any] | None] = [None] * (stop - start)
     for part in parts:

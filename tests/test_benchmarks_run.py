@@ -23,24 +23,46 @@ TIMEOUT = 240
 BENCH_REDIS_DB = 14  # the benchmarks' database, on the tests' Redis
 
 
-def run_quick(*args: str, out: Path) -> subprocess.CompletedProcess:
+def run_quick(*args: str, out: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     """Run ``python -m <args> --quick --out <out>`` without the test suite's Django settings.
 
     The benchmarks use the Redis the tests use (not a default port a fresh
-    machine may not have), so a smoke run never skips.
+    machine may not have), so a smoke run never skips. The run is its own
+    process group: one that overruns ``timeout`` first dumps every thread's
+    stack (faulthandler, on SIGABRT) into the failure message, so a hang says
+    where it hangs, then the whole group goes, the gunicorn it started with it.
     """
     env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
     env["VELRO_BENCH_REDIS_URL"] = redis_url(BENCH_REDIS_DB)
-    done = subprocess.run(
-        [sys.executable, "-m", *args, "--quick", "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    env["PYTHONFAULTHANDLER"] = "1"
+    command = [sys.executable, "-m", *args, "--quick", "--out", str(out)]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = _stacks_then_kill(process)
+        pytest.fail(f"{' '.join(args)} --quick ran past {timeout:g} s; its stacks and output:\n{stdout[-3000:]}{stderr[-12000:]}")
+    done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
+
+
+def _stacks_then_kill(process: subprocess.Popen) -> tuple[str, str]:
+    """SIGABRT to the benchmark (faulthandler prints its threads), then SIGKILL to its whole process group."""
+    import signal
+
+    process.send_signal(signal.SIGABRT)
+    try:
+        stdout, stderr = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        stdout, stderr = "", ""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+    return stdout or "", stderr or ""
 
 
 def load(out: Path, name: str) -> tuple[str, dict]:

@@ -108,7 +108,7 @@ def test_the_stale_read_check_catches_a_version_older_than_a_completed_write():
 
 
 def test_traffic_benchmark_runs_and_writes_its_report(tmp_path):
-    run_quick("benchmarks.traffic", out=tmp_path)
+    run_quick("benchmarks.traffic", out=tmp_path, timeout=420)  # five arms, each a gunicorn start
     markdown, data = load(tmp_path, "traffic")
     assert_budgets_well_formed(markdown, data)
     warm = section(data, "Warm state")
