@@ -446,3 +446,30 @@ def save_after_generation_select(generation_id: int, new_prompt: str) -> tuple[C
         return result
 
     return wrapper, done
+
+
+DASHBOARD_URL = "/admin/velro_cache/dashboard/"
+
+
+def dashboard_account(name: str, *, staff: bool = True, perms: tuple[str, ...] = (), password: str = "secret-pw-1") -> Any:
+    """A user holding ``perms`` of velro_cache's (``view_dashboard``, ``run_dashboard_actions``)."""
+    from django.contrib.auth.models import Permission, User
+
+    account = User.objects.create_user(name, password=password, is_staff=staff)
+    account.user_permissions.set(Permission.objects.filter(content_type__app_label="velro_cache", codename__in=perms))
+    return account
+
+
+def dashboard_client(name: str, *, staff: bool = True, perms: tuple[str, ...] = ()) -> Any:
+    """A test client logged in as a new ``dashboard_account``, checking CSRF as a browser's requests are checked."""
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(dashboard_account(name, staff=staff, perms=perms))
+    return client
+
+
+def post_dashboard_action(client: Any, data: dict[str, str], *, follow: bool = False) -> Any:
+    """POST a dashboard action with the CSRF token the dashboard page gave ``client``."""
+    token = client.get(DASHBOARD_URL).context["csrf_token"]
+    return client.post(DASHBOARD_URL + "action/", {**data, "csrfmiddlewaretoken": str(token)}, follow=follow)

@@ -13,19 +13,18 @@ import uuid
 
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Permission, User
 from django.core.cache import caches
 from django.test import Client, override_settings
 
 from tests.settings import redis_url
-from tests.support import caches_in_force, eventually
+from tests.support import DASHBOARD_URL, caches_in_force, dashboard_client, eventually, post_dashboard_action
 from velro_cache.models import ViewRefresh
 from velro_cache.reads import cached_read
 from velro_cache.telemetry import store
 
 pytestmark = pytest.mark.django_db
 
-URL = "/admin/velro_cache/dashboard/"
+URL = DASHBOARD_URL
 ACTION = URL + "action/"
 REDIS_DB = 6
 CACHES = {"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": redis_url(REDIS_DB), "KEY_PREFIX": "velro-dashboard-tests"}}
@@ -37,26 +36,12 @@ def dashboard_redis():
         yield client
 
 
-def user(name: str, *, staff: bool = True, perms: tuple[str, ...] = ()) -> Client:
-    account = User.objects.create_user(name, password="pw", is_staff=staff)
-    account.user_permissions.set(Permission.objects.filter(content_type__app_label="velro_cache", codename__in=perms))
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(account)
-    return client
-
-
 def viewer() -> Client:
-    return user("viewer", perms=("view_dashboard",))
+    return dashboard_client("viewer", perms=("view_dashboard",))
 
 
 def operator() -> Client:
-    return user("operator", perms=("view_dashboard", "run_dashboard_actions"))
-
-
-def csrf_post(client: Client, data: dict) -> object:
-    page = client.get(URL)
-    token = page.context["csrf_token"]
-    return client.post(ACTION, {**data, "csrfmiddlewaretoken": str(token)})
+    return dashboard_client("operator", perms=("view_dashboard", "run_dashboard_actions"))
 
 
 def test_anonymous_visitors_get_the_admin_login():
@@ -65,12 +50,12 @@ def test_anonymous_visitors_get_the_admin_login():
 
 
 def test_a_logged_in_user_who_is_not_staff_gets_the_admin_login():
-    response = user("someone", staff=False, perms=("view_dashboard",)).get(URL)
+    response = dashboard_client("someone", staff=False, perms=("view_dashboard",)).get(URL)
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
 
 
 def test_staff_without_the_permission_is_refused_and_sees_no_link():
-    client = user("staffer")
+    client = dashboard_client("staffer")
     assert client.get(URL).status_code == 403
     assert client.get(URL + "live/").status_code == 403
     assert URL not in client.get("/admin/").content.decode()
@@ -115,7 +100,7 @@ def test_the_page_shows_what_adaptive_ttl_made_of_each_data_types_ttl():
 
 def test_a_viewer_cannot_run_actions():
     client = viewer()
-    response = csrf_post(client, {"action": "invalidate_data_type", "target": "generation", "confirmed": "yes"})
+    response = post_dashboard_action(client, {"action": "invalidate_data_type", "target": "generation", "confirmed": "yes"})
     assert response.status_code == 403
 
 
@@ -128,7 +113,7 @@ def test_an_action_asks_for_confirmation_first_and_changes_nothing_until_confirm
     cache = caches["default"]
     cache.set("gen:5", "cached")
     client = operator()
-    response = csrf_post(client, {"action": "invalidate_data_type", "target": "generation"})
+    response = post_dashboard_action(client, {"action": "invalidate_data_type", "target": "generation"})
     assert response.status_code == 200 and 'name="confirmed" value="yes"' in response.content.decode()
     assert cache.get("gen:5") == "cached"
     assert not LogEntry.objects.exists()
@@ -151,7 +136,7 @@ def test_invalidating_a_data_type_retires_it_and_leaves_an_admin_log_entry():
     client = operator()
     cached("gen:5")
     cached("config:banner")
-    response = csrf_post(client, {"action": "invalidate_data_type", "target": "generation", "confirmed": "yes"})
+    response = post_dashboard_action(client, {"action": "invalidate_data_type", "target": "generation", "confirmed": "yes"})
     assert response.status_code == 302
     assert loads("gen:5")
     assert not loads("config:banner")
@@ -164,7 +149,7 @@ def test_invalidating_a_data_type_retires_it_and_leaves_an_admin_log_entry():
 def test_invalidating_a_declared_namespace_retires_only_it():
     cached("session:user:7:prefs")
     cached("session:user:8:prefs")
-    response = csrf_post(operator(), {"action": "invalidate_namespace", "target": "session:user:7", "confirmed": "yes"})
+    response = post_dashboard_action(operator(), {"action": "invalidate_namespace", "target": "session:user:7", "confirmed": "yes"})
     assert response.status_code == 302
     assert loads("session:user:7:prefs")
     assert not loads("session:user:8:prefs")
@@ -172,7 +157,7 @@ def test_invalidating_a_declared_namespace_retires_only_it():
 
 def test_refreshing_a_view_runs_it_and_records_it():
     client = operator()
-    response = csrf_post(client, {"action": "refresh_view", "target": "studio_active_users_24h", "confirmed": "yes"})
+    response = post_dashboard_action(client, {"action": "refresh_view", "target": "studio_active_users_24h", "confirmed": "yes"})
     assert response.status_code == 302, response.content
     assert ViewRefresh.objects.filter(view="studio_active_users_24h", error="").exists()
     assert LogEntry.objects.filter(change_message__contains="studio_active_users_24h").exists()
@@ -185,7 +170,7 @@ def test_warming_a_step_runs_it_and_records_it():
 
     SystemConfig.objects.create(key="banner", value="hello")
     client = operator()
-    response = csrf_post(client, {"action": "warm", "target": "system_config", "confirmed": "yes"})
+    response = post_dashboard_action(client, {"action": "warm", "target": "system_config", "confirmed": "yes"})
     assert response.status_code == 302, response.content
     page = client.get(URL).content.decode()
     assert "Warmed &#x27;system_config&#x27;: 1 entries" in page or "Warmed 'system_config': 1 entries" in page, page
@@ -209,7 +194,7 @@ def test_warming_a_step_runs_it_and_records_it():
 def test_bad_input_answers_with_a_message_and_changes_nothing(action, target):
     client = operator()
     cached("gen:5")
-    response = csrf_post(client, {"action": action, "target": target, "confirmed": "yes"})
+    response = post_dashboard_action(client, {"action": action, "target": target, "confirmed": "yes"})
     assert response.status_code == 302
     page = client.get(URL).content.decode()
     assert 'class="error"' in page

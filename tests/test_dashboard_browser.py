@@ -22,13 +22,12 @@ from pathlib import Path
 import pytest
 import redis
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Permission, User
 from model_bakery import baker
 from studio.models import ApiToken
 
 from tests.redis_server import free_port
 from tests.settings import redis_url
-from tests.support import example_env, start_gunicorn, stop_process, wait_for
+from tests.support import dashboard_account, example_env, start_gunicorn, stop_process, wait_for
 from velro_cache.models import ViewRefresh
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,12 +83,6 @@ def browser(monkeypatch):
             launched.close()
 
 
-def account(name: str, *, staff: bool, perms: tuple[str, ...] = ()) -> User:
-    user = User.objects.create_user(name, password="secret-pw-1", is_staff=staff)
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="velro_cache", codename__in=perms))
-    return user
-
-
 def log_in(browser, port: int, username: str):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.set_default_timeout(60_000)  # two cores shared with other suites: slow is not broken
@@ -102,7 +95,7 @@ def log_in(browser, port: int, username: str):
 
 
 def test_staff_with_permission_sees_charts_drawn_and_runs_an_action_end_to_end(server, browser):
-    operator = account("operator", staff=True, perms=("view_dashboard", "run_dashboard_actions"))
+    operator = dashboard_account("operator", staff=True, perms=("view_dashboard", "run_dashboard_actions"))
     token = baker.make(ApiToken, user=operator).key
     for _ in range(40):  # traffic the workers count and publish
         assert get(server, "/api/me/", {"Authorization": f"Bearer {token}"}) == 200
@@ -153,7 +146,7 @@ def test_staff_with_permission_sees_charts_drawn_and_runs_an_action_end_to_end(s
 
 
 def test_a_bad_target_in_the_browser_answers_with_a_message(server, browser):
-    account("operator", staff=True, perms=("view_dashboard", "run_dashboard_actions"))
+    dashboard_account("operator", staff=True, perms=("view_dashboard", "run_dashboard_actions"))
     page = log_in(browser, server, "operator")
     page.fill("#velro-target-refresh_view", "no_such_view")
     page.click("form[data-action=refresh_view] button")
@@ -163,7 +156,7 @@ def test_a_bad_target_in_the_browser_answers_with_a_message(server, browser):
 
 
 def test_staff_without_the_permission_is_refused(server, browser):
-    account("staffer", staff=True)
+    dashboard_account("staffer", staff=True)
     page = log_in(browser, server, "staffer")
     response = page.goto(f"http://127.0.0.1:{server}{DASHBOARD}")
     assert response.status == 403
@@ -171,7 +164,7 @@ def test_staff_without_the_permission_is_refused(server, browser):
 
 
 def test_non_staff_gets_the_login_page_again(server, browser):
-    account("member", staff=False, perms=("view_dashboard",))
+    dashboard_account("member", staff=False, perms=("view_dashboard",))
     page = log_in(browser, server, "member")
     assert "/admin/login/" in page.url
     assert page.locator("#id_username").count() == 1
@@ -180,7 +173,7 @@ def test_non_staff_gets_the_login_page_again(server, browser):
 
 def test_an_operator_turns_a_switch_off_in_the_browser_and_every_worker_applies_it(server, browser):
     """The Switches table and the switch action, end to end: confirmation, admin log, the value in Redis, the workers' pages."""
-    operator = account("operator", staff=True, perms=("view_dashboard", "run_dashboard_actions"))
+    operator = dashboard_account("operator", staff=True, perms=("view_dashboard", "run_dashboard_actions"))
     page = log_in(browser, server, "operator")
     row = "tr.velro-switch[data-switch=warming]"
     assert page.inner_text(f"{row} .velro-switch-percent") == "on"

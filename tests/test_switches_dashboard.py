@@ -13,16 +13,15 @@ import html
 
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Permission, User
 from django.test import Client, override_settings
 
 from tests.settings import redis_url
-from tests.support import caches_in_force
+from tests.support import DASHBOARD_URL, caches_in_force, dashboard_client, post_dashboard_action
 from velro_cache import switches
 
 pytestmark = pytest.mark.django_db
 
-URL = "/admin/velro_cache/dashboard/"
+URL = DASHBOARD_URL
 ACTION = URL + "action/"
 REDIS_DB = 1
 CACHES = {"default": {"BACKEND": "velro_cache.backends.TieredCache", "LOCATION": redis_url(REDIS_DB), "KEY_PREFIX": "velro-switches"}}
@@ -34,21 +33,12 @@ def switch_redis():
         yield client
 
 
-def user(name: str, perms: tuple[str, ...]) -> Client:
-    account = User.objects.create_user(name, password="pw", is_staff=True)
-    account.user_permissions.set(Permission.objects.filter(content_type__app_label="velro_cache", codename__in=perms))
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(account)
-    return client
-
-
 def operator() -> Client:
-    return user("operator", ("view_dashboard", "run_dashboard_actions"))
+    return dashboard_client("operator", perms=("view_dashboard", "run_dashboard_actions"))
 
 
 def csrf_post(client: Client, data: dict) -> object:
-    token = client.get(URL).context["csrf_token"]
-    return client.post(ACTION, {**data, "csrfmiddlewaretoken": str(token)}, follow=True)
+    return post_dashboard_action(client, data, follow=True)
 
 
 def text(page) -> str:
@@ -59,7 +49,7 @@ def test_viewers_see_every_switch_with_its_setting_runtime_value_and_what_is_in_
     switch_redis.hset(switches.HASH_KEY, "compression", "30")
     switches.refresh()
     with override_settings(CACHES=CACHES, VELRO_CACHE={"SWITCHES": {"l1": False}, "TELEMETRY_INTERVAL": 0}):
-        page = user("viewer", ("view_dashboard",)).get(URL)
+        page = dashboard_client("viewer", perms=("view_dashboard",)).get(URL)
     shown = page.content.decode()
     assert page.status_code == 200 and "<h2>Switches</h2>" in shown
     for name in switches.REGISTRY:
@@ -98,6 +88,6 @@ def test_a_bad_switch_target_answers_with_a_message_and_changes_nothing(switch_r
 
 def test_without_the_csrf_token_or_the_permission_nothing_changes(switch_redis):
     assert operator().post(ACTION, {"action": "switch", "target": "l1=off", "confirmed": "yes"}).status_code == 403
-    viewer = user("viewer", ("view_dashboard",))
+    viewer = dashboard_client("viewer", perms=("view_dashboard",))
     assert csrf_post(viewer, {"action": "switch", "target": "l1=off", "confirmed": "yes"}).status_code == 403
     assert switch_redis.hgetall(switches.HASH_KEY) == {}
