@@ -106,7 +106,8 @@ def _poll(cache, keys: list[str], seconds: float) -> list[list]:
 def _handle(cache, command: dict):
     op = command["op"]
     if command.get("request"):  # as a request would start: Django's handlers send this first
-        request_started.send(sender=None)
+        handler = command["request"]  # "wsgi": the WSGI handler's signal (environ), "asgi": the ASGI one's (scope)
+        request_started.send(sender=None, **({"environ": {}} if handler == "wsgi" else {"scope": {"type": "http"}}))
     if op == "get":
         return cache.get(command["key"], command.get("default"))
     if op == "get_or_set":

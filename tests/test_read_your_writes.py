@@ -18,6 +18,7 @@ the request must then not serve its L1 copy.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -51,13 +52,13 @@ def call(worker, **command):
     return worker.receive()
 
 
-def stale_rounds(writer, reader, path: str, *, request: bool) -> int:
+def stale_rounds(writer, reader, path: str, *, request: str | None) -> int:
     """Rounds in which the reader, right after the writer's call returned, served the value from before it."""
     stale = 0
     for number in range(ROUNDS):
         key, old = f"ryw:{path}:{number}", f"old-{number}"
         call(writer, op="write", path="set", key=key, value=old)
-        assert eventually(lambda key=key, old=old: call(reader, op="get", key=key, request=True) == old)
+        assert eventually(lambda key=key, old=old: call(reader, op="get", key=key, request="wsgi") == old)
         assert call(reader, op="get", key=key) == old  # now in the reader's L1
         call(writer, op="write", path=path, key=key, value=f"new-{number}")
         seen = call(reader, op="get", key=key, request=request)
@@ -65,20 +66,26 @@ def stale_rounds(writer, reader, path: str, *, request: bool) -> int:
     return stale
 
 
+# WSGI: the request's PING goes out and its first L1 read waits for the PONG; ASGI: the signal waits for it.
+HANDLERS = ("wsgi", "asgi")
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
 @pytest.mark.parametrize("path", sorted(PATHS))
-def test_a_request_after_a_write_in_another_process_never_sees_the_old_value(workers, path):
+def test_a_request_after_a_write_in_another_process_never_sees_the_old_value(workers, path, handler):
     writer, reader = workers
-    assert stale_rounds(writer, reader, path, request=True) == 0
+    assert stale_rounds(writer, reader, path, request=handler) == 0
 
 
-def test_get_or_set_in_a_request_after_a_delete_loads_again(workers):
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_get_or_set_in_a_request_after_a_delete_loads_again(workers, handler):
     writer, reader = workers
     for number in range(ROUNDS):
         key = f"ryw:gos:{number}"
         call(writer, op="write", path="set", key=key, value="old")
-        assert eventually(lambda key=key: call(reader, op="get", key=key, request=True) == "old")
+        assert eventually(lambda key=key: call(reader, op="get", key=key, request=handler) == "old")
         call(writer, op="write", path="delete", key=key)
-        assert call(reader, op="get_or_set", key=key, value="loaded", request=True) == "loaded"
+        assert call(reader, op="get_or_set", key=key, value="loaded", request=handler) == "loaded"
 
 
 @pytest.fixture
@@ -110,6 +117,46 @@ def test_a_request_waits_for_a_late_invalidation(own_redis, proxy, tiered_on):
     try:
         assert process.confirm_current(timeout=2) is True
         assert reader.get("k") == "new"
+    finally:
+        late.cancel()
+
+
+def hold_in_l1(writer, reader) -> None:
+    """``k`` = "old" in the reader's L1, with every message published before (the set's own drop) applied,
+    so none arrives later to drop it while the proxy is silent."""
+    writer.set("k", "old", None)
+    assert eventually(lambda: reader.get("k") == "old")
+    assert process.confirm_current(timeout=2)
+    assert eventually(lambda: reader.get("k") == "old")
+
+
+def test_a_wsgi_request_start_does_not_wait_and_its_first_l1_read_does(own_redis, proxy, tiered_on):
+    """The lazy path: the PING is sent at the request's start, the wait moves to the first L1 read that needs it."""
+    from django.core.signals import request_started
+
+    writer, reader = tiered_on(own_redis.url()), tiered_on(proxy.url(), STALENESS_BOUND=2)
+    hold_in_l1(writer, reader)
+    proxy.silence()  # neither the invalidation nor the PONG can arrive
+    writer.set("k", "new", None)
+    assert reader.get("k") == "old"  # outside a request, L1 trails the write
+    started = time.monotonic()
+    request_started.send(sender=None, environ={})
+    assert time.monotonic() - started < 1.0  # the start did not wait the bound (2 s) for a PONG
+    assert reader.get("k") != "old"  # the L1 read waited the rest of the bound, then went to Redis (silent too)
+
+
+def test_the_first_l1_read_of_a_wsgi_request_waits_for_a_late_invalidation(own_redis, proxy, tiered_on):
+    writer, reader = tiered_on(own_redis.url()), tiered_on(proxy.url(), STALENESS_BOUND=5)
+    hold_in_l1(writer, reader)
+    proxy.silence()
+    writer.set("k", "new", None)
+    assert reader.get("k") == "old"  # held in L1, which trails the write
+    process.begin_current()
+    late = threading.Timer(0.05, proxy.resume)  # the message, then the PONG, arrive while the read waits
+    late.start()
+    try:
+        assert reader.get("k") == "new"
+        assert reader._state.store.trusted_until > time.monotonic()  # trusted again: later reads are L1 hits
     finally:
         late.cancel()
 

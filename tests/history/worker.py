@@ -50,11 +50,12 @@ def start_request(cache: Any) -> None:
     Sending Django's ``request_started`` is what a real request does, and it
     runs velro_cache's read-your-writes hook (``velro_cache.freshness``, wired
     by the app's ``ready()``): each cache with an L2 confirms its L1 is
-    current before the read.
+    current before the read. Sent as the WSGI handler sends it (with the
+    environ): the PING goes out here and the read below waits for its PONG.
     """
     from django.core.signals import request_started
 
-    request_started.send(sender=__name__)
+    request_started.send(sender=__name__, environ={})
 
 
 def _setup(url: str, prefix: str) -> Any:

@@ -262,6 +262,10 @@ class CoherenceListener:
         self._thread = threading.Thread(target=self._run, name=f"velro-coherence-{self.channel}", daemon=True)
         self._thread.start()
 
+    def is_own_thread(self) -> bool:
+        """Whether the caller is this listener's thread (which handles the PONGs others wait for)."""
+        return self._thread is threading.current_thread()
+
     def stop(self) -> None:
         self._stop.set()
         self.ready = False
@@ -364,11 +368,12 @@ class CoherenceListener:
             sent = float(message["data"])
         except (TypeError, ValueError):
             return  # a PONG of redis-py's own health check: confirms nothing we can date
+        # The owner's trust first, then the waiters: one woken by this PONG finds its L1 already trusted.
+        self._on_confirm(sent, self._last_sent - sent)
         with self._confirmed_changed:
             if sent > self._confirmed:
                 self._confirmed = sent
             self._confirmed_changed.notify_all()
-        self._on_confirm(sent, self._last_sent - sent)
 
     def request_sync(self) -> float | None:
         """Start confirming that everything published before now is applied; the time to wait for.

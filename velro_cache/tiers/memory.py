@@ -46,6 +46,11 @@ READ_BUFFER_LIMIT = 4096  # beyond this (lock busy), buffered reads are dropped
 EvictionListener = Callable[[str, str], None]
 
 
+def _never() -> bool:
+    """A store alone never regains trust it lost (it never loses it: see ``trusted_until``)."""
+    return False
+
+
 class _ExpiryQueue:
     """Min-heap of deadlines so sweeping expired entries never scans the whole store.
 
@@ -116,6 +121,9 @@ class MemoryStore:
         # with an L2 it is the last confirmation from Redis plus the staleness
         # bound; alone, the store is the whole truth and trusts itself forever.
         self.trusted_until = math.inf
+        # Called when a present entry is untrusted: True if trust came back (a
+        # confirmation the owner was waiting for arrived), so the hit is served.
+        self.regain_trust: Callable[[], bool] = _never
 
     # -- reads (lock-free) ----------------------------------------------------
 
@@ -133,7 +141,8 @@ class MemoryStore:
             return MISSING
         now = self._clock()
         if now >= self.trusted_until:
-            return MISSING
+            # Read again once trust is back: the wait let in drops that may remove this entry.
+            return self.get(key) if self.regain_trust() else MISSING
         expires_at = entry.expires_at
         if expires_at is not None and expires_at <= now:
             self._expire_if_idle(entry)
@@ -168,7 +177,9 @@ class MemoryStore:
         """Present, trusted and not expired; deliberately not counted as a use."""
         entry = self._data.get(key)
         now = self._clock()
-        return entry is not None and now < self.trusted_until and not self._expired(entry, now)
+        if entry is not None and now >= self.trusted_until:
+            return self.regain_trust() and key in self  # again once trust is back (the wait may have dropped it)
+        return entry is not None and not self._expired(entry, now)
 
     def _expired(self, entry: Entry, now: float) -> bool:
         return entry.expires_at is not None and entry.expires_at <= now

@@ -186,6 +186,7 @@ class ProcessState:
         self.l1_enabled = not options.redis_urls
         self._trust_lock = threading.Lock()
         self._trust_floor = 0.0
+        self._awaited = 0.0  # send time of the PING a request start sent and did not wait for (0: none)
         # For ``l2_reads_trusted``: answers from Redis are misses until
         # ``l2_distrusted_until`` (monotonic; the bound after an outage ends),
         # ``heard`` is the send time of the latest answered PING (0: none yet),
@@ -197,6 +198,7 @@ class ProcessState:
         if not options.redis_urls:
             return
         self.store.trusted_until = 0.0  # until the listener's first PONG
+        self.store.regain_trust = self._regain_trust
         url = options.redis_urls[0]
         if options.cluster:  # chosen once here, so the single-Redis path carries no cluster checks
             self.l2 = ClusterRedisTier(
@@ -233,6 +235,7 @@ class ProcessState:
         self.store.lock = threading.RLock()
         self.replaying = threading.Lock()
         self.store.clear()
+        self._awaited = 0.0  # the parent's PING: its PONG goes to the parent's listener
         self.stats.reset_locks()
         self._start_process_parts()
 
@@ -459,6 +462,40 @@ class ProcessState:
         self.distrust(start)
         return False
 
+    def begin_sync(self) -> None:
+        """Read-your-writes without waiting now: L1 serves no hit until a PING sent from now on is answered.
+
+        The PING goes out at once and the request goes on (middleware, its
+        own Redis and database reads); the first L1 read that finds the L1
+        untrusted waits for that PONG (``_regain_trust``), by which time it
+        has usually been handled, so the round trip overlaps the request's
+        own instead of preceding it. Distrusting before sending means only
+        a PONG of this PING or a later one restores trust.
+        """
+        if self.listener is None or not self.l1_enabled:
+            return  # L1 only (always current) or L1 off (nothing served from it)
+        self.distrust(time.monotonic())
+        start = self.listener.request_sync()
+        if start is not None:
+            self._awaited = start
+
+    def _regain_trust(self) -> bool:
+        """An L1 read met an untrusted L1: wait for the PONG ``begin_sync`` asked for, at most the rest of the bound.
+
+        Past the bound (Redis stopped, the socket silent) the wait is given
+        up and L1 serves nothing until a later PING is answered, as when
+        ``confirm_current`` times out; only the next ``begin_sync`` waits again.
+        """
+        awaited, listener = self._awaited, self.listener
+        if not awaited or listener is None or listener.is_own_thread():
+            return False  # the listener itself must never wait for a PONG only it can handle
+        remaining = awaited + self.options.staleness_bound - time.monotonic()
+        if remaining <= 0 or not listener.wait_synced(awaited, remaining):
+            if self._awaited == awaited:
+                self._awaited = 0.0
+            return False
+        return time.monotonic() < self.store.trusted_until
+
     # -- turning L1 off and on ----------------------------------------------------------
     def _disable_l1(self) -> None:
         with self.store.lock:
@@ -606,6 +643,14 @@ def confirm_current(timeout: float | None = None) -> bool:
             bound = state.options.staleness_bound if timeout is None else timeout
             confirmed = state.wait_synced(start, max(0.0, start + bound - time.monotonic())) and confirmed
     return confirmed
+
+
+def begin_current() -> None:
+    """Read-your-writes without the wait at the start: ``confirm_current``'s PING is sent, and the first
+    L1 read that needs it waits for its PONG (``ProcessState.begin_sync``). For threads whose L1 reads
+    may block (a WSGI request); an event loop calls ``confirm_current`` in a thread instead."""
+    for state in live_states():
+        state.begin_sync()
 
 
 def discard(state: ProcessState) -> None:
