@@ -150,6 +150,44 @@ async def test_every_method_on_a_redis_cluster(make_cache):
     assert await asyncio.to_thread(eventually, lambda: other.get("seen") == "new", 5)
 
 
+class AsyncSends:
+    """Counts the commands sent on redis.asyncio connections (a pipeline or a script is one send)."""
+
+    def __init__(self, monkeypatch) -> None:
+        from redis.asyncio.connection import AbstractConnection
+
+        self.sent = 0
+        original = AbstractConnection.send_packed_command
+
+        async def counted(connection, command, check_health=True):
+            self.sent += 1
+            return await original(connection, command, check_health)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+
+    def since(self, before: int) -> int:
+        return self.sent - before
+
+
+async def test_an_async_miss_reads_and_takes_the_lease_in_one_round_trip_then_stores(make_cache, l2_mode, monkeypatch):
+    cache = make_cache(mode=l2_mode)
+    other = make_cache(like=cache)  # its own L1: another "process"
+    for each in (cache, other):  # each client connected to the key's node, its scripts loaded there (one slot: {fill})
+        await each.aget_or_set("{fill}warm-up", lambda: "warm", 60)
+    sends = AsyncSends(monkeypatch)
+    before = sends.sent
+    assert await cache.aget_or_set("{fill}", lambda: "loaded", 60) == "loaded"
+    # Value-or-lease, then the store (before: GET, GET, SET NX, GET+EXISTS, store); on a cluster the
+    # store's PUBLISH is echoed where readers listen (docs/consistency.md), one more.
+    assert sends.since(before) == (3 if l2_mode == L1_CLUSTER else 2)
+    before = sends.sent
+    assert await other.aget_or_set("{fill}", lambda: "loaded again", 60) == "loaded"
+    assert sends.since(before) == 1  # an L2 hit: the value-or-lease read alone, nothing loaded
+    before = sends.sent
+    assert await other.aget_or_set("{fill}", lambda: "loaded again", 60) == "loaded"
+    assert sends.since(before) == 0  # now an L1 hit
+
+
 async def test_an_async_write_reaches_another_processes_l1(make_cache, l2_mode):
     writer = make_cache(mode=l2_mode)
     reader = make_cache(like=writer)  # its own L1 and listener: another "process"

@@ -49,7 +49,9 @@ class AsyncFillable(Protocol):
     @property
     def has_l2(self) -> bool: ...
 
-    async def aget(self, key: Any, default: Any = None, version: int | None = None) -> Any: ...
+    def local_value(self, full: str, counters: DataTypeCounters) -> Any: ...
+
+    async def avalue_or_lease(self, full: str, counters: DataTypeCounters, ticket: int) -> tuple[Any, str | None]: ...
 
     def fill_key(self, key: Any, version: int | None) -> tuple[str, DataTypeCounters]: ...
 
@@ -115,35 +117,42 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 async def aget_or_load(
     cache: AsyncFillable, key: Any, loader: Callable[[], Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
 ) -> Any:
-    """The cached value, or the loader's result, stored and returned (``fill.get_or_load`` awaited)."""
-    value = await cache.aget(key, MISSING, version=version)
+    """The cached value, or the loader's result, stored and returned (``fill.get_or_load`` awaited).
+
+    Round trips as in ``fill.get_or_load``: none on an L1 hit; one on an L2
+    hit; on a miss, one that both reads L2 and takes the lease
+    (``avalue_or_lease``), then the store.
+    """
     full, counters = cache.fill_key(key, version)
-    if value is not MISSING:
-        if _due_for_early_refresh(cache, full):  # type: ignore[arg-type]  # reads only options and load_record
-            return await _refresh_early(cache, full, loader, timeout, value)
-        return value
-    async with flights().lock_for(full):
-        value = await cache.aget(key, MISSING, version=version)  # filled by the coroutine ahead of us?
-        if value is not MISSING:
-            return value
-        return await _load(cache, full, counters, loader, timeout)
+    value = cache.local_value(full, counters)
+    if value is MISSING:
+        async with flights().lock_for(full):
+            value = cache.local_value(full, counters)  # filled by the coroutine ahead of us?
+            if value is MISSING:
+                value, loaded = await _miss(cache, full, counters, loader, timeout)
+                if loaded:
+                    return value
+    if _due_for_early_refresh(cache, full):  # type: ignore[arg-type]  # reads only options and load_record
+        return await _refresh_early(cache, full, loader, timeout, value)
+    return value
 
 
-async def _load(cache: AsyncFillable, full: str, counters: DataTypeCounters, loader: Callable[[], Any], timeout: Any) -> Any:
+async def _miss(cache: AsyncFillable, full: str, counters: DataTypeCounters, loader: Callable[[], Any], timeout: Any) -> tuple[Any, bool]:
+    """As ``fill._miss``: (L2's value, False), else (the value loaded under our lease or the holder's, True)."""
     ticket = cache.write_ticket()
-    token = None
-    if cache.has_l2:
+    value, token = await cache.avalue_or_lease(full, counters, ticket)
+    if value is not MISSING:
+        return value, False
+    if token is None and cache.has_l2 and cache.l2_trusted():
+        found, ticket = await _wait_for_filler(cache, full, counters)
+        if found is not MISSING:
+            return found, True
         token = await cache.atake_fill_lease(full)
-        if token is None and cache.l2_trusted():
-            found, ticket = await _wait_for_filler(cache, full, counters)
-            if found is not MISSING:
-                return found
-            token = await cache.atake_fill_lease(full)
         if token is not None:
             found, ticket = await _filled_before_our_lease(cache, full, counters, token)
             if found is not MISSING:
-                return found
-    return await _run_and_store(cache, full, loader, timeout, token, ticket)
+                return found, True
+    return await _run_and_store(cache, full, loader, timeout, token, ticket), True
 
 
 async def _filled_before_our_lease(cache: AsyncFillable, full: str, counters: DataTypeCounters, token: str) -> tuple[Any, int]:

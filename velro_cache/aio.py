@@ -396,6 +396,30 @@ class AsyncTieredMixin:
         return await afill.aget_or_load(cast(afill.AsyncFillable, self), key, loader, timeout, version)
 
     # -- the async fill interface (velro_cache.afill.AsyncFillable) ----------------------
+    async def avalue_or_lease(self, full: str, counters: DataTypeCounters, ticket: int) -> tuple[Any, str | None]:
+        """As ``value_or_lease``: L2's value (decoded, promoted, counted), else MISSING and our lease when we took it."""
+        if self._l2 is None:
+            next(counters.misses)
+            return MISSING, None
+        token = uuid.uuid4().hex
+        start = time.perf_counter()
+        try:
+            data, taken = await self._al2_call("value_or_lease", full, token, self.options.lease_timeout)
+        except L2Unavailable:
+            next(counters.misses)
+            return MISSING, None
+        self._stats.latency["l2"].observe(time.perf_counter() - start)
+        if data is not None and await self._al2_answer_distrusted():
+            next(counters.misses)
+            return MISSING, None  # not served; no lease either, so the caller waits for or takes one as after any miss
+        if data is None:
+            next(counters.misses)
+            return MISSING, token if taken else None
+        found, value = await self._aaccept_from_l2(full, data, counters, ticket)
+        if found:
+            return value, None
+        return MISSING, await self.atake_fill_lease(full)  # bytes we cannot read: a miss we may fill
+
     async def atake_fill_lease(self, full: str) -> str | None:
         token = uuid.uuid4().hex
         try:

@@ -228,6 +228,12 @@ class AsyncClusterTier(AsyncRedisTier):
         return await super().acquire_lease(key, token, seconds)
 
     @_bounded
+    async def value_or_lease(self, key: str, token: str, seconds: float) -> tuple[bytes | None, bool]:
+        if self.held and self.held.covers(key):
+            return None, await super().acquire_lease(key, token, seconds)  # held: a miss; the lease still decides who fills
+        return await super().value_or_lease(key, token, seconds)
+
+    @_bounded
     async def release_lease(self, key: str, token: str) -> None:
         await super().release_lease(key, token)
 

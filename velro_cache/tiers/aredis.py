@@ -56,6 +56,7 @@ from .redis import (
     _REPLACE_IF_EQUAL,
     _STORE_IF_LEASED,
     _VALUE_AND_PTTL,
+    _VALUE_OR_LEASE,
     INT64_MAX,
     INT64_MIN,
     LEASE_PREFIX,
@@ -235,6 +236,7 @@ class AsyncRedisTier:
         self._store_if_leased = register(_STORE_IF_LEASED)
         self._release_lease = register(_RELEASE_LEASE)
         self._value_and_pttl = register(_VALUE_AND_PTTL)
+        self._value_or_lease = register(_VALUE_OR_LEASE)
 
     # -- reads ------------------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
@@ -329,6 +331,13 @@ class AsyncRedisTier:
     # -- fill leases --------------------------------------------------------------------
     async def acquire_lease(self, key: str, token: str, seconds: float) -> bool:
         return bool(await self.client.set(lease_key(key), token, px=ttl_ms(seconds), nx=True))
+
+    async def value_or_lease(self, key: str, token: str, seconds: float) -> tuple[bytes | None, bool]:
+        """As ``RedisTier.value_or_lease``: the value, else whether ``token`` now holds the lease; one round trip."""
+        reply = await self._value_or_lease(keys=[key, lease_key(key)], args=[token, ttl_ms(seconds)])
+        if isinstance(reply[0], bytes):
+            return reply[0], False
+        return None, bool(reply[1])
 
     async def store_if_leased(self, key: str, token: str, data: bytes | int, seconds: float | None, message: bytes) -> bool:
         px = ttl_ms(seconds)
