@@ -192,6 +192,17 @@ def is_cluster(cache: Any) -> bool:
     return isinstance(cache._l2, ClusterRedisTier)
 
 
+def announce_echoes(cache: Any, key: str) -> int:
+    """The extra round trip a script's write of ``key`` costs to be heard: 1 on a cluster when the key's
+    node is not the one the listener subscribes through (the PUBLISH is echoed there), else 0."""
+    if not is_cluster(cache):
+        return 0
+    from velro_cache.tiers.cluster import echo_needed
+
+    tier = cache._l2
+    return int(echo_needed(tier._subscribed_node(), tier.client.get_node_from_key(cache.make_key(key))))
+
+
 def keys_on_every_primary(cache: Any, client: Any, per_node: int = 4, pattern: str = "gen:{}:meta") -> list[str]:
     """Cache keys whose final keys land on every primary of a cluster, ``per_node`` each."""
     primaries = {node.name for node in client.get_primaries()}
@@ -473,3 +484,38 @@ def post_dashboard_action(client: Any, data: dict[str, str], *, follow: bool = F
     """POST a dashboard action with the CSRF token the dashboard page gave ``client``."""
     token = client.get(DASHBOARD_URL).context["csrf_token"]
     return client.post(DASHBOARD_URL + "action/", {**data, "csrfmiddlewaretoken": str(token)}, follow=follow)
+
+
+class RoundTrips:
+    """Counts what this thread sends to Redis: one send is one round trip (a pipeline sends once)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self._thread = threading.get_ident()
+
+    def __enter__(self) -> RoundTrips:
+        from redis.connection import AbstractConnection
+
+        original = AbstractConnection.send_packed_command
+        counter = self
+
+        def counted(connection: Any, command: object, check_health: bool = True) -> None:
+            if threading.get_ident() == counter._thread and not _is_sync_ping(command):
+                counter.sent += 1
+            original(connection, command, check_health)
+
+        self._original = original
+        AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from redis.connection import AbstractConnection
+
+        AbstractConnection.send_packed_command = self._original  # type: ignore[method-assign]
+
+
+def _is_sync_ping(command: object) -> bool:
+    """Read-your-writes' PING on the subscription (docs/consistency.md): one per request whatever it reads,
+    sent only once the listener is subscribed, so counting it would count the listener's timing."""
+    first = command[0] if isinstance(command, list) else command
+    return isinstance(first, bytes) and b"\r\nPING\r\n" in first[:24]

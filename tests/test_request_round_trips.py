@@ -10,15 +10,15 @@ is one round trip (a pipeline or a script is one, as Redis sees it).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from model_bakery import baker
-from redis.connection import AbstractConnection
 from studio.models import ApiToken, Generation, Team, TeamMembership
+
+from tests.support import RoundTrips
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the rows' creation retires on a real commit
 
@@ -27,37 +27,6 @@ FIRST_TIME_IN_SESSION = 6  # the token's identity and the user's role context ca
 FIRST_TIME_COLD = 9  # a new token, a user never seen, a generation nobody read
 REPEAT = 1  # the authorization versions, read authoritatively once per request; all else from L1
 FILLED_BY_ANOTHER_WORKER = 6  # each value once from Redis, nothing loaded
-
-
-class RoundTrips:
-    """Counts what this thread sends to Redis: one send is one round trip (a pipeline sends once)."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-        self._thread = threading.get_ident()
-
-    def __enter__(self) -> RoundTrips:
-        original = AbstractConnection.send_packed_command
-        counter = self
-
-        def counted(connection: AbstractConnection, command: object, check_health: bool = True) -> None:
-            if threading.get_ident() == counter._thread and not _is_sync_ping(command):
-                counter.sent += 1
-            original(connection, command, check_health)
-
-        self._original = original
-        AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        AbstractConnection.send_packed_command = self._original  # type: ignore[method-assign]
-
-
-def _is_sync_ping(command: object) -> bool:
-    """Read-your-writes' PING on the subscription (docs/consistency.md): one per request whatever it reads,
-    sent only once the listener is subscribed, so counting it would count the listener's timing."""
-    first = command[0] if isinstance(command, list) else command
-    return isinstance(first, bytes) and b"\r\nPING\r\n" in first[:24]
 
 
 @pytest.fixture(autouse=True)

@@ -89,6 +89,8 @@ class AsyncTieredMixin:
     _added: Any
     get: Any
     add: Any
+    get_or_add: Any
+    local_value: Any
     touch: Any
     incr: Any
     clear: Any
@@ -280,14 +282,47 @@ class AsyncTieredMixin:
             self._settle(full, value, seconds, encoded, ticket)
         return True
 
+    async def aget_or_add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> Any:
+        """``get_or_add`` awaited: the cached value, else ``value`` added; one round trip either way."""
+        full, counters = self._key(key, version)
+        found = self.local_value(full, counters)
+        if found is not MISSING:
+            return found
+        if self._l2 is None:
+            return self.get_or_add(key, value, timeout, version)
+        seconds = self._ttl(timeout)
+        if seconds is not None and seconds <= 0:
+            return value
+        ((data, encoded),) = await self._awires([(full, value)], seconds)
+        ticket = self._state.begin_write([full])
+        try:
+            added, existing = await self._aadd_l2_or_existing(full, data, seconds)
+        except L2Unavailable:
+            await self._awrite_failed([full])
+            next(counters.misses)
+            return value
+        if added or existing is None:
+            next(counters.misses)
+            if added:
+                self._settle(full, value, seconds, encoded, ticket)
+            return value
+        found_in_l2, kept = await self._aaccept_from_l2(full, existing, counters, ticket)
+        return kept if found_in_l2 else value
+
     async def _aadd_l2(self, full: str, data: bytes | int, seconds: float | None) -> bool:
-        """As ``_add_l2``: SET NX, announced; bytes in the way that do not verify are replaced."""
+        """As ``_add_l2``: SET NX, announced."""
+        return (await self._aadd_l2_or_existing(full, data, seconds))[0]
+
+    async def _aadd_l2_or_existing(self, full: str, data: bytes | int, seconds: float | None) -> tuple[bool, bytes | None]:
+        """As ``_add_l2_or_existing``: bytes in the way that do not verify are replaced, readable ones returned."""
         message = self._state.drop_message([full])
         added, in_the_way = await self._al2_call("add", full, data, seconds, message)
-        if added or in_the_way is None or self._readable(full, in_the_way):
-            return added
+        if added or in_the_way is None:
+            return added, None
+        if self._readable(full, in_the_way):
+            return False, in_the_way
         px = ttl_ms(seconds)
-        return await self._al2_call("replace_if_equal", full, in_the_way, data, -1 if px is None else px, message)
+        return await self._al2_call("replace_if_equal", full, in_the_way, data, -1 if px is None else px, message), None
 
     async def atouch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         if self._l2 is None:

@@ -682,8 +682,49 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
             self._settle(full, value, seconds, encoded, ticket)
         return True
 
+    def get_or_add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> Any:
+        """The value cached under ``key``; when there is none, ``value``, added as ``add`` adds it.
+
+        One round trip whether or not Redis holds the key (none on an L1 hit):
+        the add's script answers a refused SET NX with the bytes in the way,
+        which are read as a ``get`` would read them. For values made before
+        the call, any of which serves as well as another (a new namespace
+        token): nothing is loaded and no lease is taken, so two processes
+        adding at once both get the one Redis kept. With Redis unavailable it
+        returns ``value`` unstored, as a ``get`` miss followed by a failed
+        ``add`` would leave the caller with it.
+        """
+        full, counters = self._key(key, version)
+        found = self.local_value(full, counters)
+        if found is not MISSING:
+            return found
+        if self._l2 is None:
+            return value if self.add(key, value, timeout, version) else self.get(key, value, version)
+        seconds = self._ttl(timeout)
+        if seconds is not None and seconds <= 0:
+            return value  # add() would store nothing either
+        data, encoded = self._wire(full, value, seconds)
+        ticket = self._state.begin_write([full])
+        try:
+            added, existing = self._add_l2_or_existing(full, data, seconds)
+        except L2Unavailable:
+            self._write_failed([full])
+            next(counters.misses)
+            return value
+        if added or existing is None:
+            next(counters.misses)
+            if added:
+                self._settle(full, value, seconds, encoded, ticket)
+            return value
+        found_in_l2, kept = self._accept_from_l2(full, existing, counters, ticket)
+        return kept if found_in_l2 else value
+
     def _add_l2(self, full: str, data: bytes | int, seconds: float | None) -> bool:
-        """SET NX in Redis, announced (other processes drop any L1 copy they kept).
+        """SET NX in Redis, announced (other processes drop any L1 copy they kept)."""
+        return self._add_l2_or_existing(full, data, seconds)[0]
+
+    def _add_l2_or_existing(self, full: str, data: bytes | int, seconds: float | None) -> tuple[bool, bytes | None]:
+        """``_add_l2``, and when Redis kept another value, its bytes: (added, the readable bytes in the way or None).
 
         Bytes in the way that this deployment cannot verify are a miss to it
         (``get`` says so), so add takes their place as it would on any miss,
@@ -691,10 +732,12 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
         """
         message = self._state.drop_message([full])
         added, in_the_way = self._l2_call(self._l2.add, full, data, seconds, message)
-        if added or in_the_way is None or self._readable(full, in_the_way):
-            return added
+        if added or in_the_way is None:
+            return added, None
+        if self._readable(full, in_the_way):
+            return False, in_the_way
         px = ttl_ms(seconds)
-        return self._l2_call(self._l2.replace_if_equal, full, in_the_way, data, -1 if px is None else px, message)
+        return self._l2_call(self._l2.replace_if_equal, full, in_the_way, data, -1 if px is None else px, message), None
 
     def _readable(self, full: str, data: bytes) -> bool:
         """Whether ``get`` would serve these bytes (rather than count a miss)."""

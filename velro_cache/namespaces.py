@@ -71,18 +71,29 @@ def new_token() -> str:
 def current_tokens(cache: Any, namespaces: Sequence[str]) -> list[str]:
     """The namespaces' tokens, creating missing ones (``add`` so concurrent creators agree).
 
-    One ``get_many``: the tokens L1 lacks (a worker's first read of a data
-    type and of one row, say) cost one round trip together, not one each.
+    One token L1 lacks (a first read of a row's namespace) costs one round
+    trip, found or created: ``TieredCache.get_or_add``. Several cost one
+    ``get_many`` together, then one round trip per token still missing.
     """
     keys = [token_key(namespace) for namespace in namespaces]
     if len(keys) == 1:
-        token = cache.get(keys[0])
-        return [token if token is not None else _create_token(cache, keys[0])]
+        return [_token(cache, keys[0])]
     found = cache.get_many(keys)
     return [found[key] if found.get(key) is not None else _create_token(cache, key) for key in keys]
 
 
+def _token(cache: Any, key: str) -> str:
+    get_or_add = getattr(cache, "get_or_add", None)
+    if get_or_add is not None:
+        return get_or_add(key, new_token(), None)
+    token = cache.get(key)
+    return token if token is not None else _create_token(cache, key)
+
+
 def _create_token(cache: Any, key: str) -> str:
+    get_or_add = getattr(cache, "get_or_add", None)
+    if get_or_add is not None:
+        return get_or_add(key, new_token(), None)
     token = new_token()
     if cache.add(key, token, None):
         return token

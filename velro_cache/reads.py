@@ -274,8 +274,11 @@ def _current_physical(target: Any, logical: str, names: tuple[str, ...]) -> str 
 
 
 async def _acurrent_tokens(target: Any, names: Sequence[str]) -> list[str]:
-    """``namespaces.current_tokens`` awaited: one ``aget_many`` for all, ``aadd`` for the missing (creators agree)."""
+    """``namespaces.current_tokens`` awaited: one ``aget_many`` for all, ``aadd`` for the missing (creators agree);
+    one token, found or created in one round trip (``aget_or_add``)."""
     keys = [token_key(name) for name in names]
+    if len(keys) == 1 and hasattr(target, "aget_or_add"):
+        return [await target.aget_or_add(keys[0], new_token(), None)]
     found = await target.aget_many(keys)
     tokens = []
     for key in keys:
