@@ -91,6 +91,7 @@ class AsyncTieredMixin:
     add: Any
     get_or_add: Any
     local_value: Any
+    _added_or_kept: Any
     touch: Any
     incr: Any
     clear: Any
@@ -301,13 +302,7 @@ class AsyncTieredMixin:
             await self._awrite_failed([full])
             next(counters.misses)
             return value
-        if added or existing is None:
-            next(counters.misses)
-            if added:
-                self._settle(full, value, seconds, encoded, ticket)
-            return value
-        found_in_l2, kept = await self._aaccept_from_l2(full, existing, counters, ticket)
-        return kept if found_in_l2 else value
+        return self._added_or_kept(full, value, seconds, encoded, ticket, counters, added, existing)
 
     async def _aadd_l2(self, full: str, data: bytes | int, seconds: float | None) -> bool:
         """As ``_add_l2``: SET NX, announced."""

@@ -711,13 +711,25 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
             self._write_failed([full])
             next(counters.misses)
             return value
+        return self._added_or_kept(full, value, seconds, encoded, ticket, counters, added, existing)
+
+    def _added_or_kept(
+        self, full: str, value: Any, seconds: float | None, encoded: Any, ticket: int, counters: DataTypeCounters,
+        added: bool, existing: bytes | None,
+    ) -> Any:
+        """What ``get_or_add`` returns once the add answered (no I/O, shared with ``aget_or_add``).
+
+        Ours when it went in (held in L1 unless the key changed meanwhile);
+        else the value in the way, read as a ``get`` reads it (its bytes were
+        verified readable, so there is nothing corrupt to retire).
+        """
         if added or existing is None:
             next(counters.misses)
             if added:
                 self._settle(full, value, seconds, encoded, ticket)
             return value
-        found_in_l2, kept = self._accept_from_l2(full, existing, counters, ticket)
-        return kept if found_in_l2 else value
+        found, kept, _ = self._decode_from_l2(full, existing, counters, ticket)
+        return kept if found else value
 
     def _add_l2(self, full: str, data: bytes | int, seconds: float | None) -> bool:
         """SET NX in Redis, announced (other processes drop any L1 copy they kept)."""
