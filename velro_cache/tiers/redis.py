@@ -28,6 +28,7 @@ from typing import Any
 import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
 from redis.crc import key_slot
+from redis.observability.providers import get_observability_instance
 
 from ..options import TieredOptions
 from .incarnation import checked
@@ -203,6 +204,27 @@ def shared_pool(url: str, options: TieredOptions) -> redis.ConnectionPool:
         return pool
 
 
+def direct_pool(client: redis.Redis) -> redis.ConnectionPool | None:
+    """The pool ``RedisTier.get`` may send a GET on by itself, or None when only ``client.get`` is right.
+
+    Only when a command is exactly one attempt with nothing around it: the
+    connections retry nothing, no client-side cache answers, GET's reply has
+    no callback, and the client holds no single connection of its own.
+    """
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    retries = kwargs.get("retry") is not None or kwargs.get("retry_on_timeout") or kwargs.get("retry_on_error")
+    if retries or pool.cache is not None or "GET" in client.response_callbacks or client.connection is not None:
+        return None
+    return pool
+
+
+def redis_metrics_on() -> bool:
+    """Whether redis-py records metrics (its observability initialized with telemetry on), as its recorder decides."""
+    manager = get_observability_instance().get_provider_manager()
+    return manager is not None and bool(manager.config.enabled_telemetry)
+
+
 def ttl_ms(seconds: float | None) -> int | None:
     """Redis PX argument for a TTL in seconds; sub-millisecond TTLs round up."""
     if seconds is None:
@@ -275,6 +297,7 @@ class RedisTier:
         self.channel = channel
         self.client = redis.Redis(connection_pool=shared_pool(url, options))
         self._register_scripts(self.client.register_script)
+        self._direct_pool = direct_pool(self.client)
 
     def _register_scripts(self, register: Callable[[str], Any]) -> None:
         self._replace_if_equal = register(_REPLACE_IF_EQUAL)
@@ -289,7 +312,33 @@ class RedisTier:
 
     # -- reads --------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
-        return self.client.get(key)
+        """GET: a first read's round trip, sent on a pooled connection directly when that changes nothing.
+
+        ``redis.Redis.execute_command`` wraps every command in a retry loop,
+        two observability records and its response-callback lookup: about a
+        tenth of a first read on loopback (``benchmarks/results/l2.md``). Our
+        pools' connections retry nothing (no ``retry``, ``retry_on_timeout``
+        or ``retry_on_error``: the breaker decides about failures), GET has no
+        response callback, and no client-side cache is configured, so the
+        direct path is that loop's single iteration: the connection
+        disconnects itself on a socket error or timeout, as the loop's
+        failure callback would, and goes back to the pool either way. Any
+        other configuration takes redis-py's path (``direct_pool``), and so
+        does every GET while redis-py's own metrics are on (its OpenTelemetry
+        observability), so they still count each one.
+        """
+        pool = self._direct_pool
+        if pool is None or redis_metrics_on():
+            return self.client.get(key)
+        conn = pool.get_connection()
+        try:
+            conn.send_command("GET", key)
+            return conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError, TimeoutError):
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return self.client.mget(keys) if keys else []
