@@ -9,11 +9,16 @@ keeps it.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import redis
 
 from velro_cache.exceptions import L2Unavailable
 from velro_cache.options import parse_options
+from velro_cache.tiers import pool as pool_module
+from velro_cache.tiers import redis as tier_module
 from velro_cache.tiers.redis import RedisTier, direct_pool
 
 pytestmark = pytest.mark.django_db(databases=[])
@@ -72,3 +77,69 @@ def test_connections_that_retry_keep_redis_py_s_command_path(query):
     except (ValueError, TypeError, L2Unavailable):
         pytest.skip(f"redis-py does not take {query} in a URL")
     assert direct_pool(tier.client) is None
+
+
+def test_a_pooled_connection_the_server_closed_is_reconnected_before_its_next_get(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url(), POOL_SIZE=1)
+    tier = cache._l2
+    pool = tier.client.connection_pool
+    server = own_redis.client()
+    server.set("fault:y", b"y")
+    connection = pool.get_connection()
+    connection.send_command("CLIENT", "ID")
+    client_id = connection.read_response()
+    pool.release(connection)
+    assert server.client_kill_filter(_id=client_id) == 1  # as a server's idle timeout or a CLIENT KILL does
+    assert tier.get("fault:y") == b"y"  # no error: the checkout saw the closed socket and reconnected
+
+
+def test_a_burst_past_pool_size_waits_for_connections_and_never_opens_more(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url(), POOL_SIZE=2, POOL_TIMEOUT=5)
+    tier = cache._l2
+    own_redis.client().set("fault:k", b"v")
+    start = threading.Barrier(8)
+
+    def read(_: int) -> list[bytes | None]:
+        start.wait()
+        return [tier.get("fault:k") for _ in range(50)]
+
+    with ThreadPoolExecutor(8) as threads:
+        results = list(threads.map(read, range(8)))
+    assert results == [[b"v"] * 50] * 8
+    assert len(tier.client.connection_pool._connections) <= 2
+
+
+def test_an_exhausted_pool_fails_a_get_after_pool_timeout(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url(), POOL_SIZE=1, POOL_TIMEOUT=0.05)
+    tier = cache._l2
+    pool = tier.client.connection_pool
+    held = pool.get_connection()
+    try:
+        with pytest.raises(redis.ConnectionError, match="No connection available"):
+            tier.get("fault:k")
+        assert cache.get("k", "default") == "default"
+    finally:
+        pool.release(held)
+    own_redis.client().set("fault:k", b"v")
+    assert tier.get("fault:k") == b"v"
+
+
+@pytest.mark.parametrize("metrics_on", [False, True])
+def test_redis_py_metrics_see_every_checkout_and_get_while_they_are_on(own_redis, tiered_on, monkeypatch, metrics_on):
+    import redis.client
+    import redis.connection
+
+    cache = tiered_on(own_redis.url())
+    tier = cache._l2
+    own_redis.client().set("fault:k", b"v")
+    tier.get("fault:k")  # connected
+    records: list[str] = []
+    monkeypatch.setattr(tier_module, "redis_metrics_on", lambda: metrics_on)
+    monkeypatch.setattr(pool_module, "redis_metrics_on", lambda: metrics_on)
+    monkeypatch.setattr(redis.connection, "record_connection_count", lambda **kwargs: records.append(str(kwargs["connection_state"])))
+    monkeypatch.setattr(redis.client, "record_operation_duration", lambda **kwargs: records.append(kwargs["command_name"]))
+    assert tier.get("fault:k") == b"v"
+    if metrics_on:
+        assert records.count("GET") == 1 and len(records) == 5  # the GET, and IDLE/USED both ways
+    else:
+        assert records == []

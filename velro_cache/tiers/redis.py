@@ -28,10 +28,10 @@ from typing import Any
 import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
 from redis.crc import key_slot
-from redis.observability.providers import get_observability_instance
 
 from ..options import TieredOptions
 from .incarnation import checked
+from .pool import BoundedPool, redis_metrics_on
 from .sentinel import master_pool
 
 LEASE_PREFIX = "velro_lease:"
@@ -200,7 +200,7 @@ def shared_pool(url: str, options: TieredOptions) -> redis.ConnectionPool:
         if pool is None and options.sentinels:
             pool = _pools[key] = master_pool(url, options, **connection_kwargs(options))
         elif pool is None:
-            pool = _pools[key] = checked(redis.BlockingConnectionPool.from_url(url, **pool_kwargs(options)))
+            pool = _pools[key] = checked(BoundedPool.from_url(url, **pool_kwargs(options)))
         return pool
 
 
@@ -217,12 +217,6 @@ def direct_pool(client: redis.Redis) -> redis.ConnectionPool | None:
     if retries or pool.cache is not None or "GET" in client.response_callbacks or client.connection is not None:
         return None
     return pool
-
-
-def redis_metrics_on() -> bool:
-    """Whether redis-py records metrics (its observability initialized with telemetry on), as its recorder decides."""
-    manager = get_observability_instance().get_provider_manager()
-    return manager is not None and bool(manager.config.enabled_telemetry)
 
 
 def ttl_ms(seconds: float | None) -> int | None:
