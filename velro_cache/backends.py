@@ -224,9 +224,12 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
             if entry is not None:
                 return entry
         full = self.make_key(key, version=version)
-        if not full.isascii():
-            full = _encodable_key(full)
-        problems = _key_warnings(full)
+        if full.isascii() and len(full) <= MEMCACHE_MAX_KEY_LENGTH and full.isprintable() and " " not in full:
+            problems = []  # _key_warnings' own test, before the call: a first read of every key comes here
+        else:
+            if not full.isascii():
+                full = _encodable_key(full)
+            problems = _key_warnings(full)
         for problem in problems:
             warnings.warn(problem, CacheKeyWarning, stacklevel=1)  # Django's own stack level
         entry = (full, self._stats.for_key(key))
