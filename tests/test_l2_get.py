@@ -10,6 +10,7 @@ keeps it.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -107,6 +108,30 @@ def test_a_burst_past_pool_size_waits_for_connections_and_never_opens_more(own_r
         results = list(threads.map(read, range(8)))
     assert results == [[b"v"] * 50] * 8
     assert len(tier.client.connection_pool._connections) <= 2
+
+
+def test_a_caller_waiting_for_a_connection_gets_the_one_returned(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url(), POOL_SIZE=1, POOL_TIMEOUT=10)
+    tier = cache._l2
+    pool = tier.client.connection_pool
+    own_redis.client().set("fault:k", b"v")
+    held = pool.get_connection()
+    waited: list[float] = []
+
+    def read() -> bytes | None:
+        started = time.monotonic()
+        try:
+            return tier.get("fault:k")
+        finally:
+            waited.append(time.monotonic() - started)
+
+    with ThreadPoolExecutor(1) as thread:
+        reply = thread.submit(read)
+        time.sleep(0.2)
+        assert not reply.done()  # waiting: the pool's one connection is held
+        pool.release(held)
+        assert reply.result(timeout=5) == b"v"
+    assert 0.15 < waited[0] < 2  # woken by the return, not by POOL_TIMEOUT
 
 
 def test_an_exhausted_pool_fails_a_get_after_pool_timeout(own_redis, tiered_on):

@@ -15,6 +15,9 @@ def redis_metrics_on() -> bool:
     return manager is not None and bool(manager.config.enabled_telemetry)
 
 
+_NONE_LEFT: Any = object()
+
+
 class BoundedPool(redis.BlockingConnectionPool):
     """redis-py's blocking pool (the ``POOL_SIZE`` bound, LIFO, waiting up to ``POOL_TIMEOUT``), checked out for less.
 
@@ -23,9 +26,10 @@ class BoundedPool(redis.BlockingConnectionPool):
     up whether metrics are on: a few microseconds per command, a tenth of a
     first read's time outside its round trip. While redis-py's metrics are
     off (``redis_metrics_on``) and no maintenance is in progress, these
-    methods do the same checkout without them: the same queue, the same
-    fork check, the same connect and stale-data check before a connection
-    is handed out, the same return. Otherwise they are redis-py's own. (A
+    methods do the same checkout without them: the same queue (its get and
+    put written out for the case without waiting), the same fork check,
+    the same connect and stale-data check before a connection is handed
+    out, the same return. Otherwise they are redis-py's own. (A
     connection checked out before metrics were turned on is not counted as
     in use, as redis-py's own counts miss the connections made before then.)
     """
@@ -34,10 +38,22 @@ class BoundedPool(redis.BlockingConnectionPool):
         if self._in_maintenance or redis_metrics_on():
             return super().get_connection()
         self._checkpid()
-        try:
-            connection = self.pool.get(block=True, timeout=self.timeout)
-        except queue.Empty:
-            raise redis.ConnectionError("No connection available.") from None
+        # LifoQueue.get without its notify of not_full, which only a blocked
+        # put() waits on, and nothing here puts blocking (returns use
+        # put_nowait): an idle connection (or a free slot, None) is taken
+        # under the queue's own mutex. Only when none is left does a caller
+        # wait, in the queue's get, up to POOL_TIMEOUT.
+        idle = self.pool
+        connection = _NONE_LEFT
+        if type(idle) is queue.LifoQueue:  # redis-py's default queue_class, whose items are idle.queue's
+            with idle.mutex:
+                if idle.queue:
+                    connection = idle.queue.pop()
+        if connection is _NONE_LEFT:
+            try:
+                connection = idle.get(block=True, timeout=self.timeout)
+            except queue.Empty:
+                raise redis.ConnectionError("No connection available.") from None
         if connection is None:
             connection = self.make_connection()
         try:
@@ -68,8 +84,19 @@ class BoundedPool(redis.BlockingConnectionPool):
             return None
         if connection.should_reconnect():
             connection.disconnect()
-        try:
-            self.pool.put_nowait(connection)
-        except queue.Full:
-            pass  # not ours any more (the pool was reset meanwhile)
+        # LifoQueue.put_nowait written out (one call instead of four): the
+        # same bound and the same wake-up of a caller waiting for a connection.
+        idle = self.pool
+        if type(idle) is not queue.LifoQueue:
+            try:
+                idle.put_nowait(connection)
+            except queue.Full:
+                pass  # not ours any more (the pool was reset meanwhile)
+            return None
+        with idle.mutex:
+            if 0 < idle.maxsize <= len(idle.queue):
+                return None  # Full: not ours any more (the pool was reset meanwhile)
+            idle.queue.append(connection)
+            idle.unfinished_tasks += 1
+            idle.not_empty.notify()
         return None
