@@ -420,7 +420,8 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
                 L2Guard(breaker, self._stats, "get").__exit__(type(exc), exc, exc.__traceback__)
                 raise
             breaker.record_success()  # L2Guard's exit without an exception
-            if self._l2_answer_distrusted():
+            if not state.l2_reads_trusted():  # _l2_answer_distrusted
+                next(self._stats.l2_distrusted)
                 raise L2Unavailable("Redis just came back: its answers wait out the staleness bound")
         except L2Unavailable:
             next(counters.misses)
