@@ -35,7 +35,18 @@ class BoundedPool(redis.BlockingConnectionPool):
     """
 
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
-        if self._in_maintenance or redis_metrics_on():
+        if redis_metrics_on():
+            return super().get_connection()
+        return self.checkout()
+
+    def release(self, connection: Any) -> None:
+        if redis_metrics_on():
+            return super().release(connection)
+        return self.checkin(connection)
+
+    def checkout(self) -> Any:
+        """``get_connection`` once the caller knows redis-py's metrics are off (``RedisTier.get`` asks once for its GET)."""
+        if self._in_maintenance:
             return super().get_connection()
         self._checkpid()
         # LifoQueue.get without its notify of not_full, which only a blocked
@@ -69,12 +80,13 @@ class BoundedPool(redis.BlockingConnectionPool):
                 if connection.can_read() and self.cache is None and not self.maint_notifications_enabled():
                     raise redis.ConnectionError("Connection not ready") from None
         except BaseException:
-            self.release(connection)
+            self.checkin(connection)
             raise
         return connection
 
-    def release(self, connection: Any) -> None:
-        if self._in_maintenance or redis_metrics_on():
+    def checkin(self, connection: Any) -> None:
+        """``release`` once the caller knows redis-py's metrics are off."""
+        if self._in_maintenance:
             return super().release(connection)
         self._checkpid()
         if not self.owns_connection(connection):

@@ -204,19 +204,20 @@ def shared_pool(url: str, options: TieredOptions) -> redis.ConnectionPool:
         return pool
 
 
-def direct_pool(client: redis.Redis) -> redis.ConnectionPool | None:
+def direct_pool(client: redis.Redis) -> BoundedPool | None:
     """The pool ``RedisTier.get`` may send a GET on by itself, or None when only ``client.get`` is right.
 
     Only when a command is exactly one attempt with nothing around it: the
     connections retry nothing, no client-side cache answers, GET's reply has
-    no callback, and the client holds no single connection of its own.
+    no callback, and the client holds no single connection of its own; and
+    the pool is a ``BoundedPool`` (its checkout without the metrics question).
     """
     pool = client.connection_pool
     kwargs = pool.connection_kwargs
     retries = kwargs.get("retry") is not None or kwargs.get("retry_on_timeout") or kwargs.get("retry_on_error")
     if retries or pool.cache is not None or "GET" in client.response_callbacks or client.connection is not None:
         return None
-    return pool
+    return pool if isinstance(pool, BoundedPool) else None
 
 
 def ttl_ms(seconds: float | None) -> int | None:
@@ -324,7 +325,7 @@ class RedisTier:
         pool = self._direct_pool
         if pool is None or redis_metrics_on():
             return self.client.get(key)
-        conn = pool.get_connection()
+        conn = pool.checkout()  # get_connection, its own metrics question answered above
         try:
             conn.send_command("GET", key)
             return conn.read_response()
@@ -332,7 +333,7 @@ class RedisTier:
             conn.disconnect()
             raise
         finally:
-            pool.release(conn)
+            pool.checkin(conn)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return self.client.mget(keys) if keys else []
