@@ -168,3 +168,23 @@ def test_redis_py_metrics_see_every_checkout_and_get_while_they_are_on(own_redis
         assert records.count("GET") == 1 and len(records) == 5  # the GET, and IDLE/USED both ways
     else:
         assert records == []
+
+
+def test_the_get_packed_here_is_the_get_redis_py_sends(own_redis, tiered_on, monkeypatch):
+    import redis.connection
+
+    cache = tiered_on(own_redis.url())
+    tier = cache._l2
+    key = "fault:caf\u00e9:\u2603"
+    own_redis.client().set(key, b"v")
+    assert tier.get(key) == b"v"  # connected: no handshake below
+    sent: list[bytes] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def record(self, command, check_health=True):
+        sent.append(b"".join(command) if isinstance(command, list) else command)
+        return original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", record)
+    assert tier.get(key) == b"v"
+    assert sent == [b"".join(redis.connection.Connection().pack_command("GET", key))]

@@ -28,11 +28,20 @@ from typing import Any
 import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
 from redis.crc import key_slot
+from redis.utils import HIREDIS_AVAILABLE
 
 from ..options import TieredOptions
 from .incarnation import checked
 from .pool import BoundedPool, redis_metrics_on
 from .sentinel import master_pool
+
+# hiredis's own packer, as redis-py's connections use it when it is installed
+# (Any: its stub types a command as a one-element tuple).
+_hiredis_pack: Any = None
+if HIREDIS_AVAILABLE:
+    import hiredis
+
+    _hiredis_pack = hiredis.pack_command
 
 LEASE_PREFIX = "velro_lease:"
 MemberSets = Sequence[tuple[str, str, "int | None"]]  # (made set key, member, TTL seconds or None): namespaces.track's writes
@@ -293,6 +302,9 @@ class RedisTier:
         self.client = redis.Redis(connection_pool=shared_pool(url, options))
         self._register_scripts(self.client.register_script)
         self._direct_pool = direct_pool(self.client)
+        # The connections pack commands with hiredis (redis-py's choice when it
+        # is installed and no command_packer is given): GET is packed here alike.
+        self._hiredis_packs = _hiredis_pack is not None and self.client.connection_pool.connection_kwargs.get("command_packer") is None
 
     def _register_scripts(self, register: Callable[[str], Any]) -> None:
         self._replace_if_equal = register(_REPLACE_IF_EQUAL)
@@ -327,7 +339,12 @@ class RedisTier:
             return self.client.get(key)
         conn = pool.checkout()  # get_connection, its own metrics question answered above
         try:
-            conn.send_command("GET", key)
+            if self._hiredis_packs:
+                # What the connection's HiredisRespSerializer.pack makes of
+                # ("GET", key), without its generator and argument rewriting.
+                conn.send_packed_command([_hiredis_pack((b"GET", key))])
+            else:
+                conn.send_command("GET", key)
             return conn.read_response()
         except (redis.ConnectionError, redis.TimeoutError, TimeoutError):
             conn.disconnect()
