@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import switches
 from ..options import TieredOptions
-from ..stats import CacheStats, _read
+from ..stats import CacheStats
 from . import incarnation
 from .breaker import CLOSED, OPEN, CircuitBreaker
 from .cluster import ClusterRedisTier, HeldKeys
@@ -64,15 +64,23 @@ class WriteLog:
 
     def __init__(self) -> None:
         self._seq = itertools.count(1)
+        # The latest number handed out, kept beside the count so a ticket is
+        # one attribute read (every L2 read takes one) rather than a parse of
+        # the count's repr. Set just after each number is taken, so it can
+        # only lag: a ticket taken in between is one lower, which makes the
+        # fill it guards more careful (the change counts as after it), never
+        # less.
+        self._issued = 0
         self._last: dict[str, int] = {}
         self._floor = 0
 
     def ticket(self) -> int:
         """Taken before reading: changes from now on carry a number >= it."""
-        return _read(self._seq)
+        return self._issued + 1
 
     def note(self, keys: Sequence[str]) -> None:
         seq = next(self._seq)
+        self._issued = seq
         if len(self._last) > WRITE_LOG_LIMIT:
             self.note_all()
             return
@@ -81,7 +89,7 @@ class WriteLog:
 
     def note_all(self) -> None:
         """Everything changed (clear, lost channel): every ticket so far is void."""
-        self._floor = next(self._seq)
+        self._floor = self._issued = next(self._seq)
         self._last.clear()
 
     def unchanged_since(self, key: str, ticket: int) -> bool:

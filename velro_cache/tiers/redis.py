@@ -28,10 +28,20 @@ from typing import Any
 import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS
 from redis.crc import key_slot
+from redis.utils import HIREDIS_AVAILABLE
 
 from ..options import TieredOptions
 from .incarnation import checked
+from .pool import BoundedPool, redis_metrics_on
 from .sentinel import master_pool
+
+# hiredis's own packer, as redis-py's connections use it when it is installed
+# (Any: its stub types a command as a one-element tuple).
+_hiredis_pack: Any = None
+if HIREDIS_AVAILABLE:
+    import hiredis
+
+    _hiredis_pack = hiredis.pack_command
 
 LEASE_PREFIX = "velro_lease:"
 MemberSets = Sequence[tuple[str, str, "int | None"]]  # (made set key, member, TTL seconds or None): namespaces.track's writes
@@ -199,8 +209,24 @@ def shared_pool(url: str, options: TieredOptions) -> redis.ConnectionPool:
         if pool is None and options.sentinels:
             pool = _pools[key] = master_pool(url, options, **connection_kwargs(options))
         elif pool is None:
-            pool = _pools[key] = checked(redis.BlockingConnectionPool.from_url(url, **pool_kwargs(options)))
+            pool = _pools[key] = checked(BoundedPool.from_url(url, **pool_kwargs(options)))
         return pool
+
+
+def direct_pool(client: redis.Redis) -> BoundedPool | None:
+    """The pool ``RedisTier.get`` may send a GET on by itself, or None when only ``client.get`` is right.
+
+    Only when a command is exactly one attempt with nothing around it: the
+    connections retry nothing, no client-side cache answers, GET's reply has
+    no callback, and the client holds no single connection of its own; and
+    the pool is a ``BoundedPool`` (its checkout without the metrics question).
+    """
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    retries = kwargs.get("retry") is not None or kwargs.get("retry_on_timeout") or kwargs.get("retry_on_error")
+    if retries or pool.cache is not None or "GET" in client.response_callbacks or client.connection is not None:
+        return None
+    return pool if isinstance(pool, BoundedPool) else None
 
 
 def ttl_ms(seconds: float | None) -> int | None:
@@ -275,6 +301,10 @@ class RedisTier:
         self.channel = channel
         self.client = redis.Redis(connection_pool=shared_pool(url, options))
         self._register_scripts(self.client.register_script)
+        self._direct_pool = direct_pool(self.client)
+        # The connections pack commands with hiredis (redis-py's choice when it
+        # is installed and no command_packer is given): GET is packed here alike.
+        self._hiredis_packs = _hiredis_pack is not None and self.client.connection_pool.connection_kwargs.get("command_packer") is None
 
     def _register_scripts(self, register: Callable[[str], Any]) -> None:
         self._replace_if_equal = register(_REPLACE_IF_EQUAL)
@@ -289,7 +319,38 @@ class RedisTier:
 
     # -- reads --------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
-        return self.client.get(key)
+        """GET: a first read's round trip, sent on a pooled connection directly when that changes nothing.
+
+        ``redis.Redis.execute_command`` wraps every command in a retry loop,
+        two observability records and its response-callback lookup: about a
+        tenth of a first read on loopback (``benchmarks/results/l2.md``). Our
+        pools' connections retry nothing (no ``retry``, ``retry_on_timeout``
+        or ``retry_on_error``: the breaker decides about failures), GET has no
+        response callback, and no client-side cache is configured, so the
+        direct path is that loop's single iteration: the connection
+        disconnects itself on a socket error or timeout, as the loop's
+        failure callback would, and goes back to the pool either way. Any
+        other configuration takes redis-py's path (``direct_pool``), and so
+        does every GET while redis-py's own metrics are on (its OpenTelemetry
+        observability), so they still count each one.
+        """
+        pool = self._direct_pool
+        if pool is None or redis_metrics_on():
+            return self.client.get(key)
+        conn = pool.checkout()  # get_connection, its own metrics question answered above
+        try:
+            if self._hiredis_packs:
+                # What the connection's HiredisRespSerializer.pack makes of
+                # ("GET", key), without its generator and argument rewriting.
+                conn.send_packed_command([_hiredis_pack((b"GET", key))])
+            else:
+                conn.send_command("GET", key)
+            return conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError, TimeoutError):
+            conn.disconnect()
+            raise
+        finally:
+            pool.checkin(conn)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return self.client.mget(keys) if keys else []

@@ -23,15 +23,16 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ..options import TieredOptions
 from .incarnation import SentinelIncarnationConnection
+from .pool import BoundedPool
 
 
-class BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+class BlockingSentinelPool(SentinelConnectionPool, BoundedPool):
     """Sentinel's master discovery with the blocking ``POOL_SIZE`` limit every velro_cache pool has.
 
     SentinelConnectionPool only adds discovery over a plain ConnectionPool
     (which raises past its limit); with BlockingConnectionPool next in the
-    order, a caller past the limit waits up to ``POOL_TIMEOUT`` as it does
-    on a single Redis.
+    order (as ``BoundedPool``, the single Redis's pool), a caller past the
+    limit waits up to ``POOL_TIMEOUT`` as it does on a single Redis.
     """
 
 
