@@ -56,6 +56,7 @@ from .redis_api import RedisApiMixin
 from .redis_collections import CollectionsMixin
 from .serializers import OBJECT, Serializer, derive_signing_key
 from .stats import L1_SAMPLE, DataTypeCounters
+from .tiers import guard
 from .tiers.breaker import CLOSED
 from .tiers.copying import Reader, plan_copy, plan_on_first_read
 from .tiers.errors import describe
@@ -224,12 +225,9 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
             if entry is not None:
                 return entry
         full = self.make_key(key, version=version)
-        if full.isascii() and len(full) <= MEMCACHE_MAX_KEY_LENGTH and full.isprintable() and " " not in full:
-            problems = []  # _key_warnings' own test, before the call: a first read of every key comes here
-        else:
-            if not full.isascii():
-                full = _encodable_key(full)
-            problems = _key_warnings(full)
+        if not full.isascii():
+            full = _encodable_key(full)
+        problems = _key_warnings(full)
         for problem in problems:
             warnings.warn(problem, CacheKeyWarning, stacklevel=1)  # Django's own stack level
         entry = (full, self._stats.for_key(key))
@@ -336,15 +334,12 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
         the walk a plan takes is most of an L2 hit's or a write's cost, and a
         value read once is never read from L1 at all.
         """
-        if encoded is not None:
-            payload, size = self._planned_on_first_read(full, *encoded)
-        else:
-            payload, size = self._payload(value)
+        if encoded is not None:  # a payload holding the body that replaces itself with a planned copy when first read
+            codec, body = encoded
+            reader = self._state.first_readers.get(codec) or self._first_reader(codec)
+            return (reader, (full, body)), sys.getsizeof(body) + sys.getsizeof(full) + ENTRY_OVERHEAD
+        payload, size = self._payload(value)
         return payload, size + sys.getsizeof(full) + ENTRY_OVERHEAD
-
-    def _planned_on_first_read(self, full: str, codec: int, body: bytes) -> tuple[tuple[Reader, Any], int]:
-        """A payload holding ``body`` that replaces itself with a planned copy when first read."""
-        return (self._first_reader(codec), (full, body)), sys.getsizeof(body)
 
     def _first_reader(self, codec: int) -> Reader:
         """The one ``plan_on_first_read`` reader for ``codec`` in this process's L1 (made on first need)."""
@@ -400,9 +395,9 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
     def _get_from_l2(self, full: str, counters: DataTypeCounters, default: Any) -> Any:
         # A first read's Python work is a fifth of its time, and in a worker
         # (caches cold between requests) each call frame on the way costs
-        # about a microsecond. So this is _l2_read(self._l2.get, full) and
-        # _accept_from_l2 written out: the same admission, guard, trust check
-        # and retirement, in one frame instead of eight.
+        # about a microsecond. So this is _l2_read(self._l2.get, full) written
+        # out: the same admission, guard (guard.failed) and trust check, with
+        # the breaker's success recorded directly rather than through L2Guard.
         state = self._state
         l2 = state.l2
         if l2 is None:
@@ -417,11 +412,10 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
             try:
                 data = l2.get(full)
             except BaseException as exc:
-                L2Guard(breaker, self._stats, "get").__exit__(type(exc), exc, exc.__traceback__)
+                guard.failed(breaker, self._stats, "get", exc)
                 raise
             breaker.record_success()  # L2Guard's exit without an exception
-            if not state.l2_reads_trusted():  # _l2_answer_distrusted
-                next(self._stats.l2_distrusted)
+            if self._l2_answer_distrusted():
                 raise L2Unavailable("Redis just came back: its answers wait out the staleness bound")
         except L2Unavailable:
             next(counters.misses)
@@ -451,51 +445,25 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
 
         Shared by the sync and the async reads; only the retirement of a
         corrupt entry talks to Redis, so the caller does it its own way.
-        ``_verified`` and the promotion (``_store_l1``) written out for a frame that verifies
-        (one frame where there were six: see ``_get_from_l2``); anything else
-        goes through ``_verified``, which counts and logs it.
+        The value is held in L1 as its body (``_l1_entry``), planned on its first L1 read.
         """
-        frame: Any = None
-        value: Any = None
-        if data is not None:
-            serializer = self._serializer
-            try:
-                frame = serializer.unframe(data, key=full)
-                value = serializer.decode(frame.codec, frame.body)
-            except CorruptEntry:  # UnverifiedEntry too: _verified tells them apart, counts and logs
-                frame = None
+        frame, value, retire = self._verified(full, data, counters)
         if frame is None:
-            frame, value, retire = self._verified(full, data, counters)
-            if frame is None:
-                return False, None, retire
-        else:
-            next(counters.l2_hits)
-        codec = frame.codec
-        if codec == OBJECT or type(value) is int:  # raw integers and counters stay in Redis only (_store_l1)
+            return False, None, retire
+        if frame.codec == OBJECT or type(value) is int:  # raw integers and counters stay in Redis only (_store_l1)
             return True, value, False
         expires_at = frame.expires_at
-        seconds = None
-        if expires_at is not None:
-            seconds = expires_at - time.time()
-            if seconds <= 0:
-                return True, value, False
+        seconds = None if expires_at is None else expires_at - time.time()
+        if seconds is not None and seconds <= 0:
+            return True, value, False
         try:
-            # _store_l1 with the body: _l1_entry, _planned_on_first_read, _l1_expiry
-            state = self._state
-            body = frame.body
-            payload = (state.first_readers.get(codec) or self._first_reader(codec), (full, body))
-            weight = sys.getsizeof(body) + sys.getsizeof(full) + ENTRY_OVERHEAD
-            max_age = self.options.l1_max_age
-            if seconds is None:
-                l1_expires = None if max_age is None else time.monotonic() + max_age
-            else:
-                l1_expires = time.monotonic() + (max_age if max_age is not None and max_age < seconds else seconds)
-            stored = state.fill_l1(full, payload, weight, l1_expires, ticket)
+            payload, weight = self._l1_entry(full, value, (frame.codec, frame.body))
+            stored = self._state.fill_l1(full, payload, weight, self._l1_expiry(seconds), ticket)
         except Exception as exc:  # a read never raises for what L1 cannot hold; L2 still serves it
             logger.warning("velro_cache: not promoting %r into L1: %s", full, describe(exc))
             return True, value, False
-        if stored and frame.delta > 0:
-            state.remember_load(full, frame.delta, expires_at)
+        if stored:
+            self._state.remember_load(full, frame.delta, expires_at)
         return True, value, False
 
     def _verified(self, full: str, data: bytes | None, counters: DataTypeCounters) -> tuple[Any, Any, bool]:

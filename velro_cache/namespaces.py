@@ -77,20 +77,15 @@ def current_tokens(cache: Any, namespaces: Sequence[str]) -> list[str]:
     """
     keys = [token_key(namespace) for namespace in namespaces]
     if len(keys) == 1:
-        return [_token(cache, keys[0])]
+        # With get_or_add the creation reads the token too: no read before it.
+        token = None if hasattr(cache, "get_or_add") else cache.get(keys[0])
+        return [token if token is not None else _create_token(cache, keys[0])]
     found = cache.get_many(keys)
     return [found[key] if found.get(key) is not None else _create_token(cache, key) for key in keys]
 
 
-def _token(cache: Any, key: str) -> str:
-    get_or_add = getattr(cache, "get_or_add", None)
-    if get_or_add is not None:
-        return get_or_add(key, new_token(), None)
-    token = cache.get(key)
-    return token if token is not None else _create_token(cache, key)
-
-
 def _create_token(cache: Any, key: str) -> str:
+    """A new token for ``key``, unless another process's is there: the one the cache keeps."""
     get_or_add = getattr(cache, "get_or_add", None)
     if get_or_add is not None:
         return get_or_add(key, new_token(), None)

@@ -143,10 +143,7 @@ class CacheStats:
             return counters
 
     def for_key(self, key: Any) -> DataTypeCounters:
-        """``for_type(stats_group_of(key))``, its lookup of a known type written out (every first use of a key)."""
-        name = data_type_segment(str(key)) or OTHER_TYPE
-        counters = self._types.get(name)
-        return counters if counters is not None else self.for_type(name)
+        return self.for_type(stats_group_of(key))
 
     def snapshot(self) -> dict[str, Any]:
         by_type = {name: counters.snapshot() for name, counters in list(self._types.items())}

@@ -391,24 +391,11 @@ class WTinyLfuEviction(_Segments):
     # -- events from the store --------------------------------------------
 
     def on_add(self, entry: Entry) -> None:
-        """A new key enters the window.
-
-        ``_insert``, ``_sample`` and ``_on_growth``'s early return written
-        out: every L2 hit promoted into L1 comes here, and three calls were a
-        share of that promotion (``on_add_many`` does the same for a batch).
-        """
-        key, weight = entry.key, entry.weight
-        self.sketch.increment(key)
-        self.weighted_size += weight
-        self.entries += 1
-        entry.region = WINDOW
-        self.window[key] = entry
-        self.window_size += weight
-        tuner = self.tuner
-        if tuner is not None and tuner.sampled(key):
-            tuner.record(key, weight)
-        if self.weighted_size * 2 >= self.maximum:  # _on_growth's own test, before the call
-            self._on_growth()
+        """A new key enters the window."""
+        self.sketch.increment(entry.key)
+        self._insert(entry)
+        self._sample(entry)
+        self._on_growth()
 
     def on_add_many(self, entries: list[Entry]) -> None:
         """New keys entering the window together (a batch promoted from L2), in order.

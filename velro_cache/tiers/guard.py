@@ -49,25 +49,33 @@ class L2Guard:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        breaker = self.breaker
         if exc is None:
-            breaker.record_success()
+            self.breaker.record_success()
             return
-        if isinstance(exc, OUTAGE_ERRORS):
-            next(self.stats.l2_errors)
-            breaker.record_failure()
-            raise L2Unavailable(describe(exc)) from None  # never the text: it can quote a cached value
-        if isinstance(exc, redis.RedisError):  # e.g. OOM: Redis answered, so no outage
-            next(self.stats.l2_errors)
-            breaker.record_success()
-            logger.warning("velro_cache: Redis refused %s: %s", self.name, describe(exc))
-            raise L2Unavailable(describe(exc)) from None
-        if isinstance(exc, asyncio.CancelledError):
-            # The caller gave up waiting (often a timeout around a slow Redis):
-            # nothing was learnt, but a half-open probe must still end.
-            if breaker.state != CLOSED:
-                breaker.record_failure()
-            return
-        # Not an outage (e.g. incr's TypeError: Redis answered); a half-open
-        # probe must end either way, or the breaker would wait for ever.
+        failed(self.breaker, self.stats, self.name, exc)
+
+
+def failed(breaker: CircuitBreaker, stats: CacheStats, name: str, exc: BaseException) -> None:
+    """What an L2 call that raised ``exc`` means; raises L2Unavailable where the caller must see a miss.
+
+    ``L2Guard``'s exit on an exception, callable without the guard for a hot
+    path that inlines the success case (``TieredCache._get_from_l2``).
+    """
+    if isinstance(exc, OUTAGE_ERRORS):
+        next(stats.l2_errors)
+        breaker.record_failure()
+        raise L2Unavailable(describe(exc)) from None  # never the text: it can quote a cached value
+    if isinstance(exc, redis.RedisError):  # e.g. OOM: Redis answered, so no outage
+        next(stats.l2_errors)
         breaker.record_success()
+        logger.warning("velro_cache: Redis refused %s: %s", name, describe(exc))
+        raise L2Unavailable(describe(exc)) from None
+    if isinstance(exc, asyncio.CancelledError):
+        # The caller gave up waiting (often a timeout around a slow Redis):
+        # nothing was learnt, but a half-open probe must still end.
+        if breaker.state != CLOSED:
+            breaker.record_failure()
+        return
+    # Not an outage (e.g. incr's TypeError: Redis answered); a half-open
+    # probe must end either way, or the breaker would wait for ever.
+    breaker.record_success()

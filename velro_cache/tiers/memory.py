@@ -355,18 +355,9 @@ class MemoryStore:
         return True
 
     def _settle(self) -> None:
-        """After writes: drop stale deadlines, expired entries and the overweight, then one climbing step.
-
-        The expiry queue's two early returns (nothing to compact, nothing due)
-        are tested here before the calls: every L1 admission settles, and
-        mostly there is nothing to do.
-        """
-        expiry = self._expiry
-        if len(expiry._heap) > 2 * len(self._data) + 1024:
-            expiry.compact(self._data)  # replaces the heap: read it after
-        heap = expiry._heap
-        if heap and heap[0][0] <= self._clock():
-            self._sweep_expired()
+        """After writes: drop stale deadlines, expired entries and the overweight, then one climbing step."""
+        self._expiry.compact(self._data)
+        self._sweep_expired()
         self._evict()
         self._eviction.climb()
 
