@@ -87,3 +87,13 @@ async def test_the_async_read_path_finds_or_creates_a_token_in_one_round_trip(l2
     assert sends.sent == 1 + announce_echoes(l2_cache, namespaces.token_key("{arow}1"))  # before: an MGET that missed, then the add
     assert await _acurrent_tokens(other, ["{arow}1"]) == [token]
     assert other.get_or_add(namespaces.token_key("{arow}1"), "another", None) == token
+
+
+def test_with_redis_down_a_token_is_made_not_stored_and_nothing_raises(own_redis, tiered_on):
+    cache = tiered_on(own_redis.url())
+    assert namespaces.current_tokens(cache, ["row:before"])  # connected and working
+    own_redis.stop()
+    (first,) = namespaces.current_tokens(cache, ["row:down"])
+    (second,) = namespaces.current_tokens(cache, ["row:down"])
+    assert first and second and first != second  # nothing kept: no key ever stamped with it can be read back
+    assert cache.get(namespaces.token_key("row:down")) is None
