@@ -104,7 +104,7 @@ class AsyncTieredMixin:
         state = self._state
         if not state.breaker.allow():
             raise L2Unavailable("circuit open")
-        if (state.pending or state.replaying.locked()) and not await sync_to_async(state.replay_pending, thread_sensitive=False)():
+        if state.holds_back() and not await sync_to_async(state.replay_pending, thread_sensitive=False)():
             raise L2Unavailable("invalidations held back by an outage could not be delivered")
         method = getattr(aredis.tier_for(self._l2, self.options), name)
         with L2Guard(state.breaker, self._stats, name):

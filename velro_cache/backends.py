@@ -277,7 +277,7 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
         """Refuse an L2 call the breaker does not allow, or one that would read what held invalidations replace."""
         if not self._state.breaker.allow():
             raise L2Unavailable("circuit open")
-        if (self._state.pending or self._state.replaying.locked()) and not self._state.replay_pending():
+        if self._state.holds_back() and not self._state.replay_pending():
             # Deliver what Redis missed (or wait for another thread's delivery)
             # before this call reads anything those invalidations replace; a
             # half-open probe too, or it would read the replaced values.
@@ -407,7 +407,7 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
         start = time.perf_counter()
         breaker = state.breaker
         try:
-            if breaker.state != CLOSED or state.pending or state.replaying.locked():
+            if breaker.state != CLOSED or state.holds_back():
                 self._l2_admit()  # breaker.allow() is True without side effects while it is closed
             try:
                 data = l2.get(full)

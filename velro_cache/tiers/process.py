@@ -573,6 +573,14 @@ class ProcessState:
             self._distrust_l2_for(self.options.staleness_bound)
             self._enable_l1_if_coherent()
 
+    def holds_back(self) -> bool:
+        """Whether Redis has not yet heard every invalidation an outage held back: some wait, or a delivery is under way.
+
+        ``pending`` alone is empty while a delivery is in flight (it took
+        them), and that delivery can still delete what a later write stores.
+        """
+        return bool(self.pending) or self.replaying.locked()
+
     def replay_pending(self) -> bool:
         """Deliver the invalidations an outage held back; keep them if Redis fails again.
 
