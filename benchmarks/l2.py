@@ -165,7 +165,7 @@ class NoMacSerializer(Serializer):
     """
 
     @staticmethod
-    def _mac(secret: bytes, key: str, head: bytes, body: bytes) -> bytes:
+    def _mac(keyed: Any, key: str, head: bytes, body: bytes) -> bytes:
         return bytes(MAC_BYTES)
 
     def _verifies(self, mac: bytes, key: str, head: bytes, body: bytes) -> bool:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import hmac
 import pickle
 import re
 import struct
@@ -48,6 +47,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from functools import partial
+from hmac import compare_digest
 from typing import Any, NamedTuple
 
 import lz4.block
@@ -228,6 +228,10 @@ class Serializer:
         self.signing_key = signing_key
         # Verified after the current key, in order: keys of a rotation still under way.
         self.fallback_keys = tuple(key for key in fallback_keys if key != signing_key)
+        # Keying BLAKE2b compresses a whole block for the key; a copy of a state
+        # keyed once gives the same digest without it (a share of every verify).
+        self._keyed = _keyed_blake2b(signing_key)
+        self._fallback_keyed = tuple(_keyed_blake2b(key) for key in self.fallback_keys)
         self.pickle_fallback = pickle_fallback
         self.compress_min_bytes = compress_min_bytes
 
@@ -299,7 +303,7 @@ class Serializer:
     def frame(self, codec: int, body: bytes, expires_at: float | None, delta: float = 0.0, *, key: str) -> bytes:
         """Prefix a body with its codec byte, expiry, load time and the MAC binding them to ``key``."""
         head = bytes((_FRAME_BYTE[codec],)) + _EXPIRY.pack(expires_at or 0.0) + _DELTA.pack(delta)
-        return head + self._mac(self.signing_key, key, head, body) + body
+        return head + self._mac(self._keyed, key, head, body) + body
 
     def unframe(self, data: bytes, *, key: str) -> Frame:
         """The parts of a wire value read from ``key``, MAC verified.
@@ -318,8 +322,8 @@ class Serializer:
             return Frame(OBJECT, parse_raw_int(data), None, 0.0)
         if len(data) < BODY_START:
             raise UnverifiedEntry("truncated frame")
-        head, mac, body = data[:HEADER_BYTES], data[HEADER_BYTES:BODY_START], data[BODY_START:]
-        if not self._verifies(mac, key, head, body):
+        head, body = data[:HEADER_BYTES], data[BODY_START:]
+        if not self._verifies(data[HEADER_BYTES:BODY_START], key, head, body):
             raise UnverifiedEntry("frame with a bad MAC (another signing key, another key's frame, or forged)")
         if codec in _PICKLE_CODECS and not self.pickle_fallback:
             raise CorruptEntry("pickled value found while PICKLE_FALLBACK is False")
@@ -331,33 +335,21 @@ class Serializer:
         return self.decode(frame.codec, frame.body)
 
     def _verifies(self, mac: bytes, key: str, head: bytes, body: bytes) -> bool:
-        if hmac.compare_digest(mac, self._mac(self.signing_key, key, head, body)):
+        if compare_digest(mac, self._mac(self._keyed, key, head, body)):
             return True
-        return any(hmac.compare_digest(mac, self._mac(old, key, head, body)) for old in self.fallback_keys)
+        return any(compare_digest(mac, self._mac(keyed, key, head, body)) for keyed in self._fallback_keyed)
 
     @staticmethod
-    def _mac(secret: bytes, key: str, head: bytes, body: bytes) -> bytes:
+    def _mac(keyed: Any, key: str, head: bytes, body: bytes) -> bytes:
+        """The tag of a frame under ``keyed`` (a BLAKE2b state keyed with one signing key, copied here)."""
         # Length-prefixed key: (key, head+body) pairs cannot shift bytes between them.
         encoded = key.encode()
-        mac = _keyed_blake2b(secret).copy()
+        mac = keyed.copy()
         mac.update(_KEY_LENGTH.pack(len(encoded)) + encoded + head)
         mac.update(body)
         return mac.digest()
 
 
-_KEYED: dict[bytes, Any] = {}
-
-
 def _keyed_blake2b(secret: bytes) -> Any:
-    """A BLAKE2b state already keyed with ``secret``, copied for each MAC.
-
-    Keying compresses a whole block for the key; a copy of the keyed state
-    gives the same digest without it (a share of every frame's verify on a
-    first read). Few secrets exist per process (the current key and its fallbacks).
-    """
-    keyed = _KEYED.get(secret)
-    if keyed is None:
-        if len(_KEYED) >= 64:
-            _KEYED.clear()
-        keyed = _KEYED[secret] = hashlib.blake2b(key=secret, digest_size=MAC_BYTES)
-    return keyed
+    """A BLAKE2b-128 state keyed with ``secret``, to be copied for each MAC."""
+    return hashlib.blake2b(key=secret, digest_size=MAC_BYTES)
