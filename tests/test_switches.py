@@ -9,6 +9,7 @@ value, the settings, and ``velro_switch``.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -75,6 +76,11 @@ def test_l1_off_every_read_goes_to_redis_and_held_copies_are_dropped(make_cache)
     after = counts(cache)
     assert after["l1_hits"] == before["l1_hits"] and after["l2_hits"] == before["l2_hits"] + 6
     assert len(cache._l1) == 0
+    # Batch reads promote together (ProcessState.fill_l1_many): the switch holds there too.
+    assert cache.get_many(["gen:1:meta", "gen:2:meta"]) == {"gen:1:meta": {"title": "one"}, "gen:2:meta": {"title": "two"}}
+    assert asyncio.run(cache.aget_many(["gen:1:meta"])) == {"gen:1:meta": {"title": "one"}}
+    assert len(cache._l1) == 0
+    assert counts(cache)["l1_hits"] == before["l1_hits"]
     switches.set(switches.L1, "on")
     assert l1_serving(cache, "gen:1:meta")
 

@@ -407,6 +407,7 @@ class WTinyLfuEviction(_Segments):
         increment = self.sketch.increment
         window = self.window
         tuner = self.tuner
+        shift = 0 if tuner is None else tuner.shift  # tuner.sampled, inlined below
         added = 0
         for entry in entries:
             key = entry.key
@@ -414,7 +415,7 @@ class WTinyLfuEviction(_Segments):
             entry.region = WINDOW
             window[key] = entry
             added += entry.weight
-            if tuner is not None and tuner.sampled(key):
+            if tuner is not None and ((hash(key) * _SAMPLE_MUL) & _MASK64) >> shift == 0:
                 tuner.record(key, entry.weight)
         self.weighted_size += added
         self.window_size += added

@@ -233,12 +233,15 @@ class MemoryStore:
         """
         stored: list[str] = []
         added: list[Entry] = []
+        if len({item[0] for item in items}) < len(items):  # rare: one pass per key, the last value kept
+            items = list({item[0]: item for item in items}.values())
         with self.lock:
             self._drain_reads()
-            data, eviction, expiry, limit = self._data, self._eviction, self._expiry, self.max_entry_bytes
-            for key, (payload, weight, expires_at) in {item[0]: item[1:] for item in items}.items():
+            data, eviction, limit = self._data, self._eviction, self.max_entry_bytes
+            push, get, append, keep = self._expiry.push, data.get, added.append, stored.append
+            for key, payload, weight, expires_at in items:
                 weight = max(1, int(weight))
-                old = data.get(key)
+                old = get(key)
                 if weight > limit:
                     if old is not None:
                         del data[key]
@@ -246,12 +249,12 @@ class MemoryStore:
                     continue
                 entry = data[key] = Entry(key, payload, weight, expires_at)
                 if old is None:
-                    added.append(entry)
+                    append(entry)
                 else:
                     eviction.on_replace(old, entry)
                 if expires_at is not None:
-                    expiry.push(entry, expires_at)
-                stored.append(key)
+                    push(entry, expires_at)
+                keep(key)
             eviction.on_add_many(added)
             self._settle()
             notes = self._take_notes()

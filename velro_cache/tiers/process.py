@@ -95,6 +95,13 @@ class WriteLog:
     def unchanged_since(self, key: str, ticket: int) -> bool:
         return self._floor < ticket and self._last.get(key, 0) < ticket
 
+    def unchanged_items(self, items: list[tuple], ticket: int) -> list[tuple]:
+        """The ``(key, ...)`` items whose key is ``unchanged_since(ticket)``: a batch's check in one pass."""
+        if self._floor >= ticket:
+            return []
+        last = self._last.get
+        return [item for item in items if last(item[0], 0) < ticket]
+
 
 class PendingInvalidations:
     """Keys (and prefixes to clear) whose changes Redis has not heard of."""
@@ -363,16 +370,17 @@ class ProcessState:
     def fill_l1_many(self, items: list[tuple[str, object, int, float | None]], ticket: int) -> list[str]:
         """``fill_l1`` for a batch read together (one ticket, one lock): the keys stored.
 
-        A key changed since ``ticket`` is skipped; the store admits the rest in
+        A key changed since ``ticket``, or one the ``l1`` switch leaves out, is
+        skipped; the store admits the rest in
         one pass (``MemoryStore.set_many``), so a get_many promotes 100 values
         for about the bookkeeping of one.
         """
         with self.store.lock:
             if not self.l1_enabled:
                 return []
-            unchanged = self.writes.unchanged_since
-            fresh = [item for item in items if unchanged(item[0], ticket)]
-            return self.store.set_many(fresh)
+            if self.l2 is not None and switches.percent(switches.L1) < 100.0:  # asked per key only in a rollout
+                items = [item for item in items if switches.on(switches.L1, item[0])]
+            return self.store.set_many(self.writes.unchanged_items(items, ticket))
 
     def apply_remote_drop(self, keys: list[str] | None) -> None:
         if keys is None:
