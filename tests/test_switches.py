@@ -15,6 +15,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
@@ -178,6 +179,35 @@ def test_turning_eviction_policy_off_switches_a_live_l1_in_place(make_cache):
     assert cache._l1.eviction_stats()["policy"] == "lru" and cache.get("kept") == "value"
     switches.clear(switches.EVICTION_POLICY)
     assert "policy" not in cache._l1.eviction_stats() and cache.get("kept") == "value"
+
+
+def test_a_set_that_changes_nothing_returns_after_the_hooks_of_the_change_that_did(runtime):
+    """The refresher applied the value first and is still running its hooks: ``set`` waits for them.
+
+    Else ``set(EVICTION_POLICY, ...)`` could return while every L1 still has
+    its old policy (the refresher, nudged, read the hash before our own apply).
+    """
+    in_hook, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_hook(name: str) -> None:
+        if name == switches.COMPRESSION:
+            in_hook.set()
+            release.wait(5)
+            finished.set()
+
+    switches.on_change(slow_hook)
+    try:
+        runtime.hset(switches.HASH_KEY, switches.COMPRESSION, "0")
+        refresher = threading.Thread(target=switches.refresh)  # as the refresher thread would, nudged
+        refresher.start()
+        assert in_hook.wait(5)
+        threading.Timer(0.2, release.set).start()
+        switches.set(switches.COMPRESSION, "off")  # nothing left to change here
+        assert finished.is_set(), "set returned while the change's hooks were still running"
+        refresher.join(5)
+    finally:
+        release.set()
+        switches._hooks.remove(slow_hook)
 
 
 def test_warming_off_runs_no_step_and_says_so():

@@ -94,6 +94,11 @@ _runtime: dict[str, float] = {}
 _refused: dict[str, bytes] = {}
 _hooks: list[Callable[[str], None]] = []
 _lock = threading.Lock()
+# Held through a whole change, its hooks included: a set() or clear() that
+# finds its value already in force (the refresher, nudged, applied it first)
+# returns only once that change's consequences are done. Reentrant: a hook
+# may itself set a switch.
+_applying = threading.RLock()
 _writes = 0  # this process's set/clear/reset calls, so a refresh that read Redis before one cannot undo it
 
 
@@ -313,21 +318,22 @@ def _apply(update: Callable[[dict[str, float]], dict[str, float]], *, read_befor
     predate that write, so it is dropped (the next refresh reads it).
     """
     global _runtime, _writes
-    with _lock:
-        if read_before is not None and read_before != _writes:
-            return
-        if read_before is None:
-            _writes += 1
-        before = {name: percent(name) for name in REGISTRY}
-        _runtime = update(_runtime)
-        changed = [name for name in REGISTRY if percent(name) != before[name]]
-    for name in changed:
-        logger.info("velro_cache: switch %r is now %s", name, _text(percent(name)))
-        for hook in list(_hooks):
-            try:
-                hook(name)
-            except Exception:  # one consumer's failure must not stop the others
-                logger.exception("velro_cache: switch hook failed for %r", name)
+    with _applying:
+        with _lock:
+            if read_before is not None and read_before != _writes:
+                return
+            if read_before is None:
+                _writes += 1
+            before = {name: percent(name) for name in REGISTRY}
+            _runtime = update(_runtime)
+            changed = [name for name in REGISTRY if percent(name) != before[name]]
+        for name in changed:
+            logger.info("velro_cache: switch %r is now %s", name, _text(percent(name)))
+            for hook in list(_hooks):
+                try:
+                    hook(name)
+                except Exception:  # one consumer's failure must not stop the others
+                    logger.exception("velro_cache: switch hook failed for %r", name)
 
 
 def on_change(hook: Callable[[str], None]) -> None:
@@ -457,8 +463,9 @@ def stop() -> None:
 
 def _restart_in_child() -> None:
     """Threads do not survive fork(): a child of a refreshing process starts its own."""
-    global _thread, _lock
-    _lock = threading.Lock()  # another parent thread may have held it at fork time
+    global _thread, _lock, _applying
+    _lock = threading.Lock()  # another parent thread may have held them at fork time
+    _applying = threading.RLock()
     if _thread is not None:  # it was running in the parent: run here too
         _thread = None
         start(read_now=False)
