@@ -120,16 +120,20 @@ class AsyncTieredMixin:
     async def _al2_answer_distrusted(self) -> bool:
         """``_l2_answer_distrusted`` without blocking the loop in the common case.
 
-        The quick test is ``ProcessState.l2_reads_trusted``'s own first half;
-        only when the coherence pings lapsed (that method then waits up to the
-        staleness bound for a fresh one) does the check go to a thread.
+        The quick test is ``ProcessState.l2_reads_trusted``'s own first half,
+        both ways: an open breaker or the window after an outage distrusts at
+        once, recent confirmations trust at once. Only when the coherence pings
+        lapsed (that method then waits up to the staleness bound for a fresh
+        one) does the check go to a thread.
         """
         state = self._state
         now = time.monotonic()
+        if state.breaker.state != CLOSED or now < state.l2_distrusted_until:
+            next(self._stats.l2_distrusted)
+            return True
         heard = state.heard
-        if state.breaker.state == CLOSED and now >= state.l2_distrusted_until:
-            if heard == 0.0 or now - heard <= state.options.staleness_bound:
-                return False
+        if heard == 0.0 or now - heard <= state.options.staleness_bound:
+            return False
         return await sync_to_async(self._l2_answer_distrusted, thread_sensitive=False)()
 
     async def _awrite_failed(self, fulls: list[str]) -> None:
