@@ -28,7 +28,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .eviction import REGION_NAMES, Entry, LruEviction, WTinyLfuEviction
@@ -300,6 +300,15 @@ class MemoryStore:
             self._eviction.on_remove(entry)
             live = not self._expired(entry, self._clock())
         return live
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """``delete`` of each key, under one lock (a delete_many or a coherence drop of a batch)."""
+        with self.lock:
+            pop, on_remove = self._data.pop, self._eviction.on_remove
+            for key in keys:
+                entry = pop(key, None)
+                if entry is not None:
+                    on_remove(entry)
 
     def clear(self) -> None:
         """Drop every entry (no eviction notifications); frequency history is kept."""

@@ -321,9 +321,11 @@ class ProcessState:
         """A change to these keys happened (here or elsewhere): note it and drop L1 copies."""
         with self.store.lock:
             self.writes.note(keys)
-            for key in keys:
-                self.store.delete(key)
-                self.loaded.pop(key, None)
+            self.store.delete_many(keys)
+            if self.loaded:
+                pop = self.loaded.pop
+                for key in keys:
+                    pop(key, None)
 
     def forget_all_local(self) -> None:
         with self.store.lock:
