@@ -77,6 +77,7 @@ class AsyncTieredMixin:
     _ttl: Any
     _wire: Any
     _settle: Any
+    _settle_many: Any
     _decode_from_l2: Any
     _decode_many_from_l2: Any
     _readable: Any
@@ -262,8 +263,7 @@ class AsyncTieredMixin:
         except L2Unavailable:
             await self._awrite_failed(fulls)
             return True
-        for (full, value), wire in zip(items, wires):
-            self._settle(full, value, seconds, wire[1], ticket)
+        self._settle_many(items, [wire[1] for wire in wires], seconds, ticket)
         return [] if report else True
 
     async def aadd(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:

@@ -664,17 +664,24 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
         except L2Unavailable:
             self._write_failed(fulls)
             return True
-        for (full, value), wire in zip(items, wires):
-            self._settle(full, value, seconds, wire[1], ticket)
+        self._settle_many(items, [wire[1] for wire in wires], seconds, ticket)
         return [] if report else True
 
     def _settle(self, full: str, value: Any, seconds: float | None, encoded: Any, ticket: int) -> None:
         """After a write reached Redis: hold it in L1 unless the key changed meanwhile."""
-        if type(value) is int:  # counters live in Redis only
-            self._state.settle_write(full, None, 0, None, ticket)
-            return
-        payload, weight = self._l1_entry(full, value, encoded)
-        self._state.settle_write(full, payload, weight, self._l1_expiry(seconds), ticket)
+        self._settle_many([(full, value)], [encoded], seconds, ticket)
+
+    def _settle_many(self, items: list[tuple[str, Any]], encoded: list[Any], seconds: float | None, ticket: int) -> None:
+        """``_settle`` of a batch written together (set_many): one L1 admission (``ProcessState.settle_writes``)."""
+        expiry = self._l1_expiry(seconds)
+        entries: list[tuple[str, Any, int, float | None]] = []
+        for (full, value), body in zip(items, encoded):
+            if type(value) is int:  # counters live in Redis only
+                entries.append((full, None, 0, None))
+            else:
+                payload, weight = self._l1_entry(full, value, body)
+                entries.append((full, payload, weight, expiry))
+        self._state.settle_writes(entries, ticket)
 
     def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         full, _ = self._key(key, version)

@@ -344,18 +344,33 @@ class ProcessState:
             return self.writes.ticket()
 
     def settle_write(self, key: str, payload: object | None, weight: int, expires_at: float | None, ticket: int) -> None:
-        """After Redis took a write: hold the new value only if nobody else changed the key since.
+        """``settle_writes`` of one key."""
+        self.settle_writes([(key, payload, weight, expires_at)], ticket)
+
+    def settle_writes(self, items: list[tuple[str, object | None, int, float | None]], ticket: int) -> None:
+        """After Redis took a write of ``(key, payload, weight, expires_at)`` items: hold each new value
+        only if nobody else changed its key since.
 
         Another process's write heard in between, or another thread's write in
         this process, means Redis may hold a different value than ours: L1 then
-        keeps nothing and the next read asks Redis. Our own note comes last so
-        that fills which started before this write are refused too.
+        keeps nothing and the next read asks Redis. A payload of None (a
+        counter) or a key the ``l1`` switch leaves out keeps nothing either.
+        The kept values are admitted in one pass (``MemoryStore.set_many``), as
+        a get_many's promotion is. Our own note comes last so that fills which
+        started before this write are refused too.
         """
         with self.store.lock:
-            keep = payload is not None and self.l1_enabled and switches.on(switches.L1, key) and self.writes.unchanged_since(key, ticket)
-            if not (keep and self.store.set(key, payload, weight, expires_at)):
-                self.store.delete(key)
-            self.writes.note([key])
+            keys = [item[0] for item in items]
+            keep: list[tuple[str, object, int, float | None]] = []
+            if self.l1_enabled:
+                keep = [item for item in self.writes.unchanged_items(items, ticket) if item[1] is not None]
+                if keep and switches.percent(switches.L1) < 100.0:
+                    keep = [item for item in keep if switches.on(switches.L1, item[0])]
+            stored = self.store.set_many(keep) if keep else []
+            if len(stored) < len(keys):
+                held = set(stored)
+                self.store.delete_many([key for key in keys if key not in held])
+            self.writes.note(keys)
 
     def fill_l1(self, key: str, payload: object, weight: int, expires_at: float | None, ticket: int | None) -> bool:
         """Store in L1 unless L1 is off or (with a ticket) the key changed since the read began."""
