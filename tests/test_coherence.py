@@ -60,6 +60,19 @@ def test_a_process_ignores_its_own_echo_but_not_another_write_to_the_same_key(wo
             assert worker.call(op="wait_until", key="k", value=f"second-{round_number}", limit=5) is not None
 
 
+def test_a_listener_skips_exactly_its_own_origins_messages():
+    """Its echoes are recognised by their first bytes; an origin that only starts or ends like ours is another process."""
+    from velro_cache.tiers.coherence import CoherenceListener, clear_message, drop_message
+
+    dropped: list = []
+    listener = CoherenceListener("redis://127.0.0.1:1/0", "7-abc", on_drop=dropped.append, on_lost=print, on_ready=print)
+    for origin, keys in (("7-abc", ["own"]), ("7-abcd", ["longer"]), ("7-ab", ["shorter"]), ("17-abc", ["other"])):
+        listener._apply({"data": drop_message(origin, keys)})
+    listener._apply({"data": clear_message("7-abc")})
+    assert dropped == [["longer"], ["shorter"], ["other"]]
+    assert listener.messages_applied == 3
+
+
 def test_separate_l1s_in_one_process_stay_coherent_too(private_redis, tiered_on):
     url = private_redis.url(4)
     a, b = tiered_on(url), tiered_on(url)

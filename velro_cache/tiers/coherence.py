@@ -231,6 +231,9 @@ class CoherenceListener:
         self.endpoints = endpoints or SingleRedis(url)
         self.channel = channel_for(url)
         self.origin = origin
+        # How every message this process publishes begins (a 3-array, then the
+        # origin): its own echoes are recognised without decoding their keys.
+        self._own_prefix = b"\x93" + msgpack.packb(origin)
         self.heartbeat = heartbeat
         self._on_drop = on_drop
         self._on_lost = on_lost
@@ -410,8 +413,11 @@ class CoherenceListener:
             self._become_ready(resumed=False)
 
     def _apply(self, message: dict) -> None:
+        data = message["data"]
+        if isinstance(data, bytes) and data.startswith(self._own_prefix):
+            return  # our own write's echo: nothing to apply
         try:
-            origin, op, keys = msgpack.unpackb(message["data"])
+            origin, op, keys = msgpack.unpackb(data)
         except Exception:
             logger.warning("velro_cache: ignoring a malformed coherence message on %s", self.channel)
             return
