@@ -377,6 +377,72 @@ def _stage_table(report: Report, stages: dict[str, dict[str, list[int]]]) -> Non
     report.table("Where an L2-hit get spends its time (TieredCache, per stage)", columns, rows, notes)
 
 
+WHOLE_GET_MANY, DR_GET_MANY = f"whole get_many({BATCH}) (L2 hits)", f"django-redis get_many({BATCH}) (reference)"
+
+
+def _batch_stage_cases(tiered: Any, django_redis: Any, keys: list[str]) -> dict[str, Case]:
+    """Each per-key stage of TieredCache's get_many of L2 hits, for the whole batch, with the whole call and django-redis's.
+
+    Benchmark only, as ``_stage_cases``. Key making is timed on fresh keys
+    (new names each call, as first reads meet them) and memoized; the L1
+    admission and the whole get_many drop the batch from L1 (untimed) first.
+    """
+    l2, serializer, state = tiered._l2, tiered._serializer, tiered._state
+    pending = [(key, *tiered._key(key, None)) for key in keys]
+    fulls = [full for _, full, _ in pending]
+    datas = l2.get_many(fulls)
+    frames = [serializer.unframe(data, key=full) for data, full in zip(datas, fulls)]
+    promote = [(full, *tiered._l1_entry(full, None, (frame.codec, frame.body)), None) for full, frame in zip(fulls, frames)]
+    fresh: list[list[str]] = [[]]
+    serial = iter(range(1 << 62))
+
+    def new_names() -> None:
+        number = next(serial)
+        fresh[0] = [f"gen:fresh:{number}:{i}" for i in range(len(keys))]
+
+    def drop() -> None:
+        state.forget_local(fulls)
+
+    return {
+        f"keys ×{len(keys)}, fresh (make_key, checks, counters)": Case(lambda: [tiered._key(key, None) for key in fresh[0]], (), new_names),
+        f"keys ×{len(keys)}, memoized": Case(lambda: [tiered._key(key, None) for key in keys]),
+        "Redis MGET (redis-py, hiredis)": Case(l2.get_many, (fulls,)),
+        f"frames ×{len(keys)}: parse + verify MAC": Case(lambda: [serializer.unframe(d, key=f) for d, f in zip(datas, fulls)]),
+        f"bodies ×{len(keys)}: decode": Case(lambda: [serializer.decode(frame.codec, frame.body) for frame in frames]),
+        "L1 admission of the batch (ProcessState.fill_l1_many)": Case(lambda: state.fill_l1_many(promote, state.writes.ticket()), (), drop),
+        WHOLE_GET_MANY: Case(tiered.get_many, (keys,), drop),
+        DR_GET_MANY: Case(django_redis.get_many, (keys,)),
+    }
+
+
+def _time_batch_stages(caches: dict[str, Any], values: dict[str, Any], plan: dict[str, int]) -> dict[str, list[int]]:
+    """``_batch_stage_cases`` for a batch of small dicts (the get_many budget's value)."""
+    keys = _keys("batch-stage")
+    for cache in (caches[TIERED], caches[DJANGO_REDIS]):
+        cache.set_many(dict.fromkeys(keys, values["small dict"]), None)
+    try:
+        return common.interleaved(_batch_stage_cases(caches[TIERED], caches[DJANGO_REDIS], keys), plan["batch"], plan["rounds"], warmup=20)
+    finally:
+        for cache in (caches[TIERED], caches[DJANGO_REDIS]):
+            cache.delete_many(keys)
+
+
+def _batch_stage_table(report: Report, stages: dict[str, list[int]]) -> None:
+    whole = common.median_us(stages[WHOLE_GET_MANY])
+    rows = []
+    for stage, samples in stages.items():
+        summary = common.summarize(samples)
+        share = "100 %" if stage == WHOLE_GET_MANY else f"{100 * summary['median µs'] / whole:.0f} %"
+        rows.append({"stage": stage, "median µs": summary["median µs"], "p99 µs": summary["p99 µs"], "share of whole get_many": share})
+    notes = [
+        "Each stage timed alone for the whole batch, interleaved with the whole get_many and django-redis's, same keys and bytes.",
+        "What TieredCache adds to django-redis's MGET and unpickling is the rows between the MGET and the whole call:",
+        "key making (fresh keys cost what a first read pays), the MAC check, and the L1 promotion.",
+    ]
+    columns = ["stage", "median µs", "p99 µs", "share of whole get_many"]
+    report.table(f"Where a get_many({BATCH}) of L2 hits spends its time (small dicts, TieredCache, per stage)", columns, rows, notes)
+
+
 ONE_GET = " (one get)"  # case-name suffix of the single gets timed alongside get_many
 
 
@@ -614,6 +680,7 @@ def run(args: argparse.Namespace) -> Report:
     try:
         with common.library_warnings() as logged:
             stages = _time_stages(caches, values, plan)
+            batch_stages = _time_batch_stages(caches, values, plan)
             gets, timed, promoted = _time_gets(reads, plan)
             batches, single = _time_batches(reads, caches, values, plan)
             counter = RoundTrips()
@@ -625,6 +692,7 @@ def run(args: argparse.Namespace) -> Report:
     if logged:
         report.intro += ["", *common.warnings_note(logged)]
     _stage_table(report, stages)
+    _batch_stage_table(report, batch_stages)
     _get_table(report, gets, timed, promoted)
     _batch_table(report, batches, single)
     _round_trip_table(report, trips, counter.background)
