@@ -78,6 +78,7 @@ class AsyncTieredMixin:
     _wire: Any
     _settle: Any
     _settle_many: Any
+    _miss_or_lease: Any
     _decode_from_l2: Any
     _decode_many_from_l2: Any
     _readable: Any
@@ -443,12 +444,9 @@ class AsyncTieredMixin:
             next(counters.misses)
             return MISSING, None
         self._stats.latency["l2"].observe(time.perf_counter() - start)
-        if data is not None and await self._al2_answer_distrusted():
-            next(counters.misses)
-            return MISSING, None  # not served; no lease either, so the caller waits for or takes one as after any miss
-        if data is None:
-            next(counters.misses)
-            return MISSING, token if taken else None
+        answer = self._miss_or_lease(data, taken, token, data is not None and await self._al2_answer_distrusted(), counters)
+        if answer is not None:
+            return answer
         found, value = await self._aaccept_from_l2(full, data, counters, ticket)
         if found:
             return value, None

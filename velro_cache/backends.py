@@ -978,16 +978,32 @@ class TieredCache(CollectionsMixin, RedisApiMixin, AsyncTieredMixin, BaseCache):
             next(counters.misses)
             return MISSING, None
         self._stats.latency["l2"].observe(time.perf_counter() - start)
-        if data is not None and self._l2_answer_distrusted():
-            next(counters.misses)
-            return MISSING, None  # not served; no lease either, so the caller waits for or takes one as after any miss
-        if data is None:
-            next(counters.misses)
-            return MISSING, token if taken else None
+        answer = self._miss_or_lease(data, taken, token, data is not None and self._l2_answer_distrusted(), counters)
+        if answer is not None:
+            return answer
         found, value = self._accept_from_l2(full, data, counters, ticket)
         if found:
             return value, None
         return MISSING, self.take_fill_lease(full)  # bytes we cannot read: a miss we may fill
+
+    @staticmethod
+    def _miss_or_lease(
+        data: bytes | None, taken: bool, token: str, distrusted: bool, counters: DataTypeCounters
+    ) -> tuple[Any, str | None] | None:
+        """``value_or_lease``'s answer when L2's bytes are not to be read (counted as a miss), else None.
+
+        No bytes: a miss, with our lease when the script took it. Bytes while
+        Redis's answers are distrusted: not served, and no lease either, so
+        the caller waits for or takes one as after any miss. Shared with
+        ``avalue_or_lease``, which differs only by awaiting its I/O.
+        """
+        if data is None:
+            next(counters.misses)
+            return MISSING, token if taken else None
+        if distrusted:
+            next(counters.misses)
+            return MISSING, None
+        return None
 
     def take_fill_lease(self, full: str) -> str | None:
         token = uuid.uuid4().hex
