@@ -135,6 +135,25 @@ def test_add_does_not_keep_a_value_another_process_overwrote(private_redis, tier
     a, key = race_other_process_write(private_redis.url(7), tiered_on, "add")
     assert a.get(key) == "theirs"
 
+def test_set_many_keeps_its_batch_in_l1_but_not_a_value_another_process_overwrote(private_redis, tiered_on):
+    """set_many settles its values into L1 together (ProcessState.settle_writes), except one replaced since Redis took it."""
+    url = private_redis.url(7)
+    a, b = tiered_on(url), tiered_on(url)
+    keys = [f"batch-set:{uuid.uuid4().hex[:8]}:{i}" for i in range(20)]
+    reached, release = pause_after_l2(a, "set_many")
+    thread = Background(lambda: a.set_many({key: f"mine-{i}" for i, key in enumerate(keys)}, 60))
+    assert reached.wait(5)  # Redis holds a's batch
+    heard = a._state.listener.messages_applied
+    b.set(keys[7], "theirs", 60)  # later in Redis than a's write
+    assert eventually(lambda: a._state.listener.messages_applied > heard)
+    release.set()
+    thread.join()
+    held = [a.make_key(key) in a._l1 for key in keys]
+    assert held == [i != 7 for i in range(len(keys))]  # the batch is held, but not the value b replaced
+    assert a.get(keys[7]) == "theirs"
+    assert a.get_many(keys) == {key: "theirs" if i == 7 else f"mine-{i}" for i, key in enumerate(keys)}
+
+
 def test_get_many_promotes_its_batch_but_not_a_value_overwritten_while_it_read(private_redis, tiered_on):
     """get_many admits the values it read into L1 together, except one another process replaced meanwhile."""
     url = private_redis.url(7)
