@@ -88,8 +88,11 @@ def test_a_value_no_encoder_can_take_is_refused_before_anything_is_written(cache
     cache.set("k", "old")
     with pytest.raises(RecursionError):
         cache.set("k", too_deep)
-    assert cache.get("k") == "old"
-    assert make_cache(like=cache).get("k", "old" if cache._l2 is None else None) == "old"
+    # Polled: on a loaded machine a read may be a designed miss (the listener's
+    # confirmation lapsed); a value the refused set had replaced or deleted never reads "old".
+    assert eventually(lambda: cache.get("k") == "old")
+    other = make_cache(like=cache)
+    assert eventually(lambda: other.get("k", "old" if cache._l2 is None else None) == "old")
 
 
 def test_a_deep_frame_written_by_someone_else_is_a_miss_not_an_exception(l2_cache, make_cache):
